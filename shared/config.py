@@ -1,0 +1,122 @@
+"""The operator's file, ``switchboard.yaml``: rules, regions, pinned pools and timings.
+
+Validated strictly at start: unknown fields, bad globs and unknown regions are errors that say
+where they are (see :func:`load_config`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.codec import describe_validation_error
+from shared.messages import Identifier, PoolId, Region
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Rule(_Strict):
+    """Rooms whose name matches ``match`` (a shell glob) get agent ``agent``; highest priority wins."""
+
+    name: Identifier
+    match: Annotated[str, Field(min_length=1, max_length=256)]
+    agent: Identifier
+    priority: int = 0
+
+    @model_validator(mode="after")
+    def _glob_is_valid(self) -> Rule:
+        if self.match.count("[") != self.match.count("]"):
+            raise ValueError(f"rule {self.name!r}: glob {self.match!r} has unbalanced brackets")
+        return self
+
+
+class RegionConfig(_Strict):
+    """``neighbours`` is the spill-over order: nearest first."""
+
+    neighbours: list[Region] = Field(default_factory=list)
+
+
+class PinnedPool(_Strict):
+    """A pool known before its first heartbeat (so ``doctor`` and ``status`` can name it)."""
+
+    id: PoolId
+    agent: Identifier
+    region: Region
+
+
+class OrchestratorConfig(_Strict):
+    join_deadline_s: float = Field(default=15.0, gt=0)
+    voice_deadline_s: float = Field(default=20.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    dead_after_missed_beats: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=4, ge=1)
+    no_pool_deadline_s: float = Field(default=60.0, gt=0)
+    dispatch_deadline_s: float = Field(default=10.0, gt=0)
+    seed: int | None = None
+
+
+class WorkerConfig(_Strict):
+    capacity: int = Field(default=4, ge=1, le=1000)
+    drain_grace_s: float = Field(default=30.0, ge=0)
+    allow_remote_kill: bool = False
+
+
+class SwitchboardConfig(_Strict):
+    default_region: Region = "eu-central"
+    regions: dict[Region, RegionConfig] = Field(default_factory=dict)
+    rules: list[Rule] = Field(default_factory=list)
+    pools: list[PinnedPool] = Field(default_factory=list)
+    orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> SwitchboardConfig:
+        known = set(self.regions) | {self.default_region}
+        for region, cfg in self.regions.items():
+            for n in cfg.neighbours:
+                if n not in self.regions:
+                    raise ValueError(f"region {region!r} names neighbour {n!r}, which is not under 'regions'")
+                if n == region:
+                    raise ValueError(f"region {region!r} lists itself as a neighbour")
+        for pool in self.pools:
+            if self.regions and pool.region not in known:
+                raise ValueError(
+                    f"pool {pool.id!r} is in region {pool.region!r}, which is not under 'regions'"
+                )
+        names = [r.name for r in self.rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class ConfigError(ValueError):
+    """The config file is unreadable or invalid; the message names the file and the field."""
+
+
+def parse_config(data: Any, source: str = "<config>") -> SwitchboardConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return SwitchboardConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc, limit=10)}") from None
+
+
+def load_config(path: Path) -> SwitchboardConfig:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,114 @@
+"""Pydantic models of every message on the wire — one model per message, strict, versioned.
+
+Every model carries ``v`` (the schema version). Producers and consumers go through
+:mod:`shared.codec`, never through ``model_validate_json`` directly, so size caps, version
+checks and error wording are the same everywhere.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+
+# LiveKit room names are free-form but bounded; keep ours printable and short enough for a KV key.
+RoomName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+PoolId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
+Region = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Reason = Annotated[str, StringConstraints(max_length=1024)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """Base of every wire message: strict types, unknown fields refused, immutable."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    # Versions this build can read; a message with another ``v`` is refused before validation.
+    SUPPORTED_VERSIONS: ClassVar[frozenset[int]] = frozenset({1})
+
+
+class RoomCreated(Message):
+    """A LiveKit room exists and may need an agent. Subject ``switchboard.rooms.created``.
+
+    Published to JetStream with header ``Nats-Msg-Id`` = :meth:`dedupe_id` so a repeated
+    webhook or a retried publish is stored once.
+    """
+
+    v: Literal[1] = 1
+    room: RoomName
+    sid: Identifier | None = None
+    region: Region | None = None
+    metadata: dict[str, JsonValue] | None = None
+    created_at: AwareDatetime | None = None
+
+    def dedupe_id(self) -> str:
+        return self.sid or self.room
+
+
+class RoomEnded(Message):
+    """The room is gone; stop watching it. Subject ``switchboard.rooms.ended``."""
+
+    v: Literal[1] = 1
+    room: RoomName
+    sid: Identifier | None = None
+
+    def dedupe_id(self) -> str:
+        return f"ended:{self.sid or self.room}"
+
+
+class PoolHeartbeat(Message):
+    """One worker process's view of itself, about once a second on core NATS.
+
+    Subject ``switchboard.pools.<pool>.heartbeat``. The orchestrator aggregates the workers of a
+    pool into the pool's capacity and load.
+    """
+
+    v: Literal[1] = 1
+    pool: PoolId
+    agent: Identifier
+    region: Region
+    agent_name: Identifier
+    worker: Identifier
+    capacity: Annotated[int, Field(ge=0, le=100_000)]
+    active: Annotated[int, Field(ge=0, le=100_000)]
+    load: Annotated[float, Field(ge=0.0, le=1.0)]
+    draining: bool = False
+    version: Annotated[str, StringConstraints(max_length=64)]
+    seq: Annotated[int, Field(ge=0)] = 0
+    at: AwareDatetime
+    # Which NATS reports are stuck in the worker's buffer (NATS was unreachable).
+    pending_reports: Annotated[int, Field(ge=0)] = 0
+
+
+AgentState = Literal["joined", "voice", "left", "error"]
+
+
+class AgentStatus(Message):
+    """What a worker saw its agent do in a room. Subject ``switchboard.rooms.status`` (JetStream).
+
+    ``joined``: the agent is connected to the room. ``voice``: its audio track is subscribed by a
+    remote participant and non-silent frames flow. ``left``: it left (``reason`` says why).
+    ``error``: the job failed (``reason``).
+    """
+
+    v: Literal[1] = 1
+    room: RoomName
+    dispatch_id: Annotated[str, StringConstraints(max_length=128)]
+    attempt: Annotated[int, Field(ge=0, le=1000)]
+    pool: PoolId
+    worker: Identifier
+    state: AgentState
+    at: AwareDatetime
+    identity: Annotated[str, StringConstraints(max_length=256)] | None = None
+    reason: Reason | None = None
+    # Problems the worker noticed but survived, e.g. dispatch metadata that was not JSON.
+    warnings: Annotated[list[Reason], Field(max_length=16)] = Field(default_factory=list)
+
+    def dedupe_id(self) -> str:
+        return f"{self.dispatch_id}:{self.state}:{self.worker}"

@@ -1,0 +1,63 @@
+"""Connection settings and secrets, from the environment (and a ``.env`` file when present).
+
+Secrets are ``SecretStr``: ``repr``, ``str``, logs and error messages show ``**********``.
+Topology (rules, regions, pools) is not here but in the YAML file, see :mod:`shared.config`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NatsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NATS_", extra="ignore")
+
+    url: str = Field(default="nats://127.0.0.1:4222", description="Comma-separated server URLs")
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    creds_file: Path | None = Field(default=None, description="NATS .creds file (JWT + nkey seed)")
+    nkey_seed_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Bounded start-up: fail visibly instead of nats-py's default two-minute silence.
+    connect_timeout_s: float = 5.0
+    startup_attempts: int = 5
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+class LiveKitSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LIVEKIT_", extra="ignore")
+
+    url: str = "http://127.0.0.1:7880"
+    api_key: str = Field(default="devkey", validation_alias=AliasChoices("LIVEKIT_API_KEY", "api_key"))
+    api_secret: SecretStr = Field(
+        default=SecretStr("secret"), validation_alias=AliasChoices("LIVEKIT_API_SECRET", "api_secret")
+    )
+    # livekit-api 1.2.2 sets no HTTP timeout of its own: every call is wrapped in this.
+    request_timeout_s: float = 5.0
+
+
+class Settings(BaseSettings):
+    """Everything a Switchboard process reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHBOARD_", env_file=".env", extra="ignore")
+
+    config: Path = Field(default=Path("switchboard.yaml"), description="Rules, regions and pools")
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+    log_level: str = "INFO"
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    livekit: LiveKitSettings = Field(default_factory=LiveKitSettings)
+
+    def secrets(self) -> list[str]:
+        """Every secret value in force, so log redaction can mask them wherever they appear."""
+        values = [self.livekit.api_secret, self.nats.password, self.nats.token]
+        return [s.get_secret_value() for s in values if s is not None and s.get_secret_value()]

@@ -1,0 +1,67 @@
+"""Every NATS subject, stream, consumer and KV bucket name Switchboard uses, in one place.
+
+Other backends publish room events on these subjects, so the names are part of the public
+contract: change them only with a schema version bump and a migration note.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "switchboard"
+
+# Room events (JetStream, stream ROOMS).
+ROOM_CREATED = f"{PREFIX}.rooms.created"
+ROOM_ENDED = f"{PREFIX}.rooms.ended"
+# Join / voice / left / error reports from the workers (JetStream, stream ROOMS_STATUS).
+ROOM_STATUS = f"{PREFIX}.rooms.status"
+# Messages that failed validation, with the reason in a header (JetStream, stream DEAD_LETTER).
+DEAD_LETTER = f"{PREFIX}.dead"
+
+# Pool heartbeats (core NATS): switchboard.pools.<pool>.heartbeat
+POOL_HEARTBEAT_WILDCARD = f"{PREFIX}.pools.*.heartbeat"
+# Control messages to one pool's workers (core NATS): drain, and the drill's hard exit.
+POOL_CONTROL_WILDCARD = f"{PREFIX}.pools.*.control"
+
+ROOMS_STREAM = "SWITCHBOARD_ROOMS"
+STATUS_STREAM = "SWITCHBOARD_STATUS"
+DEAD_LETTER_STREAM = "SWITCHBOARD_DEAD"
+ORCHESTRATOR_CONSUMER = "orchestrator"
+ROOMS_BUCKET = "switchboard_rooms"
+
+# Header carrying the reason a message went to the dead-letter subject.
+REJECT_REASON_HEADER = "Switchboard-Reject-Reason"
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+# Pool ids become one NATS subject token and part of a LiveKit agent_name.
+_POOL_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+def check_pool_id(pool: str) -> str:
+    """Return ``pool`` if it is a valid pool id, else raise ``ValueError`` saying why."""
+    if not _POOL_TOKEN.fullmatch(pool):
+        raise ValueError(
+            f"pool id {pool!r} is invalid: use 1-63 letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return pool
+
+
+def pool_heartbeat(pool: str) -> str:
+    return f"{PREFIX}.pools.{check_pool_id(pool)}.heartbeat"
+
+
+def pool_control(pool: str) -> str:
+    return f"{PREFIX}.pools.{check_pool_id(pool)}.control"
+
+
+def pool_agent_name(agent: str, pool: str) -> str:
+    """The LiveKit ``agent_name`` every worker of ``pool`` registers under.
+
+    Convention: ``<agent>.<pool>`` — e.g. agent ``ornina-avatar-agent`` in pool ``eu-central-a``
+    registers as ``ornina-avatar-agent.eu-central-a``. The orchestrator dispatches to exactly
+    this name, so the two sides can never drift apart.
+    """
+    if not agent or any(c.isspace() for c in agent):
+        raise ValueError(f"agent name {agent!r} is invalid: it must be non-empty and contain no whitespace")
+    return f"{agent}.{check_pool_id(pool)}"
