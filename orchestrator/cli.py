@@ -6,9 +6,9 @@ the CLI, from `switchboard dev` and from the tests.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
+
+from agent_worker.cli import worker as worker_command
 
 app = typer.Typer(
     name="switchboard",
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 drill_app = typer.Typer(help="Failover drills.", no_args_is_help=True)
 app.add_typer(drill_app, name="drill")
+app.command("worker")(worker_command)
 
 
 def _not_yet(what: str) -> None:
@@ -30,17 +31,6 @@ def _not_yet(what: str) -> None:
 def orchestrator() -> None:
     """Run one orchestrator replica: consume room events, schedule, dispatch, track, fail over."""
     _not_yet("orchestrator")
-
-
-@app.command()
-def worker(
-    agent: Annotated[str | None, typer.Option(help="Logical agent, e.g. ornina-avatar-agent")] = None,
-    region: Annotated[str | None, typer.Option(help="Region of this pool, e.g. eu-central")] = None,
-    pool: Annotated[str | None, typer.Option(help="Pool id, e.g. eu-central-a")] = None,
-    capacity: Annotated[int | None, typer.Option(help="Concurrent jobs per worker process")] = None,
-) -> None:
-    """Run one worker process of an agent pool (livekit-agents under the pool's agent_name)."""
-    _not_yet("worker")
 
 
 @app.command()

@@ -84,6 +84,11 @@ class PoolHeartbeat(Message):
     at: AwareDatetime
     # Which NATS reports are stuck in the worker's buffer (NATS was unreachable).
     pending_reports: Annotated[int, Field(ge=0)] = 0
+    # Dispatch ids of the jobs this worker runs now: the orchestrator releases a pool reservation
+    # once a heartbeat lists the dispatch it made (so a burst between beats does not herd).
+    jobs: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=1000)] = Field(
+        default_factory=list
+    )
 
 
 AgentState = Literal["joined", "voice", "left", "error"]
@@ -112,3 +117,21 @@ class AgentStatus(Message):
 
     def dedupe_id(self) -> str:
         return f"{self.dispatch_id}:{self.state}:{self.worker}"
+
+
+class DispatchInfo(Message):
+    """Our part of a LiveKit dispatch's metadata (under ``_switchboard``, see shared.dispatch_metadata).
+
+    ``key`` marks the attempt (``<room>/<attempt>``): after an ambiguous CreateDispatch failure the
+    orchestrator looks for it in ``list_dispatch`` before dispatching again.
+    """
+
+    v: Literal[1] = 1
+    room: RoomName
+    attempt: Annotated[int, Field(ge=1, le=1000)]
+    pool: PoolId
+    region: Region
+    agent: Identifier
+    key: Annotated[str, StringConstraints(max_length=300)]
+    traceparent: Annotated[str, StringConstraints(max_length=128)] | None = None
+    tracestate: Annotated[str, StringConstraints(max_length=512)] | None = None
