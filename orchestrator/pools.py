@@ -1,0 +1,187 @@
+"""The pool registry: what the worker heartbeats say about each pool, aggregated per pool.
+
+A pool is the set of worker processes sharing one pool id (one LiveKit ``agent_name``, one region,
+one agent). Each worker beats about once a second; the registry keeps the latest beat per worker
+and folds the live ones into a :class:`PoolView` per pool.
+
+Pure bookkeeping: the caller passes ``now`` (monotonic seconds) into every time-dependent call, so
+liveness transitions are unit-testable with plain numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from shared.config import PinnedPool
+from shared.messages import PoolHeartbeat
+from shared.subjects import pool_agent_name
+
+Liveness = Literal["alive", "draining", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """One pool as the scheduler sees it at one instant.
+
+    ``capacity`` and ``active`` are sums over live workers (draining ones included, so ``status``
+    shows the jobs still running there). ``open_slots`` is what the scheduler may still fill: the
+    sum of ``max(0, capacity - active)`` over live workers that are *not* draining — a draining
+    worker's spare capacity is not real, and one overloaded worker does not hide another's room
+    (LiveKit picks the worker). ``None`` means ``capacity - active`` (handy for hand-made views).
+    """
+
+    pool: str
+    agent: str
+    region: str
+    agent_name: str
+    workers: int
+    capacity: int
+    active: int
+    load: float
+    draining: bool
+    liveness: Liveness
+    # Seconds since the last beat from any worker of the pool; None: never heard from (pinned).
+    age_s: float | None
+    jobs: frozenset[str] = frozenset()
+    open_slots: int | None = None
+
+
+@dataclass(slots=True)
+class _Worker:
+    beat: PoolHeartbeat
+    seen_at: float
+
+
+@dataclass(slots=True)
+class _Identity:
+    agent: str
+    region: str
+    agent_name: str
+
+
+class PoolRegistry:
+    """Latest heartbeat per worker, folded into per-pool views.
+
+    A worker is dead once ``dead_after_missed_beats * heartbeat_interval_s`` seconds have passed
+    since its last beat (age ≥ that limit); a pool is dead when none of its workers is alive.
+    Not thread-safe: one owner (the orchestrator's event loop) feeds and reads it.
+    """
+
+    def __init__(
+        self,
+        heartbeat_interval_s: float,
+        dead_after_missed_beats: int,
+        pinned: Iterable[PinnedPool] = (),
+    ) -> None:
+        if heartbeat_interval_s <= 0 or dead_after_missed_beats < 1:
+            raise ValueError("heartbeat_interval_s must be > 0 and dead_after_missed_beats >= 1")
+        self.dead_after_s = heartbeat_interval_s * dead_after_missed_beats
+        self._workers: dict[str, dict[str, _Worker]] = {}
+        self._identity: dict[str, _Identity] = {}
+        self._pinned: set[str] = set()
+        self._operator_drained: set[str] = set()
+        # Pools that had a live beat since they were last reported by newly_dead(): a pool is
+        # reported once per death, including one that lived and died between two calls.
+        self._armed: set[str] = set()
+        for pin in pinned:
+            self._pinned.add(pin.id)
+            self._identity[pin.id] = _Identity(pin.agent, pin.region, pool_agent_name(pin.agent, pin.id))
+
+    # -- feeding ---------------------------------------------------------------------------------
+
+    def observe(self, hb: PoolHeartbeat, now: float) -> None:
+        """Record a worker's beat. The latest arrival wins (core NATS keeps one publisher's order)."""
+        self._workers.setdefault(hb.pool, {})[hb.worker] = _Worker(hb, now)
+        # The pool's identity follows its newest beat: a redeployed pool may legitimately move.
+        self._identity[hb.pool] = _Identity(hb.agent, hb.region, hb.agent_name)
+        self._armed.add(hb.pool)
+
+    def forget_worker(self, pool: str, worker: str) -> bool:
+        """Drop one worker (it said goodbye, or an operator removed it). True if it was known."""
+        workers = self._workers.get(pool)
+        if workers is None or workers.pop(worker, None) is None:
+            return False
+        if not workers:
+            del self._workers[pool]
+            if pool not in self._pinned:
+                # Keep it "armed": its rooms still need failover, which newly_dead() reports.
+                self._identity.pop(pool, None)
+        return True
+
+    def prune(self, now: float, forget_after_s: float) -> list[str]:
+        """Forget workers silent for ``forget_after_s`` (≥ the dead limit); returns ``pool/worker``.
+
+        Pod names change on every deploy, so without pruning the registry would grow forever.
+        """
+        limit = max(forget_after_s, self.dead_after_s)
+        gone = [
+            (pool, worker)
+            for pool, workers in self._workers.items()
+            for worker, w in workers.items()
+            if now - w.seen_at >= limit
+        ]
+        for pool, worker in gone:
+            self.forget_worker(pool, worker)
+        return [f"{pool}/{worker}" for pool, worker in gone]
+
+    def mark_draining(self, pool: str) -> None:
+        """Operator drain: schedule nothing new onto ``pool`` from now on, whatever it reports."""
+        self._operator_drained.add(pool)
+
+    def unmark_draining(self, pool: str) -> None:
+        self._operator_drained.discard(pool)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _alive(self, w: _Worker, now: float) -> bool:
+        return now - w.seen_at < self.dead_after_s
+
+    def view(self, pool: str, now: float) -> PoolView | None:
+        """The pool's view at ``now``; None for a pool the registry has never heard of."""
+        ident = self._identity.get(pool)
+        if ident is None:
+            return None
+        workers = self._workers.get(pool, {})
+        live = [w.beat for w in workers.values() if self._alive(w, now)]
+        capacity = sum(b.capacity for b in live)
+        active = sum(b.active for b in live)
+        open_slots = sum(max(0, b.capacity - b.active) for b in live if not b.draining)
+        drained = bool(live) and (pool in self._operator_drained or all(b.draining for b in live))
+        liveness: Liveness = "dead" if not live else ("draining" if drained else "alive")
+        ages = [now - w.seen_at for w in workers.values()]
+        jobs = frozenset(j for b in live for j in b.jobs)
+        return PoolView(
+            pool=pool,
+            agent=ident.agent,
+            region=ident.region,
+            agent_name=ident.agent_name,
+            workers=len(live),
+            capacity=capacity,
+            active=active,
+            load=active / capacity if capacity else 1.0,
+            draining=drained,
+            liveness=liveness,
+            age_s=max(0.0, min(ages)) if ages else None,
+            jobs=jobs,
+            open_slots=open_slots if liveness == "alive" else 0,
+        )
+
+    def snapshot(self, now: float) -> list[PoolView]:
+        """Every known pool (heartbeating or pinned), sorted by pool id."""
+        views = (self.view(pool, now) for pool in sorted(self._identity))
+        return [v for v in views if v is not None]
+
+    def newly_dead(self, now: float) -> list[str]:
+        """Pools that died since the last call (sorted): their rooms need failover.
+
+        Each death is reported once; a pool that beats again and dies again is reported again. A
+        pinned pool that never beat was never alive, so it is not reported.
+        """
+        dead = sorted(p for p in self._armed if not self._pool_alive(p, now))
+        self._armed.difference_update(dead)
+        return dead
+
+    def _pool_alive(self, pool: str, now: float) -> bool:
+        return any(self._alive(w, now) for w in self._workers.get(pool, {}).values())
