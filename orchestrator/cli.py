@@ -6,6 +6,9 @@ the CLI, from `switchboard dev` and from the tests.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from agent_worker.cli import worker as worker_command
@@ -27,10 +30,21 @@ def _not_yet(what: str) -> None:
     raise typer.Exit(code=2)
 
 
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="switchboard.yaml (default: $SWITCHBOARD_CONFIG)"),
+]
+
+
 @app.command()
-def orchestrator() -> None:
+def orchestrator(config: ConfigOption = None) -> None:
     """Run one orchestrator replica: consume room events, schedule, dispatch, track, fail over."""
-    _not_yet("orchestrator")
+    from orchestrator.runtime import load_config_or_exit, load_settings, run_async
+    from orchestrator.service import OrchestratorService, run_until_signalled
+
+    settings = load_settings(config)
+    cfg = load_config_or_exit(settings)
+    run_async(run_until_signalled(OrchestratorService(settings, cfg)))
 
 
 @app.command()

@@ -57,6 +57,9 @@ class OrchestratorConfig(_Strict):
     max_attempts: int = Field(default=4, ge=1)
     no_pool_deadline_s: float = Field(default=60.0, gt=0)
     dispatch_deadline_s: float = Field(default=10.0, gt=0)
+    # Rounds of dispatch_deadline_s-long retries before a room fails with LiveKit's error.
+    max_dispatch_rounds: int = Field(default=6, ge=1)
+    sweep_interval_s: float = Field(default=0.25, gt=0)
     seed: int | None = None
 
 

@@ -1,0 +1,220 @@
+"""Durable pull consumers on JetStream: set up once, pulled by every replica, dead-lettered with a reason.
+
+One shared durable per stream spreads events over the replicas. A message is acked only after its
+handler returned (the state it caused is durable in KV); a handler error naks it with a growing
+delay; a message that cannot be decoded, or that failed ``max_deliver`` times, is copied to the
+dead-letter subject with the reason in a header and terminated, so it never blocks the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
+
+from shared import subjects
+from shared.codec import ContractError, decode
+from shared.messages import Message
+from shared.tracecontext import extract_headers
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("switchboard.consumer")
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    stream: str
+    durable: str
+    ack_wait_s: float = 30.0
+    max_deliver: int = 6
+    max_ack_pending: int = 2000
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+
+async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    """Create the durable if missing. An existing one is used as it is: nats-py's add_consumer would
+    silently rewrite it, and replicas of different versions would flip its settings back and forth."""
+    try:
+        info = await js.consumer_info(spec.stream, spec.durable)
+    except NotFoundError:
+        await js.add_consumer(spec.stream, spec.config())
+        log.info("created consumer %s on %s", spec.durable, spec.stream)
+        return
+    have = info.config
+    if (have.ack_wait, have.max_deliver, have.max_ack_pending) != (
+        spec.ack_wait_s,
+        spec.max_deliver,
+        spec.max_ack_pending,
+    ):
+        log.warning(
+            "consumer %s on %s has ack_wait=%s max_deliver=%s max_ack_pending=%s; this replica expects "
+            "%s %s %s; using it unchanged (update it deliberately with the nats CLI)",
+            spec.durable,
+            spec.stream,
+            have.ack_wait,
+            have.max_deliver,
+            have.max_ack_pending,
+            spec.ack_wait_s,
+            spec.max_deliver,
+            spec.max_ack_pending,
+        )
+
+
+async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
+    """Keep the original bytes for an operator, with the reason, then stop redelivery."""
+    headers = {subjects.REJECT_REASON_HEADER: reason[:1000].replace("\r", " ").replace("\n", " ")}
+    original = msg.subject.replace(".", "_")
+    try:
+        await js.publish(f"{subjects.DEAD_LETTER}.{original}", msg.data, headers=headers, timeout=5)
+    finally:
+        await msg.term()
+
+
+Handler = Callable[[M, Msg], Awaitable[None]]
+
+
+class MessagePump:
+    """Fetch, decode, trace and hand each message to its handler, with bounded concurrency."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        spec: ConsumerSpec,
+        decoders: dict[str, type[Message]],
+        handler: Callable[[Message, Msg], Awaitable[None]],
+        *,
+        concurrency: int = 64,
+        batch: int = 64,
+        on_rejected: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.js = js
+        self.spec = spec
+        self.decoders = decoders
+        self.handler = handler
+        self.batch = batch
+        self._slots = asyncio.Semaphore(concurrency)
+        self._on_rejected = on_rejected
+        self.bound = False
+
+    async def run(self) -> None:
+        psub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
+        self.bound = True
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while True:
+                    try:
+                        msgs = await psub.fetch(self.batch, timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        continue
+                    except (
+                        nats.errors.ConnectionClosedError,
+                        nats.errors.ConnectionReconnectingError,
+                        nats.errors.NoRespondersError,
+                    ) as err:
+                        log.warning(
+                            "fetch from %s failed (%s); retrying", self.spec.stream, type(err).__name__
+                        )
+                        await asyncio.sleep(0.5)
+                        continue
+                    links = [
+                        Link(trace.get_current_span(extract_headers(m.headers)).get_span_context())
+                        for m in msgs
+                    ]
+                    with _tracer.start_as_current_span(
+                        f"receive {self.spec.stream}",
+                        kind=SpanKind.CLIENT,
+                        links=links,
+                        attributes={
+                            "messaging.system": "nats",
+                            "messaging.operation.type": "receive",
+                            "messaging.operation.name": "fetch",
+                            "messaging.destination.name": self.spec.stream,
+                            "messaging.consumer.group.name": self.spec.durable,
+                            "messaging.batch.message_count": len(msgs),
+                        },
+                    ) as receive:
+                        receive_link = Link(receive.get_span_context())
+                    for msg in msgs:
+                        await self._slots.acquire()
+                        tg.create_task(self._one(msg, receive_link))
+        finally:
+            self.bound = False
+            await psub.unsubscribe()
+
+    async def _one(self, msg: Msg, receive_link: Link) -> None:
+        try:
+            model = self.decoders.get(msg.subject)
+            parent = extract_headers(msg.headers)
+            with _tracer.start_as_current_span(
+                f"process {msg.subject}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                links=[receive_link],
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.operation.type": "process",
+                    "messaging.operation.name": "process",
+                    "messaging.destination.name": msg.subject,
+                    "messaging.consumer.group.name": self.spec.durable,
+                    "messaging.message.body.size": len(msg.data),
+                    "messaging.message.id": (msg.headers or {}).get(subjects.MSG_ID_HEADER, ""),
+                },
+            ) as span:
+                if model is None:
+                    await self._reject(msg, "unknown_subject", f"no decoder for subject {msg.subject}")
+                    return
+                try:
+                    message = decode(model, msg.data)
+                except ContractError as err:
+                    span.set_attribute("error.type", err.reason)
+                    await self._reject(msg, err.reason, str(err))
+                    return
+                try:
+                    await self.handler(message, msg)
+                except Exception as exc:
+                    span.record_exception(exc)
+                    span.set_attribute("error.type", type(exc).__name__)
+                    delivered = msg.metadata.num_delivered
+                    if delivered >= self.spec.max_deliver:
+                        await self._reject(
+                            msg,
+                            "max_deliveries",
+                            f"handler failed {delivered} times, last: {type(exc).__name__}: {exc}",
+                        )
+                    else:
+                        log.warning(
+                            "handling %s failed (delivery %d): %s", msg.subject, delivered, exc, exc_info=exc
+                        )
+                        await msg.nak(delay=min(0.5 * 2**delivered, 10.0))
+                    return
+                await msg.ack()
+        except Exception:
+            log.exception("could not settle message on %s", msg.subject)
+        finally:
+            self._slots.release()
+
+    async def _reject(self, msg: Msg, reason: str, detail: str) -> None:
+        log.warning("rejected message on %s: %s", msg.subject, detail, extra={"reason": reason})
+        if self._on_rejected:
+            self._on_rejected(msg.subject, reason)
+        await dead_letter(self.js, msg, f"{reason}: {detail}")

@@ -1,0 +1,693 @@
+"""The room controller: observe the record, compare with what should be, act, idempotently.
+
+Inputs are room events, agent status reports and a periodic sweep of timers and pool health.
+Each step re-reads the record, decides, and writes the next state with compare-and-set before or
+after its one side effect, so a crash at any line leaves a state another replica resumes:
+
+- ``received`` / ``redispatching`` / ``waiting_for_pool`` → choose a pool → ``dispatching``
+  (the CAS that records the choice is the claim: one replica wins it and holds a lease);
+- ``dispatching`` → CreateDispatch (retried, ambiguous failures checked against list_dispatch)
+  → ``dispatched`` with a join deadline;
+- joined / voice reports → ``joined`` / ``speaking``; deadlines, dead pools, ``left`` and ``error``
+  → ``redispatching`` with the pool excluded and the old dispatch and agent removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+
+from orchestrator.dispatcher import create_dispatch
+from orchestrator.index import RoomIndex
+from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
+from orchestrator.pools import PoolRegistry
+from orchestrator.records import HOLDING, IN_FLIGHT, RoomRecord, RoomState
+from orchestrator.rules import match_rule
+from orchestrator.scheduler import ScheduleRequest, Topology, schedule
+from orchestrator.store import Conflict, RoomStore, Versioned
+from orchestrator.transitions import note, transition
+from shared.config import SwitchboardConfig
+from shared.dispatch_metadata import attempt_key, build_dispatch_metadata
+from shared.logs import log_context
+from shared.messages import AgentStatus, DispatchInfo, RoomCreated, RoomEnded
+from shared.subjects import pool_agent_name
+from shared.tracecontext import extract_from, inject_into
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("switchboard.orchestrator")
+S = RoomState
+
+# How many CAS conflicts one step tolerates before leaving the room to the next sweep.
+_MAX_CONFLICTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Clocks:
+    """Wall clock for deadlines shared through KV; monotonic clock for heartbeat ages."""
+
+    wall: Callable[[], float] = time.time
+    mono: Callable[[], float] = time.monotonic
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        store: RoomStore,
+        gateway: LiveKitGateway,
+        config: SwitchboardConfig,
+        registry: PoolRegistry,
+        index: RoomIndex,
+        replica: str,
+        clocks: Clocks | None = None,
+    ) -> None:
+        self.store = store
+        self.gateway = gateway
+        self.config = config
+        self.cfg = config.orchestrator
+        self.registry = registry
+        self.index = index
+        self.replica = replica
+        self.clocks = clocks or Clocks()
+        self.topology = Topology.from_config(config)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._seed = config.orchestrator.seed
+        self._decisions = 0
+        # Lease on an in-flight step: longer than one full CreateDispatch retry budget.
+        self.lease_s = self.cfg.dispatch_deadline_s + 5.0
+
+    # ------------------------------------------------------------------------------------------
+    # inputs
+    # ------------------------------------------------------------------------------------------
+
+    async def on_room_created(self, event: RoomCreated) -> None:
+        now = self.clocks.wall()
+        metadata = json.dumps(event.metadata, separators=(",", ":")) if event.metadata is not None else None
+        region = event.region or _metadata_region(event.metadata)
+        record = RoomRecord(
+            room=event.room,
+            sid=event.sid,
+            home_region=region,
+            user_metadata=metadata,
+            received_at=now,
+            event_at=event.created_at.timestamp() if event.created_at else None,
+            owner=self.replica,
+            lease_until=now + self.lease_s,
+            **_trace_fields(),
+        )
+        record = note(
+            record,
+            now=now,
+            event="received",
+            detail=f"room event (sid {event.sid or '-'})",
+            data={"region_hint": region},
+        )
+        async with self._lock(event.room):
+            created = await self.store.create(record)
+            if created is None:
+                existing = await self.store.get(event.room)
+                if existing is None or not self._is_new_incarnation(existing.record, event):
+                    log.info("duplicate room event ignored", extra={"room": event.room})
+                    return
+                # Same name, new LiveKit room (new sid) after the old one ended: start over.
+                created = await self.store.update(record, existing.revision)
+            self._seen(created)
+            await self._drive(created)
+
+    async def on_room_ended(self, event: RoomEnded) -> None:
+        async with self._lock(event.room):
+            for _ in range(_MAX_CONFLICTS):
+                current = await self.store.get(event.room)
+                if current is None or current.record.terminal:
+                    return
+                if event.sid and current.record.sid and event.sid != current.record.sid:
+                    return  # the end of an older incarnation of this room name
+                rec = current.record
+                try:
+                    ended = transition(
+                        rec,
+                        S.ENDED,
+                        now=self.clocks.wall(),
+                        event="ended",
+                        detail="room ended",
+                        deadline=None,
+                        owner=None,
+                        lease_until=None,
+                    )
+                    self._seen(await self.store.update(ended, current.revision))
+                except Conflict:
+                    continue
+                await self._remove_agent(rec, reason="room ended")
+                return
+
+    async def on_status(self, status: AgentStatus) -> None:
+        async with self._lock(status.room):
+            for _ in range(_MAX_CONFLICTS):
+                current = await self.store.get(status.room)
+                if current is None:
+                    log.warning("status for unknown room", extra={"room": status.room, "state": status.state})
+                    return
+                try:
+                    await self._apply_status(current, status)
+                    return
+                except Conflict:
+                    continue
+
+    async def sweep(self, concurrency: int = 32) -> None:
+        """Timers, expired leases, dead pools, rooms waiting for a pool: one pass over the index.
+
+        Work runs concurrently (bounded), so one slow LiveKit call does not hold up every room.
+        """
+        now = self.clocks.wall()
+        pools = {p.pool: p for p in self.registry.snapshot(self.clocks.mono())}
+        work: list[tuple[str, str | None]] = []
+        for versioned in self.index.live():
+            rec = versioned.record
+            if rec.state in IN_FLIGHT or rec.state == S.WAITING_FOR_POOL:
+                leased = rec.owner not in (None, self.replica) and (rec.lease_until or 0) > now
+                if not leased and not self._lock(rec.room).locked():
+                    work.append((rec.room, None))
+                continue
+            cause: str | None = None
+            if rec.state in HOLDING and rec.pool is not None:
+                view = pools.get(rec.pool)
+                if view is None or view.liveness == "dead":
+                    cause = "pool_dead"
+            if cause is None and rec.deadline is not None and rec.deadline <= now:
+                cause = {S.DISPATCHED: "join_timeout", S.JOINED: "no_voice"}.get(rec.state)
+            if cause is not None:
+                work.append((rec.room, cause))
+        if not work:
+            return
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(room: str, cause: str | None) -> None:
+            async with limit:
+                try:
+                    if cause is None:
+                        await self._guarded_drive(room)
+                    else:
+                        await self._guarded_redispatch(room, cause)
+                except (Conflict, LiveKitCallError) as err:
+                    log.info("sweep step for %s deferred: %s", room, err)
+
+        async with asyncio.TaskGroup() as tg:
+            for room, cause in work:
+                tg.create_task(one(room, cause))
+
+    # ------------------------------------------------------------------------------------------
+    # status reports
+    # ------------------------------------------------------------------------------------------
+
+    async def _apply_status(self, current: Versioned, status: AgentStatus) -> None:
+        rec = current.record
+        now = self.clocks.wall()
+        with log_context(
+            room=rec.room, pool=status.pool, attempt=status.attempt, dispatch_id=status.dispatch_id
+        ):
+            if status.dispatch_id != rec.dispatch_id or rec.terminal:
+                await self._stale_status(rec, status)
+                return
+            data: dict[str, Any] = {"worker": status.worker}
+            if status.warnings:
+                data["warnings"] = status.warnings
+            if status.state == "joined" and rec.state == S.DISPATCHED:
+                new = transition(
+                    rec,
+                    S.JOINED,
+                    now=now,
+                    event="joined",
+                    detail=f"agent joined on {status.worker}",
+                    data=data,
+                    identity=status.identity,
+                    joined_at=now,
+                    deadline=now + self.cfg.voice_deadline_s,
+                )
+            elif status.state == "voice" and rec.state in (S.DISPATCHED, S.JOINED):
+                new = transition(
+                    rec,
+                    S.SPEAKING,
+                    now=now,
+                    event="voice",
+                    detail="agent audio heard by a listener",
+                    data=data,
+                    identity=status.identity or rec.identity,
+                    voice_at=now,
+                    joined_at=rec.joined_at or now,
+                    deadline=None,
+                )
+            elif status.state == "left" and rec.state in HOLDING:
+                if not await self._room_exists(rec.room):
+                    new = transition(
+                        rec,
+                        S.ENDED,
+                        now=now,
+                        event="ended",
+                        detail=f"agent left ({status.reason or 'no reason'}) and the room is gone",
+                        deadline=None,
+                    )
+                else:
+                    new = self._to_redispatching(rec, now, "left", status.reason, exclude=False)
+            elif status.state == "error" and rec.state in HOLDING:
+                new = self._to_redispatching(rec, now, "agent_error", status.reason, exclude=True)
+            else:
+                # Repeated or out-of-order report (e.g. joined after voice): keep it in the timeline only.
+                log.debug("status %s ignored in state %s", status.state, rec.state.value)
+                return
+            log.info("room %s -> %s", rec.room, new.state.value, extra={"state": new.state.value})
+            self._seen(await self.store.update(new, current.revision))
+            if new.state == S.REDISPATCHING:
+                await self._drive(self.index.get(rec.room) or await self._must_get(rec.room))
+
+    async def _stale_status(self, rec: RoomRecord, status: AgentStatus) -> None:
+        """A report from a dispatch we replaced: make sure that late agent does not double up."""
+        if status.state in ("joined", "voice") and status.identity:
+            log.warning(
+                "late agent from a replaced dispatch: removing it",
+                extra={"room": rec.room, "dispatch_id": status.dispatch_id},
+            )
+            try:
+                await self.gateway.delete_dispatch(status.dispatch_id, rec.room)
+                await self.gateway.remove_participant(rec.room, status.identity)
+            except LiveKitCallError as err:
+                log.warning("could not remove late agent: %s", err)
+
+    # ------------------------------------------------------------------------------------------
+    # driving a room forward
+    # ------------------------------------------------------------------------------------------
+
+    async def _guarded_drive(self, room: str) -> None:
+        lock = self._lock(room)
+        if lock.locked():
+            return  # someone in this replica is already on it
+        async with lock:
+            current = await self.store.get(room)
+            if current is not None:
+                self._seen(current)
+                await self._drive(current)
+
+    async def _guarded_redispatch(self, room: str, cause: str) -> None:
+        lock = self._lock(room)
+        if lock.locked():
+            return
+        async with lock:
+            current = await self.store.get(room)
+            if current is None:
+                return
+            rec = current.record
+            now = self.clocks.wall()
+            still = (
+                (cause == "pool_dead" and rec.state in HOLDING)
+                or (
+                    cause == "join_timeout" and rec.state == S.DISPATCHED and (rec.deadline or now + 1) <= now
+                )
+                or (cause == "no_voice" and rec.state == S.JOINED and (rec.deadline or now + 1) <= now)
+            )
+            if not still:
+                return
+            try:
+                moved = await self.store.update(
+                    self._to_redispatching(rec, now, cause, None, exclude=True), current.revision
+                )
+            except Conflict:
+                return
+            self._seen(moved)
+            await self._drive(moved)
+
+    async def _drive(self, current: Versioned) -> None:
+        """Run in-flight steps until the room rests (dispatched, waiting, terminal) or we lose it."""
+        conflicts = 0
+        while conflicts < _MAX_CONFLICTS:
+            rec = current.record
+            now = self.clocks.wall()
+            if (
+                rec.owner not in (None, self.replica)
+                and (rec.lease_until or 0) > now
+                and rec.state in IN_FLIGHT
+            ):
+                return  # another replica holds this step
+            with log_context(room=rec.room, pool=rec.pool, attempt=rec.attempt):
+                try:
+                    if rec.state in (S.RECEIVED, S.REDISPATCHING, S.WAITING_FOR_POOL):
+                        nxt = await self._place(current)
+                    elif rec.state == S.DISPATCHING:
+                        nxt = await self._dispatch(current)
+                    else:
+                        return
+                except Conflict:
+                    conflicts += 1
+                    fresh = await self.store.get(rec.room)
+                    if fresh is None:
+                        return
+                    current = fresh
+                    self._seen(current)
+                    continue
+            if nxt is None:
+                return
+            current = nxt
+
+    async def _place(self, current: Versioned) -> Versioned | None:
+        """Choose a pool (or none) for a room that needs one, and record the choice (the claim)."""
+        rec = current.record
+        now = self.clocks.wall()
+        with self._span("schedule", rec) as span:
+            if rec.state == S.REDISPATCHING:
+                await self._remove_agent(rec, reason=rec.reason or "redispatch")
+            if rec.rule is None:
+                match = match_rule(rec.room, self.config.rules)
+                if match.rule is None:
+                    span.set_attribute("switchboard.rule", "")
+                    new = transition(
+                        rec,
+                        S.IGNORED,
+                        now=now,
+                        event="rule",
+                        detail=match.reason,
+                        reason="no_rule",
+                        owner=None,
+                        lease_until=None,
+                    )
+                    return self._seen(await self.store.update(new, current.revision))
+                rec = note(
+                    rec.model_copy(
+                        update={
+                            "rule": match.rule.name,
+                            "agent": match.rule.agent,
+                            "home_region": rec.home_region or self.config.default_region,
+                        }
+                    ),
+                    now=now,
+                    event="rule",
+                    detail=match.reason,
+                )
+            assert rec.agent is not None and rec.home_region is not None
+            if rec.attempt >= self.cfg.max_attempts:
+                new = transition(
+                    rec,
+                    S.FAILED,
+                    now=now,
+                    event="failed",
+                    detail=f"gave up after {rec.attempt} attempts (last: {rec.reason})",
+                    reason="max_attempts",
+                    owner=None,
+                    lease_until=None,
+                    deadline=None,
+                )
+                return self._seen(await self.store.update(new, current.revision))
+            pools = self.registry.snapshot(self.clocks.mono())
+            reserved = self.index.reserved({p.pool: p.jobs for p in pools})
+            self._decisions += 1
+            decision = schedule(
+                ScheduleRequest(
+                    room=rec.room, agent=rec.agent, region=rec.home_region, excluded=frozenset(rec.excluded)
+                ),
+                pools,
+                reserved,
+                self.topology,
+                seed=self._next_seed(rec),
+            )
+            summary = decision.to_dict()
+            span.set_attribute("switchboard.decision.pool", decision.pool or "")
+            span.set_attribute("switchboard.decision.candidates", len(decision.candidates))
+            span.set_attribute("switchboard.decision.reason", decision.reason)
+            for pool, why in decision.rejections.items():
+                span.add_event("rejected", {"switchboard.pool": pool, "switchboard.reason": why})
+            if decision.pool is None:
+                if rec.state == S.WAITING_FOR_POOL:
+                    if rec.deadline is not None and rec.deadline <= now:
+                        new = transition(
+                            rec,
+                            S.FAILED,
+                            now=now,
+                            event="failed",
+                            detail=decision.reason,
+                            reason="no_pool",
+                            owner=None,
+                            lease_until=None,
+                            deadline=None,
+                        )
+                        return self._seen(await self.store.update(new, current.revision))
+                    return None  # still waiting; the sweep tries again
+                new = transition(
+                    rec,
+                    S.WAITING_FOR_POOL,
+                    now=now,
+                    event="decision",
+                    detail=decision.reason,
+                    data=summary,
+                    deadline=now + self.cfg.no_pool_deadline_s,
+                    owner=None,
+                    lease_until=None,
+                )
+                return self._seen(await self.store.update(new, current.revision))
+            attempt = rec.attempt + 1
+            new = transition(
+                rec,
+                S.DISPATCHING,
+                now=now,
+                event="decision",
+                detail=decision.reason,
+                data=summary,
+                attempt=attempt,
+                pool=decision.pool,
+                agent_name=pool_agent_name(rec.agent, decision.pool),
+                dispatch_id=None,
+                identity=None,
+                dispatch_key=attempt_key(rec.room, attempt),
+                owner=self.replica,
+                lease_until=now + self.lease_s,
+                deadline=None,
+            )
+            return self._seen(await self.store.update(new, current.revision))
+
+    async def _dispatch(self, current: Versioned) -> Versioned | None:
+        rec = current.record
+        now = self.clocks.wall()
+        # A step this replica did not start in this very call (taken over, or retried after the
+        # whole retry budget failed) may already have landed in LiveKit: look before dispatching.
+        look_first = rec.owner != self.replica
+        if look_first:
+            current = self._seen(
+                await self.store.update(
+                    note(
+                        rec.model_copy(update={"owner": self.replica, "lease_until": now + self.lease_s}),
+                        now=now,
+                        event="resume",
+                        detail=f"resuming dispatch (previous owner: {rec.owner or 'none'})",
+                    ),
+                    current.revision,
+                )
+            )
+            rec = current.record
+        assert rec.pool and rec.agent_name and rec.agent and rec.dispatch_key and rec.home_region
+        region = self._pool_region(rec.pool) or rec.home_region
+        with self._span("dispatch", rec):
+            info = DispatchInfo(
+                room=rec.room,
+                attempt=rec.attempt,
+                pool=rec.pool,
+                region=region,
+                agent=rec.agent,
+                key=rec.dispatch_key,
+            )
+            metadata = build_dispatch_metadata(rec.user_metadata, info)
+            try:
+                existing = (
+                    await self.gateway.find_dispatch(rec.room, rec.agent_name, rec.dispatch_key)
+                    if look_first
+                    else None
+                )
+                if existing:
+                    dispatch_id, tries = existing, 0
+                else:
+                    result = await create_dispatch(
+                        self.gateway,
+                        room=rec.room,
+                        agent_name=rec.agent_name,
+                        metadata=metadata,
+                        key=rec.dispatch_key,
+                        deadline_s=self.cfg.dispatch_deadline_s,
+                        attributes=_span_attrs(rec),
+                    )
+                    dispatch_id, tries = result.dispatch_id, result.tries
+            except LiveKitCallError as err:
+                now = self.clocks.wall()
+                if err.permanent:
+                    new = transition(
+                        rec,
+                        S.FAILED,
+                        now=now,
+                        event="dispatch_error",
+                        detail=str(err),
+                        reason=err.reason,
+                        owner=None,
+                        lease_until=None,
+                    )
+                    log.error("dispatch failed permanently: %s", err, extra={"reason": err.reason})
+                    return self._seen(await self.store.update(new, current.revision))
+                rounds = 1 + sum(
+                    1
+                    for h in rec.history
+                    if h.event == "dispatch_error" and h.data.get("key") == rec.dispatch_key
+                )
+                if rounds >= self.cfg.max_dispatch_rounds:
+                    new = transition(
+                        rec,
+                        S.FAILED,
+                        now=now,
+                        event="dispatch_error",
+                        detail=f"{err} (gave up after {rounds} rounds of retries)",
+                        reason=err.reason,
+                        owner=None,
+                        lease_until=None,
+                    )
+                    log.error(
+                        "dispatch failed after %d rounds: %s", rounds, err, extra={"reason": err.reason}
+                    )
+                    return self._seen(await self.store.update(new, current.revision))
+                # LiveKit unreachable for the whole budget: release the claim; the sweep (any
+                # replica) tries again, looking for a dispatch that may have landed first.
+                new = note(
+                    rec.model_copy(update={"owner": None, "lease_until": None}),
+                    now=now,
+                    event="dispatch_error",
+                    detail=str(err),
+                    data={"reason": err.reason, "key": rec.dispatch_key, "round": rounds},
+                )
+                self._seen(await self.store.update(new, current.revision))
+                return None
+        now = self.clocks.wall()
+        new = transition(
+            rec,
+            S.DISPATCHED,
+            now=now,
+            event="dispatched",
+            detail=f"CreateDispatch {rec.agent_name} ok after {tries} tr{'y' if tries == 1 else 'ies'}",
+            data={"dispatch_id": dispatch_id, "pool": rec.pool},
+            dispatch_id=dispatch_id,
+            dispatched_at=now,
+            deadline=now + self.cfg.join_deadline_s,
+            owner=None,
+            lease_until=None,
+        )
+        log.info("dispatched", extra={"dispatch_id": dispatch_id, "state": "dispatched"})
+        return self._seen(await self.store.update(new, current.revision))
+
+    # ------------------------------------------------------------------------------------------
+    # helpers
+    # ------------------------------------------------------------------------------------------
+
+    def _to_redispatching(
+        self, rec: RoomRecord, now: float, cause: str, why: str | None, *, exclude: bool
+    ) -> RoomRecord:
+        excluded = (
+            [*rec.excluded, rec.pool]
+            if exclude and rec.pool and rec.pool not in rec.excluded
+            else rec.excluded
+        )
+        detail = f"{cause}: {why}" if why else cause
+        return transition(
+            rec,
+            S.REDISPATCHING,
+            now=now,
+            event="redispatch",
+            detail=detail,
+            data={"cause": cause, "pool": rec.pool},
+            reason=cause,
+            excluded=excluded,
+            owner=self.replica,
+            lease_until=now + self.lease_s,
+            deadline=None,
+        )
+
+    async def _remove_agent(self, rec: RoomRecord, reason: str) -> None:
+        """Delete our dispatch and evict its agent, so a late or stale agent never doubles up."""
+        try:
+            if rec.dispatch_id:
+                await self.gateway.delete_dispatch(rec.dispatch_id, rec.room)
+            if rec.identity:
+                await self.gateway.remove_participant(rec.room, rec.identity)
+        except LiveKitCallError as err:
+            log.warning("cleanup of old dispatch failed (%s): %s", reason, err, extra={"room": rec.room})
+
+    async def _room_exists(self, room: str) -> bool:
+        try:
+            return await self.gateway.room_exists(room)
+        except LiveKitCallError:
+            return True  # unknown: assume it is there and let the new dispatch decide
+
+    async def _must_get(self, room: str) -> Versioned:
+        got = await self.store.get(room)
+        if got is None:
+            raise Conflict(room)
+        return got
+
+    def _pool_region(self, pool: str) -> str | None:
+        for view in self.registry.snapshot(self.clocks.mono()):
+            if view.pool == pool:
+                return view.region
+        return None
+
+    def _next_seed(self, rec: RoomRecord) -> int:
+        # Deterministic per room and attempt when a seed is configured (tests), varied otherwise.
+        base = self._seed if self._seed is not None else time.monotonic_ns()
+        return hash((base, rec.room, rec.attempt, self._decisions if self._seed is None else 0)) & 0xFFFFFFFF
+
+    def _is_new_incarnation(self, rec: RoomRecord, event: RoomCreated) -> bool:
+        return rec.terminal and event.sid is not None and event.sid != rec.sid
+
+    def _seen(self, versioned: Versioned) -> Versioned:
+        self.index.apply(versioned.record.room, versioned)
+        return versioned
+
+    def _lock(self, room: str) -> asyncio.Lock:
+        lock = self._locks.get(room)
+        if lock is None:
+            if len(self._locks) > 10_000:
+                self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+            lock = self._locks[room] = asyncio.Lock()
+        return lock
+
+    @contextmanager
+    def _span(self, name: str, rec: RoomRecord) -> Iterator[Span]:
+        parent = None
+        if trace.get_current_span().get_span_context().is_valid is False and rec.traceparent:
+            parent = extract_from({"traceparent": rec.traceparent, "tracestate": rec.tracestate or ""})
+        with _tracer.start_as_current_span(
+            name, context=parent, kind=SpanKind.INTERNAL, attributes=_span_attrs(rec)
+        ) as span:
+            yield span
+
+
+def _span_attrs(rec: RoomRecord) -> dict[str, str | int]:
+    attrs: dict[str, str | int] = {
+        "switchboard.room": rec.room,
+        "switchboard.attempt": rec.attempt,
+        "switchboard.state": rec.state.value,
+    }
+    if rec.pool:
+        attrs["switchboard.pool"] = rec.pool
+    if rec.home_region:
+        attrs["switchboard.region"] = rec.home_region
+    if rec.dispatch_id:
+        attrs["switchboard.dispatch_id"] = rec.dispatch_id
+    return attrs
+
+
+def _trace_fields() -> dict[str, str | None]:
+    carrier: dict[str, Any] = inject_into({})
+    return {"traceparent": carrier.get("traceparent"), "tracestate": carrier.get("tracestate") or None}
+
+
+def _metadata_region(metadata: dict[str, Any] | None) -> str | None:
+    region = (metadata or {}).get("region")
+    return region if isinstance(region, str) and region else None

@@ -1,0 +1,60 @@
+"""Every replica's in-memory view of all live room records, fed by a KV watch.
+
+Timers, pool-death failover and reservation counts are computed from this view, so they survive
+the replica that set them: the deadlines live in the records, and any replica's sweep acts on
+them (compare-and-set decides which one wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from orchestrator.records import RoomState
+from orchestrator.store import Versioned
+
+# Counted against a pool's headroom until its heartbeat lists the dispatch as a job.
+_RESERVING = frozenset({RoomState.DISPATCHING, RoomState.DISPATCHED, RoomState.JOINED, RoomState.SPEAKING})
+
+
+class RoomIndex:
+    def __init__(self) -> None:
+        self._rooms: dict[str, Versioned] = {}
+        self.synced = False
+
+    def apply(self, room: str, versioned: Versioned | None) -> None:
+        """Record a change seen on the watch or written by us; older revisions never win."""
+        if versioned is None:
+            self._rooms.pop(room, None)
+            return
+        current = self._rooms.get(room)
+        if current is not None and current.revision >= versioned.revision:
+            return
+        if versioned.record.terminal:
+            # Terminal records stay in KV for `explain`, but nothing here needs them.
+            self._rooms.pop(room, None)
+        else:
+            self._rooms[room] = versioned
+
+    def get(self, room: str) -> Versioned | None:
+        return self._rooms.get(room)
+
+    def live(self) -> Iterator[Versioned]:
+        yield from list(self._rooms.values())
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def reserved(self, pool_jobs: dict[str, frozenset[str]]) -> dict[str, int]:
+        """Per pool: rooms placed on it whose job its heartbeats do not show yet."""
+        counts: dict[str, int] = {}
+        for v in self._rooms.values():
+            rec = v.record
+            if rec.pool is None or rec.state not in _RESERVING:
+                continue
+            if rec.dispatch_id is not None and rec.dispatch_id in pool_jobs.get(rec.pool, frozenset()):
+                continue
+            counts[rec.pool] = counts.get(rec.pool, 0) + 1
+        return counts
+
+    def on_pool(self, pool: str) -> list[Versioned]:
+        return [v for v in self._rooms.values() if v.record.pool == pool]

@@ -1,0 +1,93 @@
+"""The room record: the one durable truth about a room, kept in the KV bucket.
+
+Every change is a compare-and-set on the entry's revision (see :mod:`orchestrator.store`), so two
+replicas can never both act on one room; the record carries everything the next replica needs to
+resume (state, attempt, pool, dispatch id, deadline, lease) and the timeline ``explain`` prints.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_HISTORY = 80
+
+
+class RoomState(StrEnum):
+    RECEIVED = "received"
+    IGNORED = "ignored"
+    DISPATCHING = "dispatching"
+    DISPATCHED = "dispatched"
+    JOINED = "joined"
+    SPEAKING = "speaking"
+    REDISPATCHING = "redispatching"
+    WAITING_FOR_POOL = "waiting_for_pool"
+    ENDED = "ended"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({RoomState.IGNORED, RoomState.ENDED, RoomState.FAILED})
+# States in which an agent of ours is (or is about to be) in the room, on ``pool``.
+HOLDING = frozenset({RoomState.DISPATCHED, RoomState.JOINED, RoomState.SPEAKING})
+# States in which a replica is in the middle of acting; resumed by another when the lease runs out.
+IN_FLIGHT = frozenset({RoomState.RECEIVED, RoomState.DISPATCHING, RoomState.REDISPATCHING})
+
+
+class HistoryEntry(BaseModel):
+    """One line of a room's timeline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: float  # unix seconds
+    event: str  # received, rule, decision, dispatch, dispatch_error, joined, voice, redispatch, ...
+    state: RoomState
+    detail: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class RoomRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: int = 1
+    room: str
+    sid: str | None = None
+    state: RoomState = RoomState.RECEIVED
+    rule: str | None = None
+    agent: str | None = None
+    home_region: str | None = None
+    # User metadata from the room event, passed to every dispatch (never logged).
+    user_metadata: str | None = None
+    attempt: int = 0
+    pool: str | None = None
+    agent_name: str | None = None
+    dispatch_id: str | None = None
+    dispatch_key: str | None = None
+    identity: str | None = None  # the agent participant's identity once joined
+    excluded: list[str] = Field(default_factory=list)
+    reason: str | None = None  # why failed / ignored / last redispatch
+    # Unix seconds. ``deadline`` is the next timer (join, voice, waiting for a pool); ``lease_until``
+    # guards an in-flight action by ``owner`` — past it, another replica takes over.
+    received_at: float = 0.0
+    event_at: float | None = None
+    dispatched_at: float | None = None
+    joined_at: float | None = None
+    voice_at: float | None = None
+    deadline: float | None = None
+    owner: str | None = None
+    lease_until: float | None = None
+    # W3C context of the room's trace, so every later span (timers, redispatch) joins the one trace.
+    traceparent: str | None = None
+    tracestate: str | None = None
+    history: Annotated[list[HistoryEntry], Field(max_length=MAX_HISTORY)] = Field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def trace_id(self) -> str | None:
+        return (
+            self.traceparent.split("-")[1] if self.traceparent and self.traceparent.count("-") >= 3 else None
+        )

@@ -1,0 +1,203 @@
+"""One orchestrator replica: wire NATS, KV, LiveKit and the controller, run its loops, stop cleanly.
+
+Loops (one TaskGroup, all cancelled together on SIGTERM/SIGINT):
+- KV watch → the room index every replica keeps (timers and failover survive any replica);
+- room-event pump and status pump (shared durable pull consumers);
+- heartbeat subscription → pool registry;
+- sweep: deadlines, dead pools, expired leases, rooms waiting for a pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from nats.aio.msg import Msg
+
+from orchestrator.consumer import ConsumerSpec, MessagePump, ensure_consumer
+from orchestrator.controller import Controller
+from orchestrator.index import RoomIndex
+from orchestrator.livekit_gateway import LiveKitGateway
+from orchestrator.pools import PoolRegistry
+from orchestrator.store import RoomStore, open_bucket
+from shared import bus, subjects
+from shared.codec import ContractError, decode
+from shared.config import SwitchboardConfig
+from shared.messages import AgentStatus, Message, PoolHeartbeat, RoomCreated, RoomEnded
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROOMS_CONSUMER = ConsumerSpec(stream=subjects.ROOMS_STREAM, durable=subjects.ORCHESTRATOR_CONSUMER)
+STATUS_CONSUMER = ConsumerSpec(stream=subjects.STATUS_STREAM, durable=subjects.ORCHESTRATOR_CONSUMER)
+
+
+def replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Readiness:
+    nats_connected: bool = False
+    consumers_bound: bool = False
+    index_synced: bool = False
+    livekit_ok: bool = False
+    details: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.nats_connected and self.consumers_bound and self.index_synced and self.livekit_ok
+
+
+class OrchestratorService:
+    def __init__(self, settings: Settings, config: SwitchboardConfig, replica: str | None = None) -> None:
+        self.settings = settings
+        self.config = config
+        self.replica = replica or replica_id()
+        self.readiness = Readiness()
+        self.registry = PoolRegistry(
+            config.orchestrator.heartbeat_interval_s,
+            config.orchestrator.dead_after_missed_beats,
+            config.pools,
+        )
+        self.index = RoomIndex()
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        async def on_nats_state(state: str) -> None:
+            self.readiness.nats_connected = state == "connected"
+
+        nc = await bus.connect(self.settings.nats, f"switchboard-orchestrator-{self.replica}", on_nats_state)
+        try:
+            js = nc.jetstream()
+            replicas = self.settings.nats.stream_replicas
+            await bus.ensure_streams(js, replicas)
+            kv = await open_bucket(js, replicas)
+            for spec in (ROOMS_CONSUMER, STATUS_CONSUMER):
+                await ensure_consumer(js, spec)
+            store = RoomStore(kv)
+            async with LiveKitGateway(self.settings.livekit) as gateway:
+                controller = Controller(
+                    store=store,
+                    gateway=gateway,
+                    config=self.config,
+                    registry=self.registry,
+                    index=self.index,
+                    replica=self.replica,
+                )
+                rooms = MessagePump(
+                    js,
+                    ROOMS_CONSUMER,
+                    {subjects.ROOM_CREATED: RoomCreated, subjects.ROOM_ENDED: RoomEnded},
+                    self._room_handler(controller),
+                )
+                statuses = MessagePump(
+                    js, STATUS_CONSUMER, {subjects.ROOM_STATUS: AgentStatus}, self._status_handler(controller)
+                )
+                heartbeats = await nc.subscribe(subjects.POOL_HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
+                # Learn the pools before taking rooms: without one heartbeat period of warm-up a
+                # fresh replica would park its first rooms in waiting_for_pool for nothing.
+                await asyncio.sleep(self.config.orchestrator.heartbeat_interval_s * 1.5)
+                log.info("orchestrator replica %s running", self.replica)
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._watch(store))
+                        tg.create_task(rooms.run())
+                        tg.create_task(statuses.run())
+                        tg.create_task(self._sweep(controller))
+                        tg.create_task(self._check_livekit(gateway))
+                        tg.create_task(self._track_binding(rooms, statuses))
+                        await self._stop.wait()
+                        raise _Stop
+                except* _Stop:
+                    pass
+                finally:
+                    await heartbeats.unsubscribe()
+        finally:
+            self.readiness = Readiness()
+            await nc.drain()
+            log.info("orchestrator replica %s stopped", self.replica)
+
+    # -- handlers --------------------------------------------------------------------------------
+
+    def _room_handler(self, controller: Controller):  # type: ignore[no-untyped-def]
+        async def handle(message: Message, msg: Msg) -> None:
+            await msg.in_progress()
+            if isinstance(message, RoomCreated):
+                await controller.on_room_created(message)
+            elif isinstance(message, RoomEnded):
+                await controller.on_room_ended(message)
+
+        return handle
+
+    def _status_handler(self, controller: Controller):  # type: ignore[no-untyped-def]
+        async def handle(message: Message, msg: Msg) -> None:
+            assert isinstance(message, AgentStatus)
+            await controller.on_status(message)
+
+        return handle
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        try:
+            hb = decode(PoolHeartbeat, msg.data)
+        except ContractError as err:
+            log.warning("bad heartbeat on %s: %s", msg.subject, err, extra={"reason": err.reason})
+            return
+        self.registry.observe(hb, asyncio.get_running_loop().time())
+
+    # -- loops -----------------------------------------------------------------------------------
+
+    async def _watch(self, store: RoomStore) -> None:
+        async for change in store.watch():
+            if change is None:
+                self.readiness.index_synced = True
+                log.info("room index synced: %d live rooms", len(self.index))
+                continue
+            room, versioned = change
+            self.index.apply(room, versioned)
+
+    async def _sweep(self, controller: Controller) -> None:
+        interval = self.config.orchestrator.sweep_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if not self.readiness.index_synced:
+                continue
+            try:
+                await controller.sweep()
+            except Exception:
+                log.exception("sweep failed; next one in %.2fs", interval)
+
+    async def _check_livekit(self, gateway: LiveKitGateway) -> None:
+        while True:
+            try:
+                await gateway.check_credentials()
+                self.readiness.livekit_ok = True
+                self.readiness.details.pop("livekit", None)
+            except Exception as err:
+                self.readiness.livekit_ok = False
+                self.readiness.details["livekit"] = str(err)
+            await asyncio.sleep(5.0)
+
+    async def _track_binding(self, *pumps: MessagePump) -> None:
+        while True:
+            self.readiness.consumers_bound = all(p.bound for p in pumps)
+            await asyncio.sleep(0.5)
+
+
+class _Stop(Exception):
+    pass
+
+
+async def run_until_signalled(service: OrchestratorService) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.request_stop)
+    await service.run()

@@ -1,0 +1,238 @@
+"""The orchestrator against real nats-server and livekit-server, with stand-in pools on NATS.
+
+The pools here are the test itself publishing heartbeats and status reports over real NATS (the
+real livekit-agents workers are exercised in test_e2e_*); LiveKit is real, so every dispatch,
+deletion and auto-created room below is LiveKit's own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from livekit import api as lkapi
+from nats.aio.client import Client as NATS
+
+from orchestrator.devstack.livekit_server import LiveKitServer
+from orchestrator.devstack.nats_server import NatsServer
+from orchestrator.records import RoomState
+from orchestrator.store import open_bucket
+from shared import bus, subjects
+from shared.dispatch_metadata import read_dispatch_metadata
+from shared.messages import RoomCreated, RoomEnded
+from tests.orchestratorkit import FakePool, make_config, make_settings, running_orchestrator, wait_for_record
+
+S = RoomState
+pytestmark = pytest.mark.integration
+
+
+async def _named_dispatches(api: lkapi.LiveKitAPI, room: str) -> list[lkapi.AgentDispatch]:
+    # ListDispatch on a room that does not exist answers 503 "no response from servers".
+    if not (await api.room.list_rooms(lkapi.ListRoomsRequest(names=[room]))).rooms:
+        return []
+    return [d for d in await api.agent_dispatch.list_dispatch(room_name=room) if d.agent_name]
+
+
+async def test_room_is_dispatched_to_its_region_and_reaches_speaking(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, livekit_api: lkapi.LiveKitAPI
+) -> None:
+    js = nc.jetstream()
+    eu, us = FakePool(nc, "eu-central-a", "eu-central"), FakePool(nc, "us-east-a", "us-east")
+    await eu.start()
+    await us.start()
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+        kv = await open_bucket(js)
+        await bus.publish_room_created(
+            js, RoomCreated(room="ornina-flow-1", region="eu-central", metadata={"lang": "de"})
+        )
+        rec = await wait_for_record(kv, "ornina-flow-1", {S.DISPATCHED})
+        assert rec.pool == "eu-central-a" and rec.attempt == 1 and rec.dispatch_id
+        [dispatch] = await _named_dispatches(livekit_api, "ornina-flow-1")
+        assert dispatch.id == rec.dispatch_id and dispatch.agent_name == eu.agent_name
+        read = read_dispatch_metadata(dispatch.metadata)
+        assert read.info is not None and read.info.attempt == 1 and read.info.pool == "eu-central-a"
+        assert read.user_metadata == '{"lang":"de"}'
+
+        await eu.report("ornina-flow-1", rec.dispatch_id, 1, "joined")
+        await wait_for_record(kv, "ornina-flow-1", {S.JOINED})
+        await eu.report("ornina-flow-1", rec.dispatch_id, 1, "voice")
+        rec = await wait_for_record(kv, "ornina-flow-1", {S.SPEAKING})
+        events = [h.event for h in rec.history]
+        assert events == ["received", "rule", "decision", "dispatched", "joined", "voice"]
+        decision = rec.history[2].data
+        assert decision["pool"] == "eu-central-a"
+        assert {c["pool"] for c in decision["candidates"]} >= {"eu-central-a"}
+    await eu.stop()
+    await us.stop()
+
+
+async def test_room_matching_no_rule_is_ignored_with_the_reason(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, livekit_api: lkapi.LiveKitAPI
+) -> None:
+    js = nc.jetstream()
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+        kv = await open_bucket(js)
+        await bus.publish_room_created(js, RoomCreated(room="lobby-1"))
+        rec = await wait_for_record(kv, "lobby-1", {S.IGNORED})
+        assert rec.reason == "no_rule" and "no rule matches" in rec.history[-1].detail
+    assert await _named_dispatches(livekit_api, "lobby-1") == []
+
+
+async def test_full_home_region_spills_to_the_neighbour(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer
+) -> None:
+    js = nc.jetstream()
+    eu = FakePool(nc, "eu-central-a", "eu-central", capacity=1, active=1)
+    us = FakePool(nc, "us-east-a", "us-east")
+    await eu.start()
+    await us.start()
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+        kv = await open_bucket(js)
+        await bus.publish_room_created(js, RoomCreated(room="ornina-spill", region="eu-central"))
+        rec = await wait_for_record(kv, "ornina-spill", {S.DISPATCHED})
+        assert rec.pool == "us-east-a"
+        assert "full" in rec.history[2].data["rejections"]["eu-central-a"]
+    await eu.stop()
+    await us.stop()
+
+
+async def test_join_timeout_redispatches_elsewhere_and_deletes_the_old_dispatch(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, livekit_api: lkapi.LiveKitAPI
+) -> None:
+    js = nc.jetstream()
+    a, b = FakePool(nc, "eu-central-a", "eu-central"), FakePool(nc, "eu-central-b", "eu-central", capacity=2)
+    await a.start()
+    await b.start()
+    async with running_orchestrator(
+        make_settings(nats_server, livekit_server), make_config(join_deadline_s=1)
+    ):
+        kv = await open_bucket(js)
+        await bus.publish_room_created(js, RoomCreated(room="ornina-timeout", region="eu-central"))
+        first = await wait_for_record(kv, "ornina-timeout", {S.DISPATCHED})
+        # Nobody reports joined: after the deadline the room goes to the other pool.
+        await wait_for_record(kv, "ornina-timeout", {S.REDISPATCHING, S.DISPATCHING})
+        rec = await wait_for_record(kv, "ornina-timeout", {S.DISPATCHED})
+        assert rec.pool != first.pool and first.pool in rec.excluded
+        assert any(h.event == "redispatch" and "join_timeout" in h.detail for h in rec.history)
+        ids = [d.id for d in await _named_dispatches(livekit_api, "ornina-timeout")]
+        assert ids == [rec.dispatch_id]  # the first dispatch was deleted
+    await a.stop()
+    await b.stop()
+
+
+async def test_dead_pool_moves_its_speaking_rooms(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, livekit_api: lkapi.LiveKitAPI
+) -> None:
+    js = nc.jetstream()
+    eu, us = FakePool(nc, "eu-central-a", "eu-central"), FakePool(nc, "us-east-a", "us-east")
+    await eu.start()
+    await us.start()
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+        kv = await open_bucket(js)
+        await bus.publish_room_created(js, RoomCreated(room="ornina-dies", region="eu-central"))
+        rec = await wait_for_record(kv, "ornina-dies", {S.DISPATCHED})
+        assert rec.dispatch_id
+        await eu.report("ornina-dies", rec.dispatch_id, 1, "joined")
+        await eu.report("ornina-dies", rec.dispatch_id, 1, "voice")
+        await wait_for_record(kv, "ornina-dies", {S.SPEAKING})
+        await eu.stop()  # the pool goes silent
+        rec = await wait_for_record(kv, "ornina-dies", {S.DISPATCHED})
+        assert rec.pool == "us-east-a" and rec.attempt == 2 and "eu-central-a" in rec.excluded
+        assert any(h.event == "redispatch" and "pool_dead" in h.detail for h in rec.history)
+        assert [d.id for d in await _named_dispatches(livekit_api, "ornina-dies")] == [rec.dispatch_id]
+    await us.stop()
+
+
+async def test_room_waits_for_a_pool_and_goes_when_one_appears(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer
+) -> None:
+    js = nc.jetstream()
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+        kv = await open_bucket(js)
+        await bus.publish_room_created(js, RoomCreated(room="ornina-wait"))
+        rec = await wait_for_record(kv, "ornina-wait", {S.WAITING_FOR_POOL})
+        assert "no pool" in rec.history[-1].detail or "no live pool" in rec.history[-1].detail
+        pool = FakePool(nc, "eu-central-a", "eu-central")
+        await pool.start()
+        rec = await wait_for_record(kv, "ornina-wait", {S.DISPATCHED})
+        assert rec.pool == "eu-central-a"
+        await pool.stop()
+
+
+async def test_no_pool_until_the_deadline_fails_the_room(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer
+) -> None:
+    js = nc.jetstream()
+    async with running_orchestrator(
+        make_settings(nats_server, livekit_server), make_config(no_pool_deadline_s=0.5)
+    ):
+        kv = await open_bucket(js)
+        await bus.publish_room_created(js, RoomCreated(room="ornina-nopool"))
+        rec = await wait_for_record(kv, "ornina-nopool", {S.FAILED})
+        assert rec.reason == "no_pool"
+
+
+async def test_room_end_stops_watching_and_deletes_the_dispatch(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, livekit_api: lkapi.LiveKitAPI
+) -> None:
+    js = nc.jetstream()
+    pool = FakePool(nc, "eu-central-a", "eu-central")
+    await pool.start()
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+        kv = await open_bucket(js)
+        await bus.publish_room_created(js, RoomCreated(room="ornina-end"))
+        await wait_for_record(kv, "ornina-end", {S.DISPATCHED})
+        await bus.publish_room_ended(js, RoomEnded(room="ornina-end"))
+        rec = await wait_for_record(kv, "ornina-end", {S.ENDED})
+        assert rec.deadline is None
+        assert await _named_dispatches(livekit_api, "ornina-end") == []
+    await pool.stop()
+
+
+async def test_wrong_secret_fails_the_room_naming_authentication_without_leaking_it(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    js = nc.jetstream()
+    wrong = "wrong-secret-0123456789-abcdefghijklmnop"
+    pool = FakePool(nc, "eu-central-a", "eu-central")
+    await pool.start()
+    with caplog.at_level(logging.DEBUG):
+        async with running_orchestrator(
+            make_settings(nats_server, livekit_server, secret=wrong), make_config()
+        ):
+            kv = await open_bucket(js)
+            await bus.publish_room_created(js, RoomCreated(room="ornina-auth"))
+            rec = await wait_for_record(kv, "ornina-auth", {S.FAILED})
+    await pool.stop()
+    assert rec.reason == "unauthenticated"
+    assert "LIVEKIT_API_SECRET" in rec.history[-1].detail
+    tries = [h for h in rec.history if h.event == "dispatch_error"]
+    assert len(tries) == 1  # permanent: no retry storm
+    assert wrong not in caplog.text and wrong not in rec.model_dump_json()
+    assert livekit_server.api_secret not in caplog.text
+
+
+async def test_bad_messages_are_dead_lettered_and_good_ones_around_them_still_flow(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer
+) -> None:
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    pool = FakePool(nc, "eu-central-a", "eu-central")
+    await pool.start()
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+        kv = await open_bucket(js)
+        await js.publish(subjects.ROOM_CREATED, b"\xff not json", headers={"Nats-Msg-Id": "bad-1"})
+        await js.publish(subjects.ROOM_CREATED, b'{"v":9,"room":"x"}', headers={"Nats-Msg-Id": "bad-2"})
+        await bus.publish_room_created(js, RoomCreated(room="ornina-good"))
+        await js.publish(subjects.ROOM_STATUS, b'{"v":1}', headers={"Nats-Msg-Id": "bad-3"})
+        await wait_for_record(kv, "ornina-good", {S.DISPATCHED})
+        dead = await js.pull_subscribe(
+            f"{subjects.DEAD_LETTER}.>", durable="inspect", stream=subjects.DEAD_LETTER_STREAM
+        )
+        msgs = await dead.fetch(3, timeout=5)
+        while len(msgs) < 3:
+            msgs += await dead.fetch(3 - len(msgs), timeout=5)
+        reasons = sorted((m.headers or {})[subjects.REJECT_REASON_HEADER].split(":")[0] for m in msgs)
+        assert reasons == ["invalid", "not_utf8", "unknown_version"]
+        assert {m.data for m in msgs} >= {b"\xff not json", b'{"v":9,"room":"x"}'}
+    await pool.stop()

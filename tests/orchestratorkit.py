@@ -1,0 +1,175 @@
+"""Helpers for orchestrator tests against the real servers: an in-process replica, a stand-in
+worker pool that beats and reports over real NATS, and waiting on a room's KV record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
+
+from orchestrator.devstack.livekit_server import LiveKitServer
+from orchestrator.devstack.nats_server import NatsServer
+from orchestrator.records import RoomRecord, RoomState
+from orchestrator.service import OrchestratorService
+from orchestrator.store import room_key
+from shared import bus, subjects
+from shared.codec import encode
+from shared.config import SwitchboardConfig, parse_config
+from shared.messages import AgentStatus, PoolHeartbeat
+from shared.settings import LiveKitSettings, NatsSettings, Settings
+
+AGENT = "ornina-avatar-agent"
+
+
+def make_config(**orchestrator: object) -> SwitchboardConfig:
+    return parse_config(
+        {
+            "default_region": "eu-central",
+            "regions": {"eu-central": {"neighbours": ["us-east"]}, "us-east": {"neighbours": ["eu-central"]}},
+            "rules": [{"name": "ornina", "match": "ornina-*", "agent": AGENT, "priority": 10}],
+            "orchestrator": {
+                "heartbeat_interval_s": 0.2,
+                "dead_after_missed_beats": 3,
+                "join_deadline_s": 5,
+                "voice_deadline_s": 5,
+                "dispatch_deadline_s": 3,
+                "sweep_interval_s": 0.1,
+                "seed": 7,
+                **orchestrator,
+            },
+        }
+    )
+
+
+def make_settings(nats_server: NatsServer, livekit: LiveKitServer, secret: str | None = None) -> Settings:
+    return Settings(
+        nats=NatsSettings(url=nats_server.url, startup_attempts=2),
+        livekit=LiveKitSettings(
+            url=livekit.http_url,
+            api_key=livekit.api_key,
+            api_secret=secret or livekit.api_secret,
+            request_timeout_s=2.0,
+        ),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_orchestrator(
+    settings: Settings, config: SwitchboardConfig
+) -> AsyncIterator[OrchestratorService]:
+    service = OrchestratorService(settings, config)
+    task = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(10):
+            while not service.readiness.index_synced or not service.readiness.consumers_bound:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+        yield service
+    finally:
+        service.request_stop()
+        await asyncio.wait_for(task, 15)
+
+
+@dataclass
+class FakePool:
+    """Stands in for a pool's worker processes on the NATS side (heartbeats, status reports)."""
+
+    nc: NATS
+    pool: str
+    region: str
+    capacity: int = 4
+    active: int = 0
+    jobs: list[str] = field(default_factory=list)
+    draining: bool = False
+    interval: float = 0.1
+    _task: asyncio.Task[None] | None = None
+    _seq: int = 0
+
+    @property
+    def agent_name(self) -> str:
+        return subjects.pool_agent_name(AGENT, self.pool)
+
+    async def beat(self) -> None:
+        self._seq += 1
+        hb = PoolHeartbeat(
+            pool=self.pool,
+            agent=AGENT,
+            region=self.region,
+            agent_name=self.agent_name,
+            worker=f"{self.pool}-w1",
+            capacity=self.capacity,
+            active=self.active,
+            load=min(1.0, self.active / self.capacity) if self.capacity else 1.0,
+            draining=self.draining,
+            version="test",
+            seq=self._seq,
+            at=datetime.now(UTC),
+            jobs=list(self.jobs),
+        )
+        await self.nc.publish(subjects.pool_heartbeat(self.pool), encode(hb))
+
+    async def _loop(self) -> None:
+        while True:
+            await self.beat()
+            await asyncio.sleep(self.interval)
+
+    async def start(self) -> None:
+        await self.beat()
+        await self.nc.flush()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stop beating, as a SIGKILLed pool would."""
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def report(
+        self, room: str, dispatch_id: str, attempt: int, state: str, reason: str | None = None
+    ) -> None:
+        status = AgentStatus(
+            room=room,
+            dispatch_id=dispatch_id,
+            attempt=attempt,
+            pool=self.pool,
+            worker=f"{self.pool}-w1",
+            state=state,
+            at=datetime.now(UTC),  # type: ignore[arg-type]
+            identity=f"agent-{dispatch_id}",
+            reason=reason,
+        )
+        await bus.publish_status(self.nc.jetstream(), status)
+
+
+async def wait_for_record(kv: KeyValue, room: str, states: set[RoomState], within: float = 15) -> RoomRecord:
+    """Watch the room's KV key until its state is one of ``states`` (no polling)."""
+    watcher = await kv.watch(room_key(room))
+    last: RoomRecord | None = None
+    try:
+        async with asyncio.timeout(within):
+            async for entry in watcher:
+                if entry is None or not entry.value:
+                    continue
+                last = RoomRecord.model_validate_json(entry.value)
+                if last.state in states:
+                    return last
+    except TimeoutError:
+        raise AssertionError(
+            f"room {room} did not reach {sorted(s.value for s in states)} in {within}s; last: "
+            f"{last.state.value if last else None} {_timeline(last)}"
+        ) from None
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    raise AssertionError("watch ended")
+
+
+def _timeline(record: RoomRecord | None) -> list[tuple[str, str]]:
+    return [(h.event, h.detail) for h in record.history] if record else []
