@@ -1,0 +1,178 @@
+"""Pool registry: heartbeats folded per pool; liveness from explicit `now` values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from orchestrator.pools import PoolRegistry, PoolView
+from shared.config import PinnedPool
+from shared.messages import PoolHeartbeat
+
+AT = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def beat(
+    worker: str,
+    pool: str = "eu-a",
+    capacity: int = 4,
+    active: int = 0,
+    draining: bool = False,
+    jobs: tuple[str, ...] = (),
+    region: str = "eu-central",
+) -> PoolHeartbeat:
+    return PoolHeartbeat(
+        pool=pool,
+        agent="ornina",
+        region=region,
+        agent_name=f"ornina.{pool}",
+        worker=worker,
+        capacity=capacity,
+        active=active,
+        load=min(1.0, active / capacity) if capacity else 0.0,
+        draining=draining,
+        version="1",
+        at=AT,
+        jobs=list(jobs),
+    )
+
+
+def registry() -> PoolRegistry:
+    # Dead after 3 missed 1-second beats.
+    return PoolRegistry(heartbeat_interval_s=1.0, dead_after_missed_beats=3)
+
+
+def only(reg: PoolRegistry, now: float) -> PoolView:
+    (view,) = reg.snapshot(now)
+    return view
+
+
+def test_aggregates_live_workers_of_a_pool() -> None:
+    reg = registry()
+    reg.observe(beat("w1", capacity=4, active=1, jobs=("AD_1",)), now=10.0)
+    reg.observe(beat("w2", capacity=8, active=3, jobs=("AD_2", "AD_3")), now=10.5)
+    v = only(reg, now=11.0)
+    assert (v.pool, v.agent, v.region, v.agent_name) == ("eu-a", "ornina", "eu-central", "ornina.eu-a")
+    assert (v.workers, v.capacity, v.active, v.open_slots) == (2, 12, 4, 8)
+    assert v.load == pytest.approx(4 / 12)
+    assert v.liveness == "alive" and not v.draining
+    assert v.age_s == pytest.approx(0.5)
+    assert v.jobs == frozenset({"AD_1", "AD_2", "AD_3"})
+
+
+def test_latest_beat_of_a_worker_replaces_the_previous_one() -> None:
+    reg = registry()
+    reg.observe(beat("w1", active=1), now=0.0)
+    reg.observe(beat("w1", active=3), now=1.0)
+    assert only(reg, 1.0).active == 3
+
+
+def test_worker_dies_after_missed_beats_and_pool_when_all_workers_are_dead() -> None:
+    reg = registry()
+    reg.observe(beat("w1", capacity=4, jobs=("AD_1",)), now=0.0)
+    reg.observe(beat("w2", capacity=4), now=2.0)
+    assert only(reg, 2.999).workers == 2
+    # w1 silent for exactly 3 s: dead; its capacity and jobs no longer count.
+    v = only(reg, 3.0)
+    assert (v.workers, v.capacity, v.liveness, v.jobs) == (1, 4, "alive", frozenset())
+    v = only(reg, 5.0)
+    assert (v.workers, v.capacity, v.open_slots, v.liveness) == (0, 0, 0, "dead")
+    assert v.age_s == pytest.approx(3.0)
+    # A beat brings it back.
+    reg.observe(beat("w1"), now=6.0)
+    assert only(reg, 6.0).liveness == "alive"
+
+
+def test_pool_drains_when_every_live_worker_drains() -> None:
+    reg = registry()
+    reg.observe(beat("w1", active=1, draining=True), now=0.0)
+    reg.observe(beat("w2", active=1), now=0.0)
+    v = only(reg, 0.0)
+    # The draining worker's spare slots are not offered; its running job still counts as active.
+    assert (v.liveness, v.draining, v.capacity, v.active, v.open_slots) == ("alive", False, 8, 2, 3)
+    reg.observe(beat("w2", active=1, draining=True), now=1.0)
+    v = only(reg, 1.0)
+    assert (v.liveness, v.draining, v.open_slots) == ("draining", True, 0)
+
+
+def test_overloaded_worker_does_not_hide_free_slots_of_another() -> None:
+    reg = registry()
+    reg.observe(beat("w1", capacity=4, active=6), now=0.0)
+    reg.observe(beat("w2", capacity=4, active=0), now=0.0)
+    assert only(reg, 0.0).open_slots == 4
+
+
+def test_operator_drain_takes_effect_at_once_and_can_be_undone() -> None:
+    reg = registry()
+    reg.observe(beat("w1"), now=0.0)
+    reg.mark_draining("eu-a")
+    v = only(reg, 0.0)
+    assert (v.liveness, v.draining, v.open_slots) == ("draining", True, 0)
+    reg.unmark_draining("eu-a")
+    assert only(reg, 0.0).liveness == "alive"
+
+
+def test_pinned_pool_is_dead_until_it_beats() -> None:
+    pin = PinnedPool(id="us-a", agent="ornina", region="us-east")
+    reg = PoolRegistry(1.0, 3, pinned=[pin])
+    v = only(reg, 100.0)
+    assert (v.pool, v.agent, v.region, v.agent_name) == ("us-a", "ornina", "us-east", "ornina.us-a")
+    assert (v.liveness, v.workers, v.age_s) == ("dead", 0, None)
+    assert reg.newly_dead(100.0) == []  # never alive, so never "newly" dead
+    reg.observe(beat("w1", pool="us-a", region="us-east"), now=101.0)
+    assert only(reg, 101.0).liveness == "alive"
+
+
+def test_newly_dead_reports_each_death_once() -> None:
+    reg = registry()
+    reg.observe(beat("w1", pool="a"), now=0.0)
+    reg.observe(beat("w1", pool="b"), now=2.0)
+    assert reg.newly_dead(2.0) == []
+    assert reg.newly_dead(3.0) == ["a"]
+    assert reg.newly_dead(4.0) == []
+    assert reg.newly_dead(5.0) == ["b"]
+    # Revived and died again: reported again.
+    reg.observe(beat("w1", pool="a"), now=6.0)
+    assert reg.newly_dead(6.0) == []
+    assert reg.newly_dead(9.0) == ["a"]
+
+
+def test_newly_dead_reports_a_pool_that_lived_and_died_between_calls() -> None:
+    reg = registry()
+    reg.observe(beat("w1"), now=0.0)
+    assert reg.newly_dead(10.0) == ["eu-a"]
+
+
+def test_forgetting_the_last_worker_kills_the_pool_and_removes_it() -> None:
+    reg = registry()
+    reg.observe(beat("w1"), now=0.0)
+    assert reg.forget_worker("eu-a", "w1") is True
+    assert reg.forget_worker("eu-a", "w1") is False
+    assert reg.snapshot(0.0) == []
+    assert reg.newly_dead(0.0) == ["eu-a"]  # its rooms still need failover
+
+
+def test_prune_forgets_long_silent_workers() -> None:
+    reg = registry()
+    reg.observe(beat("old"), now=0.0)
+    reg.observe(beat("new"), now=50.0)
+    assert reg.prune(now=60.0, forget_after_s=30.0) == ["eu-a/old"]
+    assert only(reg, 60.0).workers == 0  # "new" is dead too, but not yet forgotten
+    # forget_after_s below the dead limit is raised to it: a live worker is never pruned.
+    reg.observe(beat("new"), now=61.0)
+    assert reg.prune(now=62.0, forget_after_s=0.0) == []
+
+
+def test_snapshot_sorted_by_pool_id() -> None:
+    reg = registry()
+    for pool in ("c", "a", "b"):
+        reg.observe(beat("w", pool=pool), now=0.0)
+    assert [v.pool for v in reg.snapshot(0.0)] == ["a", "b", "c"]
+
+
+def test_invalid_timings_are_refused() -> None:
+    with pytest.raises(ValueError):
+        PoolRegistry(0.0, 3)
+    with pytest.raises(ValueError):
+        PoolRegistry(1.0, 0)
