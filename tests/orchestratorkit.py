@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -151,6 +151,15 @@ class FakePool:
 
 async def wait_for_record(kv: KeyValue, room: str, states: set[RoomState], within: float = 15) -> RoomRecord:
     """Watch the room's KV key until its state is one of ``states`` (no polling)."""
+    return await wait_until(
+        kv, room, lambda r: r.state in states, f"state in {sorted(s.value for s in states)}", within
+    )
+
+
+async def wait_until(
+    kv: KeyValue, room: str, predicate: Callable[[RoomRecord], bool], what: str, within: float = 15
+) -> RoomRecord:
+    """Watch the room's KV key until ``predicate(record)`` holds."""
     watcher = await kv.watch(room_key(room))
     last: RoomRecord | None = None
     try:
@@ -159,12 +168,12 @@ async def wait_for_record(kv: KeyValue, room: str, states: set[RoomState], withi
                 if entry is None or not entry.value:
                     continue
                 last = RoomRecord.model_validate_json(entry.value)
-                if last.state in states:
+                if predicate(last):
                     return last
     except TimeoutError:
         raise AssertionError(
-            f"room {room} did not reach {sorted(s.value for s in states)} in {within}s; last: "
-            f"{last.state.value if last else None} {_timeline(last)}"
+            f"room {room}: not {what} after {within}s; "
+            f"last: {last.state.value if last else None} {_timeline(last)}"
         ) from None
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]

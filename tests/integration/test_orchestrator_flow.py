@@ -8,6 +8,7 @@ deletion and auto-created room below is LiveKit's own.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from livekit import api as lkapi
@@ -20,7 +21,14 @@ from orchestrator.store import open_bucket
 from shared import bus, subjects
 from shared.dispatch_metadata import read_dispatch_metadata
 from shared.messages import RoomCreated, RoomEnded
-from tests.orchestratorkit import FakePool, make_config, make_settings, running_orchestrator, wait_for_record
+from tests.orchestratorkit import (
+    FakePool,
+    make_config,
+    make_settings,
+    running_orchestrator,
+    wait_for_record,
+    wait_until,
+)
 
 S = RoomState
 pytestmark = pytest.mark.integration
@@ -236,3 +244,41 @@ async def test_bad_messages_are_dead_lettered_and_good_ones_around_them_still_fl
         assert reasons == ["invalid", "not_utf8", "unknown_version"]
         assert {m.data for m in msgs} >= {b"\xff not json", b'{"v":9,"room":"x"}'}
     await pool.stop()
+
+
+async def test_livekit_down_for_a_while_then_back_dispatches_with_bounded_retries(
+    nc: NATS, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """LiveKit stops; a room arrives; LiveKit comes back on the same port: the room is dispatched,
+    after a bounded number of tries (each CreateDispatch try is a span, counted here)."""
+    js = nc.jetstream()
+    livekit = LiveKitServer(tmp_path / "lk")
+    livekit.start()
+    pool = FakePool(nc, "eu-central-a", "eu-central")
+    await pool.start()
+    try:
+        config = make_config(dispatch_deadline_s=1.5)
+        async with running_orchestrator(make_settings(nats_server, livekit), config):
+            kv = await open_bucket(js)
+            livekit.stop()
+            await bus.publish_room_created(js, RoomCreated(room="ornina-outage"))
+            # Wait until the orchestrator has really failed at least one round against the dead server.
+            rec = await wait_until(
+                kv,
+                "ornina-outage",
+                lambda r: any(h.event == "dispatch_error" for h in r.history),
+                "a failed dispatch round",
+            )
+            assert (
+                "cannot connect to LiveKit"
+                in next(h for h in rec.history if h.event == "dispatch_error").detail
+            )
+            livekit.start()
+            rec = await wait_for_record(kv, "ornina-outage", {S.DISPATCHED}, within=20)
+            rounds = [h for h in rec.history if h.event == "dispatch_error"]
+            assert 1 <= len(rounds) < config.orchestrator.max_dispatch_rounds
+            async with lkapi.LiveKitAPI(livekit.http_url, livekit.api_key, livekit.api_secret) as api:
+                assert [d.id for d in await _named_dispatches(api, "ornina-outage")] == [rec.dispatch_id]
+    finally:
+        await pool.stop()
+        livekit.stop()
