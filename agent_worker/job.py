@@ -1,0 +1,122 @@
+"""The job wrapper: what runs around any agent entrypoint for every dispatch the worker takes.
+
+It reads our part of the dispatch metadata (and hands the user's own string back to the agent),
+continues the dispatcher's trace in one job span linked to livekit-agents' ``job_entrypoint``
+span, watches the room for *joined* and *voice*, and reports ``left`` (with the reason) when the
+job ends and ``error`` when the entrypoint fails. It is a picklable object because the process
+executor ships it to the job process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from livekit.agents import JobContext
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from agent_worker.audio_stats import DEFAULT_LEVEL_THRESHOLD
+from agent_worker.entrypoints import load_entrypoint
+from agent_worker.job_reporter import JobFacts, JobReporter
+from agent_worker.report_channel import ReportClient
+from agent_worker.room_observer import RoomObserver
+from shared.dispatch_metadata import read_dispatch_metadata
+from shared.logs import log_context
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("switchboard.agent_worker")
+
+MAX_WARNING_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class JobRunner:
+    pool: str
+    worker: str
+    report_socket: str
+    entrypoint: str | None = None
+    level_threshold: float = DEFAULT_LEVEL_THRESHOLD
+
+    async def __call__(self, ctx: JobContext) -> None:
+        read = read_dispatch_metadata(ctx.job.metadata)
+        # The agent sees its own metadata, byte for byte, as if Switchboard were not there.
+        ctx.job.metadata = read.user_metadata
+        facts = JobFacts(
+            room=ctx.job.room.name,
+            dispatch_id=ctx.job.dispatch_id,
+            attempt=read.info.attempt if read.info else 0,
+            pool=self.pool,
+            worker=self.worker,
+            warnings=tuple(p[:MAX_WARNING_CHARS] for p in read.problems[:16]),
+        )
+        framework_span = trace.get_current_span().get_span_context()
+        span = _tracer.start_span(
+            "agent job",
+            # Our trace, not livekit-agents' job trace: the dispatcher's context, or a new root.
+            context=read.trace_context() or otel_context.Context(),
+            kind=SpanKind.CONSUMER,
+            links=[Link(framework_span)] if framework_span.is_valid else [],
+            attributes={
+                "switchboard.room": facts.room,
+                "switchboard.dispatch_id": facts.dispatch_id,
+                "switchboard.attempt": facts.attempt,
+                "switchboard.pool": facts.pool,
+                "switchboard.worker": facts.worker,
+                "livekit.job_id": ctx.job.id,
+            },
+        )
+        reporter = JobReporter(ReportClient(self.report_socket), facts, span)
+        observer = RoomObserver(ctx.room, level_threshold=self.level_threshold)
+
+        def job_scope() -> contextlib.AbstractContextManager[object]:
+            scope = contextlib.ExitStack()
+            scope.enter_context(trace.use_span(span, end_on_exit=False))
+            scope.enter_context(
+                log_context(
+                    room=facts.room, pool=facts.pool, attempt=facts.attempt, dispatch_id=facts.dispatch_id
+                )
+            )
+            return scope
+
+        with job_scope():
+            for problem in facts.warnings:
+                log.warning("dispatch metadata problem (the agent runs anyway): %s", problem)
+            watch = asyncio.create_task(_report_join_and_voice(observer, reporter), name="switchboard_watch")
+
+            async def finish(reason: str) -> None:
+                # Runs in livekit-agents' shutdown sequence (its own context), after the room
+                # disconnected: re-enter the job's span and log fields.
+                with job_scope():
+                    watch.cancel()
+                    try:
+                        await watch
+                    except asyncio.CancelledError:
+                        pass
+                    except Exception:
+                        log.exception("watching the room failed; join/voice may be unreported")
+                    await reporter.report("left", reason=reason or "job ended")
+                    span.end()
+                    await reporter.aclose()
+
+            ctx.add_shutdown_callback(finish)
+            try:
+                agent = load_entrypoint(self.entrypoint)
+                await agent(ctx)
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                await reporter.report("error", reason=f"agent entrypoint failed: {type(exc).__name__}: {exc}")
+                raise
+
+
+async def _report_join_and_voice(observer: RoomObserver, reporter: JobReporter) -> None:
+    identity = await observer.joined()
+    reporter.identity = identity
+    await reporter.report("joined")
+    level = await observer.voice()
+    log.info("agent voice reached a listener (level %.3f of full scale)", level)
+    await reporter.report("voice")
