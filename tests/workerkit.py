@@ -42,11 +42,13 @@ from shared.dispatch_metadata import attempt_key, build_dispatch_metadata
 from shared.messages import AgentStatus, DispatchInfo, Message, PoolHeartbeat
 
 SWITCHBOARD = str(Path(sys.executable).parent / "switchboard")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 REGISTER_TIMEOUT_S = 60.0
 # Speech from espeak-ng peaks at -20..-6 dBFS with an RMS around 0.05-0.2 of full scale over a
 # 10 ms frame; what an idle Opus track decodes to (silence, comfort noise) stays below 0.001.
 # 0.01 (-40 dBFS) sits an order of magnitude from both.
 AUDIBLE_RMS = 0.01
+HARD_EXIT = 137  # agent_worker.control: a remote exit looks like a SIGKILL to supervisors
 
 M = TypeVar("M", bound=Message)
 
@@ -95,6 +97,8 @@ class WorkerProcess:
             "LIVEKIT_API_SECRET": self.livekit.api_secret,
             "SWITCHBOARD_CONFIG": str(self.workdir / "absent-switchboard.yaml"),
             "SWITCHBOARD_WORKER_DRAIN_GRACE_S": "5",
+            # User entrypoints are importable the way a user's own package would be.
+            "PYTHONPATH": str(REPO_ROOT),
             **self.extra_env,
         }
 
@@ -332,3 +336,31 @@ async def agents_in_room(lk: lkapi.LiveKitAPI, room: str) -> list[Any]:
     async with asyncio.timeout(10):
         listed = await lk.room.list_participants(lkapi.ListParticipantsRequest(room=room))
     return [p for p in listed.participants if p.kind == lkapi.ParticipantInfo.Kind.AGENT]
+
+
+async def agent_attribute(livekit: LiveKitServer, room: str, key: str, within_s: float = 15.0) -> str:
+    """Join ``room`` as an observer and wait (on room events) until the agent has attribute ``key``."""
+    observer = rtc.Room()
+    found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def check(participant: rtc.Participant) -> None:
+        is_agent = participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        if is_agent and key in participant.attributes and not found.done():
+            found.set_result(participant.attributes[key])
+
+    observer.on("participant_connected", check)
+    observer.on("participant_attributes_changed", lambda _changed, p: check(p))
+    token = (
+        lkapi.AccessToken(livekit.api_key, livekit.api_secret)
+        .with_identity(f"observer-{room}")
+        .with_grants(lkapi.VideoGrants(room_join=True, room=room, can_publish=False))
+        .to_jwt()
+    )
+    try:
+        async with asyncio.timeout(within_s):
+            await observer.connect(livekit.ws_url, token)
+            for participant in observer.remote_participants.values():
+                check(participant)
+            return await found
+    finally:
+        await observer.disconnect()
