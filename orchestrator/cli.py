@@ -41,10 +41,15 @@ def orchestrator(config: ConfigOption = None) -> None:
     """Run one orchestrator replica: consume room events, schedule, dispatch, track, fail over."""
     from orchestrator.runtime import load_config_or_exit, load_settings, run_async
     from orchestrator.service import OrchestratorService, run_until_signalled
+    from shared.telemetry import setup_telemetry
 
     settings = load_settings(config)
     cfg = load_config_or_exit(settings)
-    run_async(run_until_signalled(OrchestratorService(settings, cfg)))
+    telemetry = setup_telemetry("switchboard-orchestrator")
+    try:
+        run_async(run_until_signalled(OrchestratorService(settings, cfg, prometheus=telemetry.prometheus)))
+    finally:
+        telemetry.shutdown()  # flush spans on every exit, SIGTERM included
 
 
 @app.command()

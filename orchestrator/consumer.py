@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -124,16 +123,11 @@ class MessagePump:
                 while True:
                     try:
                         msgs = await psub.fetch(self.batch, timeout=1.0)
-                    except nats.errors.TimeoutError:
+                    except TimeoutError:  # nothing to do (nats' TimeoutError is one too)
                         continue
-                    except (
-                        nats.errors.ConnectionClosedError,
-                        nats.errors.ConnectionReconnectingError,
-                        nats.errors.NoRespondersError,
-                    ) as err:
-                        log.warning(
-                            "fetch from %s failed (%s); retrying", self.spec.stream, type(err).__name__
-                        )
+                    except Exception as err:
+                        # Reconnecting, a leader election, a restarted server: keep pulling.
+                        log.warning("fetch from %s failed (%r); retrying", self.spec.stream, err)
                         await asyncio.sleep(0.5)
                         continue
                     links = [

@@ -29,6 +29,7 @@ from opentelemetry.trace import Span, SpanKind
 from orchestrator.dispatcher import create_dispatch
 from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
+from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.pools import PoolRegistry
 from orchestrator.records import HOLDING, IN_FLIGHT, RoomRecord, RoomState
 from orchestrator.rules import match_rule
@@ -69,6 +70,7 @@ class Controller:
         index: RoomIndex,
         replica: str,
         clocks: Clocks | None = None,
+        metrics: OrchestratorMetrics | None = None,
     ) -> None:
         self.store = store
         self.gateway = gateway
@@ -78,6 +80,7 @@ class Controller:
         self.index = index
         self.replica = replica
         self.clocks = clocks or Clocks()
+        self.metrics = metrics
         self.topology = Topology.from_config(config)
         self._locks: dict[str, asyncio.Lock] = {}
         self._seed = config.orchestrator.seed
@@ -143,7 +146,7 @@ class Controller:
                         owner=None,
                         lease_until=None,
                     )
-                    self._seen(await self.store.update(ended, current.revision))
+                    await self._commit(rec, ended, current.revision)
                 except Conflict:
                     continue
                 await self._remove_agent(rec, reason="room ended")
@@ -263,8 +266,7 @@ class Controller:
                 # Repeated or out-of-order report (e.g. joined after voice): keep it in the timeline only.
                 log.debug("status %s ignored in state %s", status.state, rec.state.value)
                 return
-            log.info("room %s -> %s", rec.room, new.state.value, extra={"state": new.state.value})
-            self._seen(await self.store.update(new, current.revision))
+            await self._commit(current.record, new, current.revision)
             if new.state == S.REDISPATCHING:
                 await self._drive(self.index.get(rec.room) or await self._must_get(rec.room))
 
@@ -314,14 +316,15 @@ class Controller:
             )
             if not still:
                 return
-            try:
-                moved = await self.store.update(
-                    self._to_redispatching(rec, now, cause, None, exclude=True), current.revision
-                )
-            except Conflict:
-                return
-            self._seen(moved)
-            await self._drive(moved)
+            with self._span("redispatch", rec) as span:
+                span.set_attribute("switchboard.redispatch.cause", cause)
+                try:
+                    moved = await self._commit(
+                        rec, self._to_redispatching(rec, now, cause, None, exclude=True), current.revision
+                    )
+                except Conflict:
+                    return
+                await self._drive(moved)
 
     async def _drive(self, current: Versioned) -> None:
         """Run in-flight steps until the room rests (dispatched, waiting, terminal) or we lose it."""
@@ -376,7 +379,7 @@ class Controller:
                         owner=None,
                         lease_until=None,
                     )
-                    return self._seen(await self.store.update(new, current.revision))
+                    return await self._commit(current.record, new, current.revision)
                 rec = note(
                     rec.model_copy(
                         update={
@@ -402,7 +405,7 @@ class Controller:
                     lease_until=None,
                     deadline=None,
                 )
-                return self._seen(await self.store.update(new, current.revision))
+                return await self._commit(current.record, new, current.revision)
             pools = self.registry.snapshot(self.clocks.mono())
             reserved = self.index.reserved({p.pool: p.jobs for p in pools})
             self._decisions += 1
@@ -435,7 +438,7 @@ class Controller:
                             lease_until=None,
                             deadline=None,
                         )
-                        return self._seen(await self.store.update(new, current.revision))
+                        return await self._commit(current.record, new, current.revision)
                     return None  # still waiting; the sweep tries again
                 new = transition(
                     rec,
@@ -448,7 +451,7 @@ class Controller:
                     owner=None,
                     lease_until=None,
                 )
-                return self._seen(await self.store.update(new, current.revision))
+                return await self._commit(current.record, new, current.revision)
             attempt = rec.attempt + 1
             new = transition(
                 rec,
@@ -467,7 +470,7 @@ class Controller:
                 lease_until=now + self.lease_s,
                 deadline=None,
             )
-            return self._seen(await self.store.update(new, current.revision))
+            return await self._commit(current.record, new, current.revision)
 
     async def _dispatch(self, current: Versioned) -> Versioned | None:
         rec = current.record
@@ -499,7 +502,7 @@ class Controller:
                 agent=rec.agent,
                 key=rec.dispatch_key,
             )
-            metadata = build_dispatch_metadata(rec.user_metadata, info)
+            user_metadata = rec.user_metadata
             try:
                 existing = (
                     await self.gateway.find_dispatch(rec.room, rec.agent_name, rec.dispatch_key)
@@ -513,10 +516,11 @@ class Controller:
                         self.gateway,
                         room=rec.room,
                         agent_name=rec.agent_name,
-                        metadata=metadata,
+                        metadata=lambda: build_dispatch_metadata(user_metadata, info),
                         key=rec.dispatch_key,
                         deadline_s=self.cfg.dispatch_deadline_s,
                         attributes=_span_attrs(rec),
+                        metrics=self.metrics,
                     )
                     dispatch_id, tries = result.dispatch_id, result.tries
             except LiveKitCallError as err:
@@ -533,7 +537,7 @@ class Controller:
                         lease_until=None,
                     )
                     log.error("dispatch failed permanently: %s", err, extra={"reason": err.reason})
-                    return self._seen(await self.store.update(new, current.revision))
+                    return await self._commit(current.record, new, current.revision)
                 rounds = 1 + sum(
                     1
                     for h in rec.history
@@ -553,7 +557,7 @@ class Controller:
                     log.error(
                         "dispatch failed after %d rounds: %s", rounds, err, extra={"reason": err.reason}
                     )
-                    return self._seen(await self.store.update(new, current.revision))
+                    return await self._commit(current.record, new, current.revision)
                 # LiveKit unreachable for the whole budget: release the claim; the sweep (any
                 # replica) tries again, looking for a dispatch that may have landed first.
                 new = note(
@@ -563,7 +567,7 @@ class Controller:
                     detail=str(err),
                     data={"reason": err.reason, "key": rec.dispatch_key, "round": rounds},
                 )
-                self._seen(await self.store.update(new, current.revision))
+                await self._commit(current.record, new, current.revision)
                 return None
         now = self.clocks.wall()
         new = transition(
@@ -579,8 +583,7 @@ class Controller:
             owner=None,
             lease_until=None,
         )
-        log.info("dispatched", extra={"dispatch_id": dispatch_id, "state": "dispatched"})
-        return self._seen(await self.store.update(new, current.revision))
+        return await self._commit(current.record, new, current.revision)
 
     # ------------------------------------------------------------------------------------------
     # helpers
@@ -595,6 +598,7 @@ class Controller:
             else rec.excluded
         )
         detail = f"{cause}: {why}" if why else cause
+        trace.get_current_span().add_event("redispatch", {"switchboard.redispatch.cause": cause})
         return transition(
             rec,
             S.REDISPATCHING,
@@ -648,6 +652,46 @@ class Controller:
     def _seen(self, versioned: Versioned) -> Versioned:
         self.index.apply(versioned.record.room, versioned)
         return versioned
+
+    async def _commit(self, old: RoomRecord, new: RoomRecord, revision: int) -> Versioned:
+        """CAS-write ``new``; on a state change, log one line and record the room's metrics."""
+        written = self._seen(await self.store.update(new, revision))
+        if old.state != new.state:
+            last = new.history[-1] if new.history else None
+            with log_context(room=new.room, pool=new.pool, attempt=new.attempt, dispatch_id=new.dispatch_id):
+                log.info(
+                    "room %s: %s -> %s (%s)",
+                    new.room,
+                    old.state.value,
+                    new.state.value,
+                    last.detail if last else "",
+                    extra={"state": new.state.value, "event": last.event if last else ""},
+                )
+            self._observe_transition(new)
+        return written
+
+    def _observe_transition(self, rec: RoomRecord) -> None:
+        if self.metrics is None:
+            return
+        now = self.clocks.wall()
+        since = now - rec.received_at
+        attrs: dict[str, str | bool] = {
+            "switchboard.pool": rec.pool or "",
+            "switchboard.first_attempt": rec.attempt <= 1,
+        }
+        if rec.state == S.DISPATCHED:
+            self.metrics.dispatches.add(1, {"outcome": "ok"})
+            self.metrics.time_to_dispatch.record(since, attrs)
+        elif rec.state == S.JOINED:
+            self.metrics.time_to_joined.record(since, attrs)
+        elif rec.state == S.SPEAKING:
+            if rec.joined_at == rec.voice_at:
+                self.metrics.time_to_joined.record(since, attrs)
+            self.metrics.time_to_voice.record(since, attrs)
+        elif rec.state == S.REDISPATCHING:
+            self.metrics.redispatches.add(1, {"cause": rec.reason or "unknown"})
+        elif rec.state == S.FAILED:
+            self.metrics.dispatches.add(1, {"outcome": "failed", "reason": rec.reason or "unknown"})
 
     def _lock(self, room: str) -> asyncio.Lock:
         lock = self._locks.get(room)

@@ -9,6 +9,8 @@ next attempt first looks for our attempt's key in ``list_dispatch``.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import stamina
@@ -16,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
+from orchestrator.metrics import OrchestratorMetrics
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("switchboard.dispatcher")
@@ -37,12 +40,16 @@ async def create_dispatch(
     *,
     room: str,
     agent_name: str,
-    metadata: str,
+    metadata: Callable[[], str],
     key: str,
     deadline_s: float,
     attributes: dict[str, str | int] | None = None,
+    metrics: OrchestratorMetrics | None = None,
 ) -> DispatchResult:
-    """Dispatch ``agent_name`` to ``room``; raises :class:`LiveKitCallError` when it cannot."""
+    """Dispatch ``agent_name`` to ``room``; raises :class:`LiveKitCallError` when it cannot.
+
+    ``metadata`` builds the dispatch metadata (with the current trace context) for each try.
+    """
     tries = 0
     maybe_landed = False
     async for attempt in stamina.retry_context(
@@ -50,6 +57,9 @@ async def create_dispatch(
     ):
         with attempt:
             tries += 1
+            if tries > 1 and metrics is not None:
+                metrics.retries.add(1)
+            started = time.perf_counter()
             with _tracer.start_as_current_span(
                 "CreateDispatch",
                 kind=SpanKind.CLIENT,
@@ -68,13 +78,20 @@ async def create_dispatch(
                             span.set_attribute("switchboard.dispatch_id", existing)
                             span.add_event("found dispatch from an earlier ambiguous try")
                             return DispatchResult(existing, tries, True)
-                    dispatch_id = await gateway.create_dispatch(room, agent_name, metadata)
+                    # Built inside this try's span: the worker's job span becomes its child.
+                    dispatch_id = await gateway.create_dispatch(room, agent_name, metadata())
                 except LiveKitCallError as err:
+                    if metrics is not None:
+                        metrics.create_dispatch_duration.record(
+                            time.perf_counter() - started, {"outcome": "error", "error.type": err.reason}
+                        )
                     maybe_landed = maybe_landed or err.ambiguous
                     span.set_status(Status(StatusCode.ERROR, str(err)))
                     span.set_attribute("error.type", err.reason)
                     log.warning("CreateDispatch try %d failed: %s", tries, err, extra={"reason": err.reason})
                     raise
                 span.set_attribute("switchboard.dispatch_id", dispatch_id)
+                if metrics is not None:
+                    metrics.create_dispatch_duration.record(time.perf_counter() - started, {"outcome": "ok"})
                 return DispatchResult(dispatch_id, tries, False)
     raise AssertionError("unreachable: stamina either returns or raises")

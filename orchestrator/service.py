@@ -18,17 +18,22 @@ import uuid
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
+from opentelemetry import metrics
+from prometheus_client import CollectorRegistry
 
 from orchestrator.consumer import ConsumerSpec, MessagePump, ensure_consumer
 from orchestrator.controller import Controller
 from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import LiveKitGateway
+from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.pools import PoolRegistry
 from orchestrator.store import RoomStore, open_bucket
 from shared import bus, subjects
 from shared.codec import ContractError, decode
 from shared.config import SwitchboardConfig
+from shared.control import PoolCommand
 from shared.messages import AgentStatus, Message, PoolHeartbeat, RoomCreated, RoomEnded
+from shared.probes import ProbeServer
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,8 +60,17 @@ class Readiness:
 
 
 class OrchestratorService:
-    def __init__(self, settings: Settings, config: SwitchboardConfig, replica: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config: SwitchboardConfig,
+        replica: str | None = None,
+        prometheus: CollectorRegistry | None = None,
+    ) -> None:
         self.settings = settings
+        self.prometheus = prometheus or CollectorRegistry()
+        self.probe_port = 0
+        self.metrics = OrchestratorMetrics(metrics.get_meter("switchboard.orchestrator"))
         self.config = config
         self.replica = replica or replica_id()
         self.readiness = Readiness()
@@ -92,23 +106,39 @@ class OrchestratorService:
                     registry=self.registry,
                     index=self.index,
                     replica=self.replica,
+                    metrics=self.metrics,
+                )
+                self.metrics.observe_pools(
+                    lambda: self.registry.snapshot(asyncio.get_running_loop().time()),
+                    lambda views: self.index.reserved({v.pool: v.jobs for v in views}),
                 )
                 rooms = MessagePump(
                     js,
                     ROOMS_CONSUMER,
                     {subjects.ROOM_CREATED: RoomCreated, subjects.ROOM_ENDED: RoomEnded},
                     self._room_handler(controller),
+                    on_rejected=self._count_rejected,
                 )
                 statuses = MessagePump(
                     js, STATUS_CONSUMER, {subjects.ROOM_STATUS: AgentStatus}, self._status_handler(controller)
                 )
                 heartbeats = await nc.subscribe(subjects.POOL_HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
+                controls = await nc.subscribe(subjects.POOL_CONTROL_WILDCARD, cb=self._on_control)
                 # Learn the pools before taking rooms: without one heartbeat period of warm-up a
                 # fresh replica would park its first rooms in waiting_for_pool for nothing.
                 await asyncio.sleep(self.config.orchestrator.heartbeat_interval_s * 1.5)
                 log.info("orchestrator replica %s running", self.replica)
+                probes = ProbeServer(
+                    self._ready, self.prometheus, self.settings.http_host, self.settings.http_port
+                )
                 try:
-                    async with asyncio.TaskGroup() as tg:
+                    async with probes, asyncio.TaskGroup() as tg:
+                        self.probe_port = probes.port
+                        log.info(
+                            "probes on http://%s:%d (/healthz /readyz /metrics)",
+                            self.settings.http_host,
+                            probes.port,
+                        )
                         tg.create_task(self._watch(store))
                         tg.create_task(rooms.run())
                         tg.create_task(statuses.run())
@@ -121,6 +151,7 @@ class OrchestratorService:
                     pass
                 finally:
                     await heartbeats.unsubscribe()
+                    await controls.unsubscribe()
         finally:
             self.readiness = Readiness()
             await nc.drain()
@@ -144,6 +175,31 @@ class OrchestratorService:
             await controller.on_status(message)
 
         return handle
+
+    def _ready(self) -> tuple[bool, dict[str, object]]:
+        r = self.readiness
+        checks = {
+            "nats": r.nats_connected,
+            "consumers": r.consumers_bound,
+            "room_index": r.index_synced,
+            "livekit": r.livekit_ok,
+        }
+        return r.ready, {"replica": self.replica, "checks": checks, "problems": dict(r.details)}
+
+    def _count_rejected(self, subject: str, reason: str) -> None:
+        self.metrics.rejected.add(1, {"messaging.destination.name": subject, "reason": reason})
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            command = decode(PoolCommand, msg.data)
+        except ContractError as err:
+            log.warning("bad pool command on %s: %s", msg.subject, err)
+            return
+        pool = msg.subject.split(".")[2]
+        if command.command == "drain" and command.worker is None:
+            # Stop scheduling onto it at once, before its workers' heartbeats say so.
+            self.registry.mark_draining(pool)
+            log.info("pool %s drained by operator (%s)", pool, command.reason or "no reason given")
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     config: Path = Field(default=Path("switchboard.yaml"), description="Rules, regions and pools")
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
+    # /healthz, /readyz and /metrics of this process; port 0 picks a free one (logged at start).
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=0, ge=0, le=65535)
     nats: NatsSettings = Field(default_factory=NatsSettings)
     livekit: LiveKitSettings = Field(default_factory=LiveKitSettings)
 

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from orchestrator.devstack.livekit_server import LiveKitServer
 from orchestrator.devstack.nats_server import NatsServer
@@ -20,10 +22,12 @@ from orchestrator.store import room_key
 from shared import bus, subjects
 from shared.codec import encode
 from shared.config import SwitchboardConfig, parse_config
+from shared.dispatch_metadata import read_dispatch_metadata
 from shared.messages import AgentStatus, PoolHeartbeat
 from shared.settings import LiveKitSettings, NatsSettings, Settings
 
 AGENT = "ornina-avatar-agent"
+_tracer = trace.get_tracer("tests.fakepool")
 
 
 def make_config(**orchestrator: object) -> SwitchboardConfig:
@@ -133,7 +137,22 @@ class FakePool:
             self._task = None
 
     async def report(
-        self, room: str, dispatch_id: str, attempt: int, state: str, reason: str | None = None
+        self,
+        room: str,
+        dispatch_id: str,
+        attempt: int,
+        state: str,
+        reason: str | None = None,
+        dispatch_metadata: str | None = None,
+    ) -> None:
+        """Publish a status; with ``dispatch_metadata``, inside a job span continued from it (as the
+        real worker does), so the report joins the room's trace."""
+        parent = read_dispatch_metadata(dispatch_metadata).trace_context() if dispatch_metadata else None
+        with _tracer.start_as_current_span("agent job", context=parent, kind=SpanKind.CONSUMER):
+            await self._report(room, dispatch_id, attempt, state, reason)
+
+    async def _report(
+        self, room: str, dispatch_id: str, attempt: int, state: str, reason: str | None
     ) -> None:
         status = AgentStatus(
             room=room,

@@ -1,0 +1,56 @@
+"""The HTTP surface every process shows its supervisor: ``/healthz``, ``/readyz``, ``/metrics``.
+
+``/healthz``: the process runs (200). ``/readyz``: 200 only when the process can do its job
+(the caller's check says what that means), 503 with the reasons otherwise. ``/metrics``: the
+Prometheus text format of the process's OpenTelemetry metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+ReadyCheck = Callable[[], tuple[bool, Mapping[str, object]]]
+
+
+class ProbeServer:
+    def __init__(
+        self, ready: ReadyCheck, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self._ready = ready
+        self._registry = registry
+        self._host, self._port = host, port
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/healthz", self._healthz),
+                web.get("/readyz", self._readyz),
+                web.get("/metrics", self._metrics),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None)
+        self.port = 0
+
+    async def __aenter__(self) -> ProbeServer:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        # Port 0 asks the kernel: several processes on one host never collide.
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._runner.cleanup()
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        ok, details = self._ready()
+        return web.json_response({"ready": ok, **details}, status=200 if ok else 503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
