@@ -14,14 +14,22 @@ pool not chosen has its reason recorded.
 
 from __future__ import annotations
 
-from collections import ChainMap, Counter
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from orchestrator.pools import PoolView
 from orchestrator.scheduler.feasibility import PoolIndex
-from orchestrator.scheduler.model import STRATEGIES, CandidateScore, Decision, ScheduleRequest, Strategy
-from orchestrator.scheduler.ranking import rank
+from orchestrator.scheduler.model import (
+    STRATEGIES,
+    CandidateScore,
+    Decision,
+    Explanation,
+    ScheduleRequest,
+    Strategy,
+)
+from orchestrator.scheduler.ranking import explain
+from orchestrator.scheduler.ranking import tier_candidates as tier_candidates_of
 from orchestrator.scheduler.select import decision_seed, least_loaded, p2c
 from orchestrator.scheduler.topology import Topology, Unlisted
 
@@ -29,6 +37,7 @@ __all__ = [
     "STRATEGIES",
     "CandidateScore",
     "Decision",
+    "Explanation",
     "PoolIndex",
     "ScheduleRequest",
     "Strategy",
@@ -51,7 +60,8 @@ def schedule(
 
     ``pools`` is a registry snapshot, or a :class:`PoolIndex` of one built with the same
     ``topology`` (much faster when many rooms are placed on one snapshot). ``reserved`` maps pool
-    id → slots held by dispatches not yet visible in heartbeats (``Reservations.counts()``).
+    id → slots held by dispatches not yet visible in heartbeats (``Reservations.counts()``); it is
+    read during the call only, never kept.
     """
     if isinstance(pools, PoolIndex):
         if pools.topology is not topology and pools.topology != topology:
@@ -63,13 +73,17 @@ def schedule(
         raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
 
     plan = index.plan(req.agent, req.region)
-    ranked = rank(plan, reserved, req.excluded)
-    layers = ChainMap(ranked.rejections, plan.rejections) if ranked.rejections else plan.rejections
-    rejections: Mapping[str, str] = MappingProxyType(layers)
+    # Captured, not referenced: the caller's reservations keep changing after this call returns.
+    held = dict(reserved) if reserved else _NOTHING_HELD
+    gone = req.excluded
 
     # Spill: the first tier with any candidate; a tier is skipped only when it has no headroom.
-    t = next((i for i, cands in enumerate(ranked.tiers) if cands), None)
-    if t is None:
+    for t in range(len(plan.tiers)):
+        tier_candidates, ranked = tier_candidates_of(plan, t, held, gone)
+        if tier_candidates:
+            break
+    else:
+        explanation = Explanation(lambda: explain(plan, held, gone, None))
         return Decision(
             room=req.room,
             agent=req.agent,
@@ -78,67 +92,51 @@ def schedule(
             agent_name=None,
             region=None,
             tier=None,
-            reason=_why_none(req, plan.agent_pools, rejections),
-            candidates=(),
-            rejections=rejections,
+            reason=_why_none(req, plan.agent_pools, explanation.get()[1]),
             strategy=strategy,
             seed=seed,
+            sampled=(),
+            explanation=explanation,
         )
 
-    tier_candidates = ranked.tiers[t]
-    if strategy == "p2c":
-        pick, sampled_at = p2c(tier_candidates, seed)
-    else:
-        pick, sampled_at = least_loaded(tier_candidates)
+    pick, other = p2c(tier_candidates, seed) if strategy == "p2c" else least_loaded(tier_candidates, ranked)
     chosen = tier_candidates[pick]
+    runner_up = tier_candidates[other] if other >= 0 else None
     tier = plan.tiers[t]
-    why = _why_chosen(strategy, chosen, [tier_candidates[i] for i in sampled_at], len(tier_candidates))
+    why = _why_chosen(strategy, chosen, runner_up, len(tier_candidates))
     if tier.number > 0:
         why = f"spilled to tier {tier.number} ({tier.label}): no headroom nearer home {req.region}; {why}"
     else:
         why = f"{why} in tier 0 ({tier.label})"
-
-    marked = CandidateScore(
+    # Positional: this is the hot path, and keywords cost a third of the constructor's time.
+    return Decision(
+        req.room,
+        req.agent,
+        req.region,
         chosen.pool,
+        plan.agent_names[chosen.pool],
         chosen.region,
         chosen.tier,
-        chosen.headroom,
-        chosen.capacity,
-        chosen.active,
-        chosen.reserved,
-        True,
-    )
-    # Earlier tiers are empty; later ones are listed too, so `explain` shows where spill would go.
-    after = tuple(c for ts in ranked.tiers[t + 1 :] for c in ts)
-    candidates = (*tier_candidates[:pick], marked, *tier_candidates[pick + 1 :], *after)
-    return Decision(
-        room=req.room,
-        agent=req.agent,
-        home=req.region,
-        pool=chosen.pool,
-        agent_name=plan.agent_names[chosen.pool],
-        region=chosen.region,
-        tier=chosen.tier,
-        reason=why,
-        candidates=candidates,
-        rejections=rejections,
-        strategy=strategy,
-        seed=seed,
-        sampled=tuple(tier_candidates[i].pool for i in sampled_at),
+        why,
+        strategy,
+        seed,
+        (chosen.pool, runner_up.pool) if runner_up else (chosen.pool,) if strategy == "p2c" else (),
+        Explanation(lambda: explain(plan, held, gone, chosen.pool)),
     )
 
 
-def _why_chosen(strategy: Strategy, chosen: CandidateScore, sampled: list[CandidateScore], n: int) -> str:
+_NOTHING_HELD: Mapping[str, int] = MappingProxyType({})
+
+
+def _why_chosen(strategy: Strategy, chosen: CandidateScore, other: CandidateScore | None, n: int) -> str:
     if n == 1:
         return f"chose {chosen.pool!r} (headroom {chosen.headroom}), the only candidate"
-    if strategy == "least_loaded":
+    if strategy == "least_loaded" or other is None:
         return f"chose {chosen.pool!r}, most headroom ({chosen.headroom}) of {n} candidates"
-    a, b = sampled
-    other = b if a.pool == chosen.pool else a
     tie = "equal headroom, lower pool id" if other.headroom == chosen.headroom else "more headroom"
     return (
-        f"p2c sampled {a.pool!r} (headroom {a.headroom}) and {b.pool!r} (headroom {b.headroom}) "
-        f"of {n} candidates; chose {chosen.pool!r} ({tie})"
+        f"p2c sampled {chosen.pool!r} (headroom {chosen.headroom}) and {other.pool!r} "
+        f"(headroom {other.headroom}) of {n} candidates; chose {chosen.pool!r} ({tie})"
     )
 
 

@@ -61,6 +61,9 @@ class Tier:
     members: tuple[Member, ...]
     # The ranked candidates when no member is reserved or excluded — the common case, shared.
     idle: tuple[CandidateScore, ...]
+    # Member pool ids: C-speed set operations find the members a room's reservations touch.
+    pools: frozenset[str]
+    by_pool: Mapping[str, Member]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +92,13 @@ def build_plan(pools: Sequence[PoolView], topology: Topology, agent: str, home: 
     agent_pools: list[str] = []
     agent_names: dict[str, str] = {}
     for view in pools:
+        if view.agent != agent:
+            # Most of a large snapshot serves other agents: reject them without further checks.
+            rejections[view.pool] = f"wrong agent (serves {view.agent})"
+            continue
+        agent_pools.append(view.pool)
+        agent_names[view.pool] = view.agent_name
         tier = topology.tier_of(home, view.region)
-        if view.agent == agent:
-            agent_pools.append(view.pool)
-            agent_names[view.pool] = view.agent_name
         why = static_rejection(view, agent, home, tier)
         if why is not None or tier is None:
             rejections[view.pool] = why or "unreachable"
@@ -110,10 +116,13 @@ def build_plan(pools: Sequence[PoolView], topology: Topology, agent: str, home: 
             label=topology.describe_tier(home, n),
             members=tuple(members),
             idle=tuple(sorted((m.idle for m in members if m.idle is not None), key=rank_key)),
+            pools=frozenset(m.view.pool for m in members),
+            by_pool={m.view.pool: m for m in members},
         )
         for n, members in sorted(by_tier.items())
     )
     where = {m.view.pool: i for i, t in enumerate(tiers) for m in t.members}
+    rejections = dict(sorted(rejections.items()))
     return Plan(
         agent=agent,
         home=home,

@@ -6,8 +6,9 @@ per second, and everything here is derived from already-validated messages and c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 Strategy = Literal["p2c", "least_loaded"]
@@ -59,15 +60,55 @@ class CandidateScore:
         }
 
 
+Explained = tuple[tuple[CandidateScore, ...], Mapping[str, str]]
+
+
+class Explanation:
+    """A decision's candidates and rejections, built on first read and then kept.
+
+    Choosing a pool needs only the nearest tier with headroom; the full explanation is O(pools), so
+    it is deferred until someone reads it (``to_dict`` for the KV record, ``explain``). It is built
+    from immutable inputs captured at decision time, so reading it later gives the same answer.
+    """
+
+    __slots__ = ("_build", "_value")
+
+    def __init__(self, build: Callable[[], Explained]) -> None:
+        self._build: Callable[[], Explained] | None = build
+        self._value: Explained | None = None
+
+    @classmethod
+    def of(cls, candidates: tuple[CandidateScore, ...], rejections: Mapping[str, str]) -> Explanation:
+        done = cls(lambda: (candidates, rejections))
+        done.get()
+        return done
+
+    def get(self) -> Explained:
+        if self._value is None:
+            assert self._build is not None
+            self._value = self._build()
+            self._build = None  # drop the captured plan: it pins the whole snapshot
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Explanation):
+            return NotImplemented
+        (mine, my_rej), (theirs, their_rej) = self.get(), other.get()
+        return mine == theirs and dict(my_rej) == dict(their_rej)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """Where a room goes (``pool`` None: nowhere yet) and everything needed to explain it.
 
     ``candidates`` are the feasible pools of every tier, ranked (tier, then headroom descending,
     then pool id); exactly one has ``chosen`` set when ``pool`` is not None. ``rejections`` maps
-    every other pool in the snapshot to the reason it was not a candidate. ``sampled`` are the pools
-    power-of-two-choices compared (empty for least-loaded or no choice); with ``strategy`` and
-    ``seed`` they make the choice reproducible.
+    every other pool in the snapshot to the reason it was not a candidate (read-only). Both are
+    computed on first access (see :class:`Explanation`). ``sampled`` are the pools
+    power-of-two-choices compared (empty for least-loaded); with ``strategy`` and ``seed`` they
+    make the choice reproducible.
     """
 
     room: str
@@ -78,14 +119,25 @@ class Decision:
     region: str | None
     tier: int | None
     reason: str
-    candidates: tuple[CandidateScore, ...]
-    rejections: Mapping[str, str]
     strategy: Strategy
     seed: int
-    sampled: tuple[str, ...] = ()
+    sampled: tuple[str, ...]
+    explanation: Explanation = field(repr=False)
+
+    @property
+    def candidates(self) -> tuple[CandidateScore, ...]:
+        return self.explanation.get()[0]
+
+    @property
+    def rejections(self) -> Mapping[str, str]:
+        return self.explanation.get()[1]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (the KV decision record); rejections sorted by pool id."""
+        """Plain JSON-ready data (the KV decision record); rejections sorted by pool id.
+
+        O(pools in the snapshot): every pool not chosen appears with its reason.
+        """
+        candidates, rejections = self.explanation.get()
         return {
             "room": self.room,
             "agent": self.agent,
@@ -98,8 +150,8 @@ class Decision:
             "strategy": self.strategy,
             "seed": self.seed,
             "sampled": list(self.sampled),
-            "candidates": [c.to_dict() for c in self.candidates],
-            "rejections": dict(sorted(self.rejections.items())),
+            "candidates": [c.to_dict() for c in candidates],
+            "rejections": dict(rejections),  # sorted by pool id when built
         }
 
     @classmethod
@@ -117,9 +169,11 @@ class Decision:
             region=data["region"],
             tier=data["tier"],
             reason=data["reason"],
-            candidates=tuple(CandidateScore(**c) for c in data["candidates"]),
-            rejections=dict(data["rejections"]),
             strategy=strategy,
             seed=data["seed"],
             sampled=tuple(data["sampled"]),
+            explanation=Explanation.of(
+                tuple(CandidateScore(**c) for c in data["candidates"]),
+                MappingProxyType(dict(data["rejections"])),
+            ),
         )

@@ -37,22 +37,43 @@ def decision_seed(base: int, room: str, attempt: int) -> int:
     return int.from_bytes(digest, "big")
 
 
-def sample_two(n: int, seed: int) -> tuple[int, int]:
-    """Two distinct indices in ``range(n)`` (n ≥ 2), uniformly over ordered pairs."""
-    z = mix64(seed)
+def outranks(a: CandidateScore, b: CandidateScore) -> bool:
+    """``a`` ranks before ``b``: more headroom, or equal headroom and a lower pool id."""
+    return a.headroom > b.headroom or (a.headroom == b.headroom and a.pool < b.pool)
+
+
+def p2c(candidates: Sequence[CandidateScore], seed: int) -> tuple[int, int]:
+    """(chosen index, the other sampled index; -1 when there was a single candidate).
+
+    Samples two distinct indices uniformly over ordered pairs and keeps the better-ranked one.
+    """
+    n = len(candidates)
+    if n == 1:
+        return 0, -1
+    # mix64 inlined: this runs once per decision.
+    z = (seed + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
     i = z % n
     j = (z >> 32) % (n - 1)
-    return i, j + 1 if j >= i else j
+    if j >= i:
+        j += 1
+    a, b = candidates[i], candidates[j]
+    if a.headroom > b.headroom or (a.headroom == b.headroom and a.pool < b.pool):
+        return i, j
+    return j, i
 
 
-def p2c(ranked: Sequence[CandidateScore], seed: int) -> tuple[int, tuple[int, ...]]:
-    """Index of the chosen candidate and the indices sampled. ``ranked`` must be rank-ordered, so
-    the smaller index is the one with more headroom (or equal headroom and lower pool id)."""
-    if len(ranked) == 1:
-        return 0, (0,)
-    i, j = sample_two(len(ranked), seed)
-    return min(i, j), (i, j)
+def least_loaded(candidates: Sequence[CandidateScore], ranked: int) -> tuple[int, int]:
+    """The best-ranked candidate (most headroom, then lowest pool id). Nothing is sampled.
 
-
-def least_loaded(ranked: Sequence[CandidateScore]) -> tuple[int, tuple[int, ...]]:
-    return 0, ()
+    The first ``ranked`` candidates are already in rank order, so only the first of them competes
+    with the re-scored rest.
+    """
+    best = 0 if ranked else None
+    for k in range(ranked, len(candidates)):
+        if best is None or outranks(candidates[k], candidates[best]):
+            best = k
+    assert best is not None, "least_loaded needs at least one candidate"
+    return best, -1

@@ -320,3 +320,14 @@ def test_decision_seed_is_stable_and_varies() -> None:
     assert decision_seed(7, "room", 1) != decision_seed(8, "room", 1)
     # Pinned value: replicas in different processes must agree (no hash randomisation).
     assert decision_seed(0, "r", 0) == 0x3F7BF2BEF7B5C0A1
+
+
+def test_p2c_inlined_mix_matches_mix64() -> None:
+    from orchestrator.scheduler.select import mix64, p2c
+
+    cands = [CandidateScore(f"p{i}", "eu", 0, 1, 1, 0, 0) for i in range(7)]
+    for seed in (0, 1, 2**63, 12345):
+        z = mix64(seed)
+        i, j = z % 7, (z >> 32) % 6
+        j = j + 1 if j >= i else j
+        assert p2c(cands, seed) == (min(i, j), max(i, j))  # equal headroom: lower pool id wins
