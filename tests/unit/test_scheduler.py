@@ -331,3 +331,12 @@ def test_p2c_inlined_mix_matches_mix64() -> None:
         i, j = z % 7, (z >> 32) % 6
         j = j + 1 if j >= i else j
         assert p2c(cands, seed) == (min(i, j), max(i, j))  # equal headroom: lower pool id wins
+
+
+def test_explanation_is_built_later_from_inputs_captured_at_decision_time() -> None:
+    reserved = {"eu-1": 1}
+    d = decide([view("eu-1", active=2), view("eu-2", active=3)], reserved)
+    reserved["eu-1"] = 2  # the caller's reservations move on; the decision must not
+    reserved["eu-2"] = 1
+    assert {c.pool: c.reserved for c in d.candidates} == {"eu-1": 1, "eu-2": 0}
+    assert d.pool == "eu-1" and "eu-2" not in d.rejections
