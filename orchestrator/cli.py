@@ -6,12 +6,15 @@ the CLI, from `switchboard dev` and from the tests.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from agent_worker.cli import worker as worker_command
+from shared.config import SwitchboardConfig
+from shared.settings import Settings
 
 app = typer.Typer(
     name="switchboard",
@@ -23,11 +26,6 @@ app = typer.Typer(
 drill_app = typer.Typer(help="Failover drills.", no_args_is_help=True)
 app.add_typer(drill_app, name="drill")
 app.command("worker")(worker_command)
-
-
-def _not_yet(what: str) -> None:
-    typer.echo(f"switchboard {what}: not implemented yet in this build.", err=True)
-    raise typer.Exit(code=2)
 
 
 ConfigOption = Annotated[
@@ -52,52 +50,177 @@ def orchestrator(config: ConfigOption = None) -> None:
         telemetry.shutdown()  # flush spans on every exit, SIGTERM included
 
 
+TraceUiOption = Annotated[
+    str | None,
+    typer.Option(
+        "--trace-ui-url",
+        envvar="SWITCHBOARD_TRACE_UI_URL",
+        help="Trace UI base URL, e.g. http://localhost:16686 (Jaeger); default: trace_ui_url in the config",
+    ),
+]
+
+
+def _settings_and_config(config: Path | None) -> tuple[Settings, SwitchboardConfig]:
+    """Settings from the environment; the config file, or its defaults when there is none (the
+    operator commands work without one), exiting 2 when it exists but is invalid."""
+    from orchestrator.runtime import load_config_or_exit, load_settings
+
+    settings = load_settings(config)
+    if not settings.config.exists():
+        typer.echo(f"switchboard: no config file at {settings.config}; using defaults (no rules)", err=True)
+        return settings, SwitchboardConfig()
+    return settings, load_config_or_exit(settings)
+
+
+def _run(main: Coroutine[Any, Any, int]) -> None:
+    from orchestrator.runtime import run_async
+
+    code = [0]
+
+    async def wrapper() -> None:
+        code[0] = await main
+
+    run_async(wrapper())
+    raise typer.Exit(code=code[0])
+
+
 @app.command()
-def ingest() -> None:
+def ingest(
+    config: ConfigOption = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default: ingest.host in the config, 127.0.0.1)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: ingest.port in the config, 8090)")] = None,
+) -> None:
     """Run the LiveKit webhook endpoint that turns room_started/room_finished into NATS events."""
-    _not_yet("ingest")
+    from orchestrator.ingest.server import IngestServer, run_until_signalled
+    from orchestrator.runtime import load_config_or_exit, load_settings, run_async
+    from shared.telemetry import setup_telemetry
+
+    settings = load_settings(config)
+    cfg = load_config_or_exit(settings) if settings.config.exists() else SwitchboardConfig()
+    telemetry = setup_telemetry("switchboard-ingest")
+    try:
+        run_async(run_until_signalled(IngestServer(settings, cfg, host=host, port=port)))
+    finally:
+        telemetry.shutdown()
 
 
 @app.command()
-def dev() -> None:
+def dev(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where data, logs and the generated config go (default: a temp dir)")
+    ] = None,
+    rooms: Annotated[int, typer.Option(min=1, max=20, help="Demo rooms to create")] = 3,
+    capacity: Annotated[int, typer.Option(min=1, max=50, help="Jobs per worker process")] = 4,
+    exit_when_speaking: Annotated[
+        bool, typer.Option(help="Stop once every demo room speaks (smoke test) instead of waiting for Ctrl-C")
+    ] = False,
+    trace_ui_url: TraceUiOption = None,
+) -> None:
     """Start everything locally (NATS, LiveKit, ingest, orchestrator, two regional pools) and demo rooms."""
-    _not_yet("dev")
+    import logging
+    import tempfile
+
+    from rich.console import Console
+
+    from orchestrator.devstack.dev import DevOptions, run_dev
+    from shared.logs import configure_logging
+
+    configure_logging("WARNING", "text")
+    # The status table is the console; our own NATS client's connection notices would only clutter it.
+    logging.getLogger("shared.bus").setLevel(logging.ERROR)
+    directory = data_dir or Path(tempfile.mkdtemp(prefix="switchboard-dev-"))
+    options = DevOptions(directory.resolve(), rooms, capacity, trace_ui_url, exit_when_speaking)
+    _run(run_dev(options, Console(highlight=False)))
 
 
 @app.command()
-def status() -> None:
-    """Pools with load bars and rooms by state."""
-    _not_yet("status")
+def status(
+    config: ConfigOption = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """Pools (from heartbeats) with load bars, and rooms by state (from the KV records)."""
+    from orchestrator.ops import runners
+
+    settings, cfg = _settings_and_config(config)
+    _run(runners.status(settings, cfg, as_json=as_json, watch=watch))
 
 
 @app.command()
-def explain(room: str) -> None:
+def explain(room: str, config: ConfigOption = None, trace_ui_url: TraceUiOption = None) -> None:
     """Print a room's timeline: rule, candidates, scores, rejections, attempts, joined, voice."""
-    _not_yet("explain")
+    from orchestrator.ops import runners
+
+    settings, cfg = _settings_and_config(config)
+    _run(runners.explain(settings, cfg, room, trace_ui_url))
 
 
 @app.command()
-def dispatch(room: str) -> None:
-    """Manually dispatch an agent to ROOM through the normal path (scheduled, traced, tracked)."""
-    _not_yet("dispatch")
+def dispatch(
+    room: str,
+    agent: Annotated[str | None, typer.Option(help="Agent instead of the matching rule's")] = None,
+    pool: Annotated[str | None, typer.Option(help="Pool instead of the scheduler's choice")] = None,
+    region: Annotated[str | None, typer.Option(help="Home region hint for the scheduler")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the orchestrator to act")] = 15.0,
+    config: ConfigOption = None,
+) -> None:
+    """Manually dispatch an agent to ROOM through the normal path (scheduled, traced, tracked).
+
+    LiveKit and NATS credentials come from the environment only (LIVEKIT_API_KEY, ...).
+    """
+    from orchestrator.ops import runners
+
+    settings, _ = _settings_and_config(config)
+    _run(runners.dispatch(settings, room, agent, pool, region, wait))
 
 
 @app.command()
-def drain(pool: str) -> None:
+def drain(pool: str, config: ConfigOption = None) -> None:
     """Ask every worker of POOL to drain; the orchestrator stops scheduling onto it."""
-    _not_yet("drain")
+    from orchestrator.ops import runners
+
+    settings, cfg = _settings_and_config(config)
+    _run(runners.drain(settings, cfg, pool))
 
 
 @app.command()
-def doctor() -> None:
+def doctor(config: ConfigOption = None) -> None:
     """Check the whole chain (NATS, LiveKit credentials, pools, rules, OTLP) and say what is wrong."""
-    _not_yet("doctor")
+    from orchestrator.ops import runners
+    from orchestrator.runtime import load_settings
+    from shared.config import ConfigError, load_config
+
+    settings = load_settings(config)
+    cfg: SwitchboardConfig | None = None
+    error: str | None = None
+    try:
+        cfg = load_config(settings.config)
+    except ConfigError as err:
+        error = str(err)
+    _run(runners.doctor(settings, cfg, error))
 
 
 @drill_app.command("kill-pool")
-def drill_kill_pool(pool: str) -> None:
+def drill_kill_pool(
+    pool: str,
+    dev_state: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="SWITCHBOARD_DEV_STATE",
+            help="`switchboard dev` state file (or its data dir): kill the pool's processes directly. "
+            "Without it, the pool's workers are told to exit over NATS (needs worker.allow_remote_kill).",
+        ),
+    ] = None,
+    deadline: Annotated[float, typer.Option(help="Seconds each room has to speak again")] = 60.0,
+    config: ConfigOption = None,
+) -> None:
     """Kill POOL and report how long every affected room took to speak again."""
-    _not_yet("drill kill-pool")
+    from orchestrator.ops import runners
+
+    settings, _ = _settings_and_config(config)
+    _run(runners.drill_kill_pool(settings, pool, dev_state, deadline))
 
 
 def main() -> None:

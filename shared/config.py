@@ -69,6 +69,22 @@ class WorkerConfig(_Strict):
     allow_remote_kill: bool = False
 
 
+class IngestConfig(_Strict):
+    """The webhook endpoint (``switchboard ingest``). Loopback by default: put a proxy or an ingress
+    in front of it rather than exposing it directly."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8090, ge=0, le=65535)
+    path: str = Field(default="/webhook", pattern=r"^/[A-Za-z0-9/_-]*$")
+    # LiveKit's room_started carries the room's metadata; 256 KiB leaves room for large metadata
+    # while bounding what one request can make us hold in memory.
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # Home region of rooms whose metadata names none; None: ``default_region``.
+    region: Region | None = None
+    # How long a JetStream publish may take before the webhook is answered 503 (LiveKit retries).
+    publish_timeout_s: float = Field(default=3.0, gt=0, le=30)
+
+
 class SwitchboardConfig(_Strict):
     default_region: Region = "eu-central"
     regions: dict[Region, RegionConfig] = Field(default_factory=dict)
@@ -76,6 +92,9 @@ class SwitchboardConfig(_Strict):
     pools: list[PinnedPool] = Field(default_factory=list)
     orchestrator: OrchestratorConfig = Field(default_factory=OrchestratorConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    # Base URL of a trace UI (Jaeger, Tempo via Grafana...): ``explain`` prints <base>/trace/<id>.
+    trace_ui_url: Annotated[str, Field(max_length=512, pattern=r"^https?://")] | None = None
 
     @model_validator(mode="after")
     def _references_exist(self) -> SwitchboardConfig:

@@ -1,0 +1,95 @@
+"""`switchboard ingest` as an object: NATS connection, streams, the HTTP site, a clean stop.
+
+Used by the CLI, by `switchboard dev` and by the tests, so all three run the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from orchestrator.ingest.app import IngestOptions, Unavailable, build_app
+from shared import bus
+from shared.config import SwitchboardConfig
+from shared.messages import RoomCreated, RoomEnded
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestServer:
+    settings: Settings
+    config: SwitchboardConfig
+    host: str | None = None  # None: config.ingest.host
+    port: int | None = None  # None: config.ingest.port; 0: a free port (see bound_port)
+    bound_port: int = 0
+    _nc: NATS | None = None
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host or self.config.ingest.host}:{self.bound_port}{self.config.ingest.path}"
+
+    async def start(self) -> None:
+        cfg = self.config.ingest
+        # Bounded connect: an ingest that cannot reach NATS at start says so and exits.
+        self._nc = await bus.connect(self.settings.nats, "switchboard-ingest")
+        # Publishing into a missing stream would fail every webhook until the orchestrator starts.
+        await bus.ensure_streams(self._nc.jetstream(), self.settings.nats.stream_replicas)
+        options = IngestOptions(
+            api_key=self.settings.livekit.api_key,
+            api_secret=self.settings.livekit.api_secret.get_secret_value(),
+            default_region=cfg.region or self.config.default_region,
+            path=cfg.path,
+            max_body_bytes=cfg.max_body_bytes,
+            publish_timeout_s=cfg.publish_timeout_s,
+        )
+        app = build_app(options, self._publish, self._connected)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host = self.host or cfg.host
+        site = web.TCPSite(self._runner, host, cfg.port if self.port is None else self.port)
+        await site.start()
+        self.bound_port = int(self._runner.addresses[0][1])
+        log.info("ingest listening on %s (webhook path %s)", f"http://{host}:{self.bound_port}", cfg.path)
+
+    def _connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def _publish(self, message: RoomCreated | RoomEnded) -> None:
+        if self._nc is None:
+            raise Unavailable("not started")
+        js = self._nc.jetstream()
+        if isinstance(message, RoomCreated):
+            await bus.publish_room_created(js, message)
+        else:
+            await bus.publish_room_ended(js, message)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._nc is not None:
+            try:
+                await asyncio.wait_for(self._nc.drain(), 5)
+            except Exception as err:  # already closed / NATS gone: nothing left to flush
+                log.debug("nats drain on stop: %s", err)
+            self._nc = None
+
+
+async def run_until_signalled(server: IngestServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

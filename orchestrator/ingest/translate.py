@@ -1,0 +1,86 @@
+"""LiveKit webhook event → Switchboard room event. Pure: no I/O, no clock.
+
+``room_started`` → :class:`RoomCreated` (dedupe id = room sid, so LiveKit's retries and the second
+``room_started`` that CreateDispatch's room auto-create fires are stored once); ``room_finished`` →
+:class:`RoomEnded`; anything else → ``None`` (ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from livekit.protocol.webhook import WebhookEvent
+from pydantic import ValidationError
+
+from shared.codec import describe_validation_error
+from shared.messages import RoomCreated, RoomEnded
+
+M = TypeVar("M", RoomCreated, RoomEnded)
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class BadEvent(ValueError):
+    """The event is signed correctly but cannot become a room event (e.g. a room name too long)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    message: RoomCreated | RoomEnded | None
+    # Why the room's metadata was not used as-is (for a debug/warning log; never the metadata).
+    note: str | None = None
+
+
+def translate(event: WebhookEvent, default_region: str) -> Translation:
+    if event.event == "room_started":
+        return _room_started(event, default_region)
+    if event.event == "room_finished":
+        return Translation(_build(RoomEnded, room=event.room.name, sid=event.room.sid or None))
+    return Translation(None)
+
+
+def _room_started(event: WebhookEvent, default_region: str) -> Translation:
+    room = event.room
+    metadata, note = parse_room_metadata(room.metadata)
+    region = default_region
+    hinted = (metadata or {}).get("region")
+    if isinstance(hinted, str) and _REGION.fullmatch(hinted):
+        region = hinted
+    elif hinted is not None:
+        note = "room metadata 'region' is not a valid region name; using the configured region"
+    created_ms = room.creation_time_ms or room.creation_time * 1000
+    created_at = datetime.fromtimestamp(created_ms / 1000, UTC) if created_ms else None
+    message = _build(
+        RoomCreated,
+        room=room.name,
+        sid=room.sid or None,
+        region=region,
+        metadata=metadata,
+        created_at=created_at,
+    )
+    return Translation(message, note)
+
+
+def parse_room_metadata(raw: str) -> tuple[dict[str, object] | None, str | None]:
+    """The room metadata when it is a JSON object; otherwise None and a note saying why."""
+    if not raw:
+        return None, None
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        return None, "room metadata is not JSON; not passed on"
+    if not isinstance(value, dict):
+        return None, "room metadata is JSON but not an object; not passed on"
+    return value, None
+
+
+def _build(model: type[M], **fields: object) -> M:
+    if not fields.get("room"):
+        raise BadEvent(f"{model.__name__}: the webhook has no room name")
+    try:
+        return model.model_validate(fields, strict=False)
+    except ValidationError as exc:
+        raise BadEvent(f"{model.__name__}: {describe_validation_error(exc)}") from None

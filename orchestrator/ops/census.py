@@ -1,0 +1,73 @@
+"""Which pools and workers are alive, learned the way the orchestrator learns it: from heartbeats.
+
+A CLI process has no history, so it listens for about 1.5 heartbeat intervals — long enough to hear
+every live worker at least once — and folds what it heard into a :class:`PoolRegistry` (pinned
+pools from the config included, so a pool that never beat still shows up, as dead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from orchestrator.pools import PoolRegistry, PoolView
+from shared import subjects
+from shared.codec import ContractError, decode
+from shared.config import SwitchboardConfig
+from shared.messages import PoolHeartbeat
+
+log = logging.getLogger(__name__)
+
+# Listening window in heartbeat intervals: every live worker beats at least once within it.
+LISTEN_INTERVALS = 1.5
+
+
+class PoolCensus:
+    """Latest heartbeat per worker, and the registry's per-pool views of them."""
+
+    def __init__(self, config: SwitchboardConfig) -> None:
+        cfg = config.orchestrator
+        self.heartbeat_interval_s = cfg.heartbeat_interval_s
+        self.registry = PoolRegistry(cfg.heartbeat_interval_s, cfg.dead_after_missed_beats, config.pools)
+        self._beats: dict[str, dict[str, tuple[PoolHeartbeat, float]]] = {}
+
+    def observe(self, hb: PoolHeartbeat, now: float) -> None:
+        self.registry.observe(hb, now)
+        self._beats.setdefault(hb.pool, {})[hb.worker] = (hb, now)
+
+    def views(self, now: float) -> list[PoolView]:
+        return self.registry.snapshot(now)
+
+    def workers_of(self, pool: str, now: float) -> list[PoolHeartbeat]:
+        """Workers of ``pool`` that beat within the dead limit, sorted by worker id."""
+        limit = self.registry.dead_after_s
+        beats = self._beats.get(pool, {})
+        return [hb for _, (hb, seen) in sorted(beats.items()) if now - seen < limit]
+
+    async def on_msg(self, msg: Msg) -> None:
+        try:
+            hb = decode(PoolHeartbeat, msg.data)
+        except ContractError as err:
+            log.debug("ignored a malformed heartbeat on %s: %s", msg.subject, err)
+            return
+        self.observe(hb, asyncio.get_running_loop().time())
+
+
+async def listen(nc: NATS, census: PoolCensus, seconds: float | None = None) -> None:
+    """Feed ``census`` from the heartbeat subject for ``seconds`` (default ~1.5 intervals)."""
+    window = census.heartbeat_interval_s * LISTEN_INTERVALS if seconds is None else seconds
+    sub = await nc.subscribe(subjects.POOL_HEARTBEAT_WILDCARD, cb=census.on_msg)
+    try:
+        # Heartbeats are a periodic signal: sampling it for a window is the only way to hear them.
+        await asyncio.sleep(window)
+    finally:
+        await sub.unsubscribe()
+
+
+async def take_census(nc: NATS, config: SwitchboardConfig, seconds: float | None = None) -> PoolCensus:
+    census = PoolCensus(config)
+    await listen(nc, census, seconds)
+    return census

@@ -1,0 +1,316 @@
+"""`switchboard doctor`'s checks: small pure functions from gathered :class:`Facts` to results.
+
+Gathering (I/O) is in :mod:`orchestrator.ops.doctor_facts`; here nothing touches the network, so
+each misconfiguration is a row in a unit-test table. ``ok`` is None for a check that could not run
+because an earlier one failed (it is shown, but only the earlier failure counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.pools import PoolView
+from orchestrator.rules import validate_rules
+from shared import subjects
+from shared.config import Rule
+
+STREAMS = (subjects.ROOMS_STREAM, subjects.STATUS_STREAM, subjects.DEAD_LETTER_STREAM)
+CONSUMER_STREAMS = (subjects.ROOMS_STREAM, subjects.STATUS_STREAM)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    ok: bool | None
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveKitProbe:
+    url: str
+    # None: the authenticated call succeeded. Else LiveKitCallError.reason and its message.
+    reason: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpProbe:
+    endpoint: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    nats_url: str
+    nats_error: str | None = None
+    config_path: str = "switchboard.yaml"
+    config_error: str | None = None
+    jetstream_error: str | None = None
+    streams: dict[str, bool] = field(default_factory=dict)
+    # "<stream>/<durable>" -> present
+    consumers: dict[str, bool] = field(default_factory=dict)
+    bucket: bool | None = None
+    livekit: LiveKitProbe | None = None
+    # Pools heard from (and pinned ones): None when NATS could not be asked.
+    pools: Sequence[PoolView] | None = None
+    rules: Sequence[Rule] = ()
+    otlp: OtlpProbe | None = None  # None: no OTLP endpoint configured
+
+
+def _needs_nats(name: str) -> CheckResult:
+    return CheckResult(name, None, "not checked: NATS is unreachable")
+
+
+def check_config(f: Facts) -> list[CheckResult]:
+    if f.config_error:
+        return [
+            CheckResult(
+                "config",
+                False,
+                f.config_error,
+                "fix the file, or point SWITCHBOARD_CONFIG at the right one",
+            )
+        ]
+    results = [CheckResult("config", True, f"{f.config_path}: {len(f.rules)} rules")]
+    for warning in validate_rules(f.rules):
+        results.append(
+            CheckResult("rule order", False, warning, "raise its priority or narrow the broader glob")
+        )
+    return results
+
+
+def check_nats(f: Facts) -> list[CheckResult]:
+    if f.nats_error:
+        return [
+            CheckResult(
+                "NATS reachable",
+                False,
+                f.nats_error,
+                "start nats-server (with -js) or set NATS_URL (and NATS_USER/NATS_PASSWORD/NATS_CREDS_FILE)",
+            )
+        ]
+    return [CheckResult("NATS reachable", True, f.nats_url)]
+
+
+def check_jetstream(f: Facts) -> list[CheckResult]:
+    if f.nats_error:
+        return [_needs_nats("JetStream enabled")]
+    if f.jetstream_error:
+        return [
+            CheckResult(
+                "JetStream enabled",
+                False,
+                f.jetstream_error,
+                "enable JetStream on the server (nats-server -js, or 'jetstream {}' in its config)",
+            )
+        ]
+    return [CheckResult("JetStream enabled", True, "account info ok")]
+
+
+def check_streams(f: Facts) -> list[CheckResult]:
+    if f.nats_error or f.jetstream_error:
+        return [_needs_nats(f"stream {s}") for s in STREAMS]
+    fix = "start an orchestrator once (it creates streams, consumer and bucket), or create them as in docs"
+    return [
+        CheckResult(f"stream {s}", True, "present")
+        if f.streams.get(s)
+        else CheckResult(f"stream {s}", False, "missing", fix)
+        for s in STREAMS
+    ]
+
+
+def check_consumers(f: Facts) -> list[CheckResult]:
+    names = [f"{s}/{subjects.ORCHESTRATOR_CONSUMER}" for s in CONSUMER_STREAMS]
+    if f.nats_error or f.jetstream_error:
+        return [_needs_nats(f"consumer {n}") for n in names]
+    return [
+        CheckResult(f"consumer {n}", True, "present")
+        if f.consumers.get(n)
+        else CheckResult(
+            f"consumer {n}",
+            False,
+            "missing: no orchestrator has bound to this stream",
+            "start the orchestrator: switchboard orchestrator",
+        )
+        for n in names
+    ]
+
+
+def check_bucket(f: Facts) -> list[CheckResult]:
+    name = f"KV bucket {subjects.ROOMS_BUCKET}"
+    if f.nats_error or f.jetstream_error:
+        return [_needs_nats(name)]
+    if f.bucket:
+        return [CheckResult(name, True, "present")]
+    return [CheckResult(name, False, "missing", "start the orchestrator: switchboard orchestrator")]
+
+
+def check_livekit(f: Facts) -> list[CheckResult]:
+    p = f.livekit
+    if p is None:
+        return []
+    if p.reason is None:
+        return [
+            CheckResult("LiveKit reachable", True, p.url),
+            CheckResult("LiveKit credentials", True, "an authenticated ListRooms succeeded"),
+        ]
+    if p.reason == "unauthenticated":
+        return [
+            CheckResult("LiveKit reachable", True, p.url),
+            CheckResult(
+                "LiveKit credentials",
+                False,
+                p.message,
+                "set LIVEKIT_API_KEY / LIVEKIT_API_SECRET to a key pair from the server's 'keys:'",
+            ),
+        ]
+    return [
+        CheckResult(
+            "LiveKit reachable",
+            False,
+            p.message,
+            "start livekit-server, or set LIVEKIT_URL (http(s):// or ws(s):// of the server)",
+        ),
+        CheckResult("LiveKit credentials", None, "not checked: LiveKit is unreachable"),
+    ]
+
+
+def _live(pools: Sequence[PoolView]) -> list[PoolView]:
+    return [p for p in pools if p.liveness != "dead"]
+
+
+def check_pools(f: Facts) -> list[CheckResult]:
+    if f.pools is None:
+        return [_needs_nats("pools heartbeating")]
+    live = _live(f.pools)
+    if not live:
+        dead = ", ".join(p.pool for p in f.pools)
+        return [
+            CheckResult(
+                "pools heartbeating",
+                False,
+                "no pool heartbeat heard" + (f" (pinned/known but silent: {dead})" if dead else ""),
+                "start a pool: switchboard worker --agent AGENT --region REGION --pool POOL "
+                "(same NATS_URL and LiveKit as here)",
+            )
+        ]
+    listing = ", ".join(
+        f"{p.pool} → {p.agent_name} ({p.workers} workers{', draining' if p.draining else ''})" for p in live
+    )
+    results = [CheckResult("pools heartbeating", True, listing)]
+    for p in f.pools:
+        if p.liveness == "dead":
+            results.append(
+                CheckResult(
+                    f"pool {p.pool}",
+                    False,
+                    f"pinned in the config but silent ({p.agent_name})",
+                    f"start its workers, or remove pool {p.pool} from 'pools:' in the config",
+                )
+            )
+    return results
+
+
+def check_rules_have_pools(f: Facts) -> list[CheckResult]:
+    if f.pools is None:
+        return [_needs_nats(f"rule {r.name} has a live pool") for r in f.rules]
+    results = []
+    for rule in f.rules:
+        name = f"rule {rule.name} has a live pool"
+        serving = [p for p in _live(f.pools) if p.agent == rule.agent]
+        accepting = [p for p in serving if not p.draining]
+        if accepting:
+            results.append(
+                CheckResult(name, True, f"agent {rule.agent}: {', '.join(p.pool for p in accepting)}")
+            )
+        elif serving:
+            results.append(
+                CheckResult(
+                    name,
+                    False,
+                    f"agent {rule.agent}: every pool is draining ({', '.join(p.pool for p in serving)})",
+                    f"start a fresh pool for agent {rule.agent}",
+                )
+            )
+        else:
+            results.append(
+                CheckResult(
+                    name,
+                    False,
+                    f"no live pool serves agent {rule.agent!r}: "
+                    f"rooms matching {rule.match!r} will wait, then fail",
+                    f"start a pool: switchboard worker --agent {rule.agent} --region REGION --pool POOL",
+                )
+            )
+    return results
+
+
+def check_pools_have_rules(f: Facts) -> list[CheckResult]:
+    if f.pools is None:
+        return []
+    targeted = {r.agent for r in f.rules}
+    results = []
+    for p in _live(f.pools):
+        name = f"pool {p.pool} is targeted by a rule"
+        if p.agent in targeted:
+            rules = ", ".join(r.name for r in f.rules if r.agent == p.agent)
+            results.append(CheckResult(name, True, f"agent {p.agent} ← {rules}"))
+        else:
+            results.append(
+                CheckResult(
+                    name,
+                    False,
+                    f"registered as {p.agent_name} (agent {p.agent!r}) but no rule dispatches to agent "
+                    f"{p.agent!r}: it will never get a room (LiveKit sends named workers explicit "
+                    "dispatches only)",
+                    f"add a rule with agent: {p.agent}, or restart the pool with --agent set to a "
+                    f"rule's agent ({', '.join(sorted(targeted)) or 'no rules configured'})",
+                )
+            )
+    return results
+
+
+def check_otlp(f: Facts) -> list[CheckResult]:
+    if f.otlp is None:
+        return [
+            CheckResult(
+                "OTLP endpoint",
+                True,
+                "not configured: traces are not exported (set OTEL_EXPORTER_OTLP_ENDPOINT)",
+            )
+        ]
+    if f.otlp.error:
+        return [
+            CheckResult(
+                "OTLP endpoint",
+                False,
+                f"{f.otlp.endpoint}: {f.otlp.error}",
+                "start the collector (or Jaeger) there, or fix OTEL_EXPORTER_OTLP_ENDPOINT",
+            )
+        ]
+    return [CheckResult("OTLP endpoint", True, f"{f.otlp.endpoint} accepts connections")]
+
+
+CHECKS: tuple[Callable[[Facts], list[CheckResult]], ...] = (
+    check_config,
+    check_nats,
+    check_jetstream,
+    check_streams,
+    check_consumers,
+    check_bucket,
+    check_livekit,
+    check_pools,
+    check_rules_have_pools,
+    check_pools_have_rules,
+    check_otlp,
+)
+
+
+def run_checks(facts: Facts) -> list[CheckResult]:
+    return [result for check in CHECKS for result in check(facts)]
+
+
+def exit_code(results: Sequence[CheckResult]) -> int:
+    return 1 if any(r.ok is False for r in results) else 0

@@ -1,0 +1,56 @@
+"""Room records as the operator commands read them: straight from the KV bucket, read-only."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError
+
+from orchestrator.records import TERMINAL, RoomRecord, RoomState
+from orchestrator.store import RoomStore
+from shared import subjects
+
+
+async def room_store(js: JetStreamContext) -> RoomStore | None:
+    """The rooms bucket, or None when it does not exist yet (no orchestrator has ever run).
+
+    Never creates it: an operator command must not change what it inspects.
+    """
+    try:
+        return RoomStore(await js.key_value(subjects.ROOMS_BUCKET))
+    except BucketNotFoundError:
+        return None
+
+
+async def read_rooms(js: JetStreamContext) -> list[RoomRecord]:
+    """Every room record now (the watch's initial snapshot), sorted by room name."""
+    store = await room_store(js)
+    if store is None:
+        return []
+    rooms: dict[str, RoomRecord] = {}
+    async for change in store.watch():
+        if change is None:
+            break
+        room, versioned = change
+        if versioned is not None:
+            rooms[room] = versioned.record
+    return [rooms[name] for name in sorted(rooms)]
+
+
+async def get_room(js: JetStreamContext, room: str) -> RoomRecord | None:
+    store = await room_store(js)
+    if store is None:
+        return None
+    got = await store.get(room)
+    return got.record if got else None
+
+
+def by_state(records: list[RoomRecord]) -> dict[str, int]:
+    """Counts per state, in state-machine order, zero counts left out."""
+    counts = Counter(r.state for r in records)
+    return {s.value: counts[s] for s in RoomState if counts[s]}
+
+
+def is_live(record: RoomRecord) -> bool:
+    return record.state not in TERMINAL
