@@ -1,0 +1,148 @@
+"""`doctor`'s checks over hand-made facts: each misconfiguration is one row."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from orchestrator.ops.doctor_checks import CheckResult, Facts, LiveKitProbe, OtlpProbe, exit_code, run_checks
+from orchestrator.pools import Liveness, PoolView
+from shared import subjects
+from shared.config import Rule
+
+AGENT = "ornina-avatar-agent"
+
+
+def pool(pool: str, agent: str = AGENT, liveness: Liveness = "alive", draining: bool = False) -> PoolView:
+    return PoolView(
+        pool=pool,
+        agent=agent,
+        region="eu-central",
+        agent_name=subjects.pool_agent_name(agent, pool),
+        workers=0 if liveness == "dead" else 1,
+        capacity=4,
+        active=0,
+        load=0.0,
+        draining=draining,
+        liveness=liveness,
+        age_s=None if liveness == "dead" else 0.5,
+    )
+
+
+HEALTHY = Facts(
+    nats_url="nats://127.0.0.1:4222",
+    streams={s: True for s in (subjects.ROOMS_STREAM, subjects.STATUS_STREAM, subjects.DEAD_LETTER_STREAM)},
+    consumers={f"{s}/orchestrator": True for s in (subjects.ROOMS_STREAM, subjects.STATUS_STREAM)},
+    bucket=True,
+    livekit=LiveKitProbe("http://127.0.0.1:7880"),
+    pools=[pool("eu-central-a")],
+    rules=[Rule(name="ornina", match="ornina-*", agent=AGENT)],
+    otlp=None,
+)
+
+
+def failing(results: list[CheckResult]) -> list[str]:
+    return [r.name for r in results if r.ok is False]
+
+
+def test_healthy_is_all_green() -> None:
+    results = run_checks(HEALTHY)
+    assert failing(results) == [] and exit_code(results) == 0
+    assert all(r.ok for r in results)
+
+
+@pytest.mark.parametrize(
+    ("facts", "failed", "words"),
+    [
+        (
+            replace(HEALTHY, nats_error="cannot connect to NATS at nats://x:1"),
+            ["NATS reachable"],
+            "nats-server",
+        ),
+        (replace(HEALTHY, jetstream_error="JetStream is not available"), ["JetStream enabled"], "-js"),
+        (
+            replace(HEALTHY, streams={**HEALTHY.streams, subjects.ROOMS_STREAM: False}),
+            [f"stream {subjects.ROOMS_STREAM}"],
+            "orchestrator",
+        ),
+        (
+            replace(HEALTHY, consumers={f"{subjects.STATUS_STREAM}/orchestrator": True}),
+            [f"consumer {subjects.ROOMS_STREAM}/orchestrator"],
+            "switchboard orchestrator",
+        ),
+        (replace(HEALTHY, bucket=False), [f"KV bucket {subjects.ROOMS_BUCKET}"], "orchestrator"),
+        (
+            replace(
+                HEALTHY, livekit=LiveKitProbe("http://x", "unauthenticated", "rejected the API credentials")
+            ),
+            ["LiveKit credentials"],
+            "LIVEKIT_API_SECRET",
+        ),
+        (
+            replace(HEALTHY, livekit=LiveKitProbe("http://x", "unreachable", "cannot connect to LiveKit")),
+            ["LiveKit reachable"],
+            "LIVEKIT_URL",
+        ),
+        (
+            replace(HEALTHY, pools=[]),
+            ["pools heartbeating", "rule ornina has a live pool"],
+            "switchboard worker",
+        ),
+        (
+            replace(HEALTHY, pools=[pool("eu-central-a", draining=True)]),
+            ["rule ornina has a live pool"],
+            "draining",
+        ),
+        (
+            replace(HEALTHY, pools=[pool("eu-central-a"), pool("eu-central-b", liveness="dead")]),
+            ["pool eu-central-b"],
+            "silent",
+        ),
+        (
+            replace(HEALTHY, rules=[*HEALTHY.rules, Rule(name="support", match="support-*", agent="helper")]),
+            ["rule support has a live pool"],
+            "--agent helper",
+        ),
+        (
+            # The seed outage: a pool registered under an agent nothing dispatches to.
+            replace(HEALTHY, pools=[pool("eu-central-a"), pool("us-east-a", agent="avatar-agent")]),
+            ["pool us-east-a is targeted by a rule"],
+            "never get a room",
+        ),
+        (
+            replace(HEALTHY, otlp=OtlpProbe("http://127.0.0.1:4318", "cannot connect to 127.0.0.1:4318")),
+            ["OTLP endpoint"],
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (
+            replace(HEALTHY, config_error="switchboard.yaml: field 'rules.0.agent' is missing"),
+            ["config"],
+            "fix",
+        ),
+        (
+            replace(
+                HEALTHY,
+                rules=[
+                    Rule(name="all", match="*", agent=AGENT),
+                    Rule(name="ornina", match="ornina-*", agent=AGENT),
+                ],
+            ),
+            ["rule order"],
+            "priority",
+        ),
+    ],
+)
+def test_each_misconfiguration_is_named_with_a_fix(facts: Facts, failed: list[str], words: str) -> None:
+    results = run_checks(facts)
+    assert failing(results) == failed
+    assert exit_code(results) == 1
+    text = " ".join(f"{r.detail} {r.fix}" for r in results if r.ok is False)
+    assert words in text
+
+
+def test_nats_down_marks_dependent_checks_as_not_run() -> None:
+    results = run_checks(replace(HEALTHY, nats_error="down", pools=None))
+    skipped = [r.name for r in results if r.ok is None]
+    assert "JetStream enabled" in skipped and "pools heartbeating" in skipped
+    assert failing(results) == ["NATS reachable"]
