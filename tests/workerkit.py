@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -143,17 +144,25 @@ class WorkerProcess:
         if self.process is None or self.process.proc is None:
             return
         self.process.stop(timeout=20.0)
-        # Whatever the worker started (job processes, the forkserver, espeak-ng) is in its group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.proc.pid, signal.SIGKILL)
+        # Whatever the worker started (job processes, the forkserver, espeak-ng) is in its group;
+        # they follow the worker out on their own, SIGKILL is only the last resort.
+        if self.leftovers(within_s=5.0):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.proc.pid, signal.SIGKILL)
 
-    def leftovers(self) -> bool:
+    def leftovers(self, within_s: float = 5.0) -> bool:
+        """Is any process of the worker's group still alive after ``within_s``? (Children exit, and
+        are reaped by init, a moment after the worker: no event announces a whole group's end.)"""
         assert self.process is not None and self.process.proc is not None
-        try:
-            os.killpg(self.process.proc.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                os.killpg(self.process.proc.pid, 0)
+            except ProcessLookupError:
+                return False
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(0.05)
 
     def log_tail(self, lines: int = 60) -> str:
         return self.process.log_tail(lines) if self.process else ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from livekit import api as lkapi
 from nats.aio.client import Client as NATS
 from opentelemetry import trace
@@ -50,7 +52,24 @@ async def test_dispatch_joins_speaks_and_reports(
         assert [a.identity for a in agents] == [joined.identity]
         assert agents[0].attributes["switchboard.pool"] == "pool-a"
 
-        async with __import__("asyncio").timeout(10):
+        async with asyncio.timeout(10):
             await livekit_api.room.delete_room(lkapi.DeleteRoomRequest(room=room))
         left = await inbox.wait_for(is_state(dispatch_id, "left"), 20, "left")
         assert left.reason
+
+
+async def test_process_executor_reports_the_same(
+    workers: WorkerFactory,  # noqa: F811
+    nc: NATS,
+    livekit_api: lkapi.LiveKitAPI,
+    livekit_server: LiveKitServer,
+) -> None:
+    """The job wrapper is pickled into a forkserver job process; reports still reach NATS."""
+    worker = workers.start("pool-proc", extra_args=["--executor", "process"])
+    room = "room-process-executor"
+    async with statuses(nc) as inbox, Listener(livekit_server, room) as listener:
+        dispatch_id = await dispatch(livekit_api, worker, room, attempt=1)
+        joined = await inbox.wait_for(is_state(dispatch_id, "joined"), JOIN_TIMEOUT_S, "joined")
+        await listener.wait_audible(VOICE_TIMEOUT_S)
+        voice = await inbox.wait_for(is_state(dispatch_id, "voice"), VOICE_TIMEOUT_S, "voice")
+    assert joined.attempt == voice.attempt == 1
