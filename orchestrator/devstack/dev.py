@@ -47,6 +47,7 @@ from shared.settings import NatsSettings
 ALL_SPEAKING = "all demo rooms speaking"
 WORKER_READY_TIMEOUT_S = 120.0
 SPEAKING_TIMEOUT_S = 120.0
+ROOM_STEP_TIMEOUT_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,25 +150,19 @@ class DevStack:
 
     # -- demo rooms --------------------------------------------------------------------------------
 
-    async def create_rooms(self) -> list[RoomListener]:
+    async def create_room(self, api: lk.LiveKitAPI, room: str, region: str) -> RoomListener:
         assert self.livekit
         lkserver = self.livekit
-        listeners = []
-        async with lk.LiveKitAPI(lkserver.http_url, lkserver.api_key, lkserver.api_secret) as api:
-            for room, region in demo_rooms(self.options.rooms):
-                # Room metadata carries the region hint; creating the room fires room_started.
-                req = lk.CreateRoomRequest(
-                    name=room, metadata=json.dumps({"region": region}), empty_timeout=300
-                )
-                async with asyncio.timeout(10):
-                    await api.room.create_room(req)
-                listener = RoomListener(
-                    lkserver.ws_url, lkserver.api_key, lkserver.api_secret, room, f"listener-{room}"
-                )
-                await listener.connect()
-                listeners.append(listener)
-                self.say(f"room {room} ({region}) created, listener joined")
-        return listeners
+        # Room metadata carries the region hint; creating the room fires room_started.
+        req = lk.CreateRoomRequest(name=room, metadata=json.dumps({"region": region}), empty_timeout=300)
+        async with asyncio.timeout(10):
+            await api.room.create_room(req)
+        listener = RoomListener(
+            lkserver.ws_url, lkserver.api_key, lkserver.api_secret, room, f"listener-{room}"
+        )
+        await listener.connect()
+        self.say(f"room {room} ({region}) created, listener joined")
+        return listener
 
     # -- stop --------------------------------------------------------------------------------------
 
@@ -246,6 +241,11 @@ def ensure_livekit_server(say: Callable[[str, str], None]) -> None:
     find_livekit_server()
 
 
+def _has_agent(room: str) -> Callable[[dict[str, RoomRecord]], bool]:
+    live = (RoomState.JOINED, RoomState.SPEAKING, RoomState.FAILED, RoomState.IGNORED)
+    return lambda records: room in records and records[room].state in live
+
+
 def _all_speaking(rooms: list[str]) -> Callable[[dict[str, RoomRecord]], bool]:
     return lambda records: all(r in records and records[r].state == RoomState.SPEAKING for r in rooms)
 
@@ -280,8 +280,7 @@ async def run_dev(options: DevOptions, console: Console) -> int:
         await stack.start_switchboard(config_path, ingest_port)
         stack.write_files(config_path, ingest_port)
         stack.say(f"other commands: source {stack.data_dir / 'dev.env'} && switchboard status", "cyan")
-        listeners.extend(await stack.create_rooms())
-        result[0] = await _show(stack, parse_config(config_data), listeners, stop)
+        await _show(stack, parse_config(config_data), listeners, stop, result)
         stop.set()
 
     try:
@@ -307,16 +306,32 @@ async def run_dev(options: DevOptions, console: Console) -> int:
 
 
 async def _show(
-    stack: DevStack, config: SwitchboardConfig, listeners: list[RoomListener], stop: asyncio.Event
-) -> int:
-    assert stack.nats
-    rooms = [lis.room_name for lis in listeners]
+    stack: DevStack,
+    config: SwitchboardConfig,
+    listeners: list[RoomListener],
+    stop: asyncio.Event,
+    result: list[int],
+) -> None:
+    """Demo rooms, then the live table; ``result[0]`` becomes 0 once every room speaks, else 1
+    (set before the table shows, so Ctrl-C afterwards still exits with it)."""
+    assert stack.nats and stack.livekit
+    lkserver = stack.livekit
+    rooms = [room for room, _ in demo_rooms(stack.options.rooms)]
     nc = await bus.connect(NatsSettings(url=stack.nats.url, startup_attempts=2), "switchboard-dev")
     try:
         live = LiveView(nc, config)
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(live.run()), *(tg.create_task(lis.listen()) for lis in listeners)]
-            tasks.append(tg.create_task(_supervise(stack, stop)))
+            tasks = [tg.create_task(live.run()), tg.create_task(_supervise(stack, stop))]
+            async with lk.LiveKitAPI(lkserver.http_url, lkserver.api_key, lkserver.api_secret) as api:
+                for room, region in demo_rooms(stack.options.rooms):
+                    listener = await stack.create_room(api, room, region)
+                    listeners.append(listener)
+                    tasks.append(tg.create_task(listener.listen()))
+                    # One room at a time: the rooms go live one after the other on screen, and a
+                    # worker never has two jobs connecting to LiveKit in the same instant (see
+                    # docs: livekit rtc 1.1.21 can panic on concurrent connects in one process).
+                    with contextlib.suppress(TimeoutError):
+                        await live.wait_rooms(_has_agent(room), ROOM_STEP_TIMEOUT_S)
             try:
                 await live.wait_rooms(_all_speaking(rooms), SPEAKING_TIMEOUT_S)
                 heard = sum(1 for lis in listeners if lis.heard.is_set())
@@ -325,13 +340,13 @@ async def _show(
                     f"listeners hearing audio so far: {heard}/{len(rooms)}",
                     "bold green",
                 )
-                code = 0
+                result[0] = 0
             except TimeoutError:
                 stack.say(f"✘ not every demo room is speaking after {SPEAKING_TIMEOUT_S:.0f}s", "bold red")
                 stack.say(
                     "see: switchboard explain ROOM, and the logs in " + str(stack.data_dir / "logs"), "red"
                 )
-                code = 1
+                result[0] = 1
             if not stack.options.exit_when_speaking:
                 stack.say(
                     "drill: switchboard drill kill-pool eu-central-a   (after sourcing dev.env)", "cyan"
@@ -340,7 +355,6 @@ async def _show(
                 await _display(stack, live, stop)
             for task in tasks:
                 task.cancel()
-        return code
     finally:
         with contextlib.suppress(Exception):
             await nc.close()

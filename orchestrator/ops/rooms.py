@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import AsyncGenerator
+from typing import cast
 
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 
 from orchestrator.records import TERMINAL, RoomRecord, RoomState
-from orchestrator.store import RoomStore
+from orchestrator.store import RoomStore, Versioned
 from shared import subjects
 
 
@@ -29,12 +32,15 @@ async def read_rooms(js: JetStreamContext) -> list[RoomRecord]:
     if store is None:
         return []
     rooms: dict[str, RoomRecord] = {}
-    async for change in store.watch():
-        if change is None:
-            break
-        room, versioned = change
-        if versioned is not None:
-            rooms[room] = versioned.record
+    # aclosing: stop the KV watcher now, not whenever the abandoned generator is collected.
+    watch = cast(AsyncGenerator[tuple[str, Versioned | None] | None, None], store.watch())
+    async with contextlib.aclosing(watch) as changes:
+        async for change in changes:
+            if change is None:
+                break
+            room, versioned = change
+            if versioned is not None:
+                rooms[room] = versioned.record
     return [rooms[name] for name in sorted(rooms)]
 
 

@@ -41,6 +41,8 @@ def _nats_down(console: Console, err: Exception) -> int:
 
 async def status(settings: Settings, config: SwitchboardConfig, *, as_json: bool, watch: bool) -> int:
     console = Console()
+    if not console.is_terminal:
+        console.width = 160  # a pipe or a log: do not squeeze the tables into 80 columns
     try:
         async with nats_session(settings, "status") as nc:
             if watch:
