@@ -103,9 +103,7 @@ async def post(url: str, body: bytes, auth: str | None) -> int:
             return resp.status
 
 
-async def test_livekit_webhook_to_speaking_agent(
-    nats_server: NatsServer, nc: NATS, tmp_path: Path
-) -> None:
+async def test_livekit_webhook_to_speaking_agent(nats_server: NatsServer, nc: NATS, tmp_path: Path) -> None:
     ingest_port = free_tcp_port()
     livekit = LiveKitServer(tmp_path / "lk", webhook_urls=[f"http://127.0.0.1:{ingest_port}/webhook"])
     livekit.start()

@@ -11,7 +11,9 @@ from shared.messages import RoomCreated, RoomEnded
 
 
 def started(name: str = "ornina-1", sid: str = "RM_1", metadata: str = "", created: int = 0) -> WebhookEvent:
-    return WebhookEvent(event="room_started", room=Room(name=name, sid=sid, metadata=metadata, creation_time=created))
+    return WebhookEvent(
+        event="room_started", room=Room(name=name, sid=sid, metadata=metadata, creation_time=created)
+    )
 
 
 @pytest.mark.parametrize(
