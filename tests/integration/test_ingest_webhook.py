@@ -98,9 +98,12 @@ async def post(url: str, body: bytes, auth: str | None) -> int:
     headers = {"Content-Type": "application/webhook+json"}
     if auth is not None:
         headers["Authorization"] = auth
-    async with aiohttp.ClientSession() as session, asyncio.timeout(10):
-        async with session.post(url, data=body, headers=headers) as resp:
-            return resp.status
+    async with (
+        aiohttp.ClientSession() as session,
+        asyncio.timeout(10),
+        session.post(url, data=body, headers=headers) as resp,
+    ):
+        return resp.status
 
 
 async def test_livekit_webhook_to_speaking_agent(nats_server: NatsServer, nc: NATS, tmp_path: Path) -> None:
@@ -169,9 +172,11 @@ async def test_nats_down_answers_503_so_livekit_retries(nats_server: NatsServer)
         body = room_started("ornina-down-1", "RM_down1")
         nats_server.stop()
         assert await post(ingest.url, body, sign(body)) == 503
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{ingest.bound_port}/readyz") as resp:
-                assert resp.status == 503
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{ingest.bound_port}/readyz") as resp,
+        ):
+            assert resp.status == 503
         nats_server.start()
         # The ingest reconnects on its own (nats-py retries every second): wait for its readiness.
         async with aiohttp.ClientSession() as session, asyncio.timeout(20):
