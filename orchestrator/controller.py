@@ -30,10 +30,11 @@ from orchestrator.dispatcher import create_dispatch
 from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
 from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.override import OVERRIDE_KEY, DispatchOverride, read_override
 from orchestrator.pools import PoolRegistry
 from orchestrator.records import HOLDING, IN_FLIGHT, RoomRecord, RoomState
 from orchestrator.rules import match_rule
-from orchestrator.scheduler import ScheduleRequest, Topology, schedule
+from orchestrator.scheduler import ScheduleRequest, Topology, decision_seed, schedule
 from orchestrator.store import Conflict, RoomStore, Versioned
 from orchestrator.transitions import note, transition
 from shared.config import SwitchboardConfig
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("switchboard.orchestrator")
 S = RoomState
 
+MAX_REJECTION_EVENTS = 20
 # How many CAS conflicts one step tolerates before leaving the room to the next sweep.
 _MAX_CONFLICTS = 5
 
@@ -94,7 +96,9 @@ class Controller:
 
     async def on_room_created(self, event: RoomCreated) -> None:
         now = self.clocks.wall()
-        metadata = json.dumps(event.metadata, separators=(",", ":")) if event.metadata is not None else None
+        override = read_override(event.metadata)
+        user_meta = {k: v for k, v in event.metadata.items() if k != OVERRIDE_KEY} if event.metadata else None
+        metadata = json.dumps(user_meta, separators=(",", ":")) if user_meta is not None else None
         region = event.region or _metadata_region(event.metadata)
         record = RoomRecord(
             room=event.room,
@@ -103,22 +107,26 @@ class Controller:
             user_metadata=metadata,
             received_at=now,
             event_at=event.created_at.timestamp() if event.created_at else None,
+            override_agent=override.agent if override else None,
+            override_pool=override.pool if override else None,
+            manual=bool(override and override.manual),
             owner=self.replica,
             lease_until=now + self.lease_s,
             **_trace_fields(),
         )
+        what = f"manual dispatch by {override.requested_by or 'an operator'}" if override else "room event"
         record = note(
             record,
             now=now,
             event="received",
-            detail=f"room event (sid {event.sid or '-'})",
+            detail=f"{what} (sid {event.sid or '-'})",
             data={"region_hint": region},
         )
         async with self._lock(event.room):
             created = await self.store.create(record)
             if created is None:
                 existing = await self.store.get(event.room)
-                if existing is None or not self._is_new_incarnation(existing.record, event):
+                if existing is None or not self._is_new_incarnation(existing.record, event, override):
                     log.info("duplicate room event ignored", extra={"room": event.room})
                     return
                 # Same name, new LiveKit room (new sid) after the old one ended: start over.
@@ -187,6 +195,13 @@ class Controller:
                     cause = "pool_dead"
             if cause is None and rec.deadline is not None and rec.deadline <= now:
                 cause = {S.DISPATCHED: "join_timeout", S.JOINED: "no_voice"}.get(rec.state)
+            if (
+                cause is None
+                and rec.state == S.DISPATCHED
+                and rec.assign_checked_at is None
+                and (rec.dispatched_at or now) + self.cfg.assign_check_s <= now
+            ):
+                cause = "check_assignment"
             if cause is not None:
                 work.append((rec.room, cause))
         if not work:
@@ -198,6 +213,8 @@ class Controller:
                 try:
                     if cause is None:
                         await self._guarded_drive(room)
+                    elif cause == "check_assignment":
+                        await self._check_assignment(room)
                     else:
                         await self._guarded_redispatch(room, cause)
                 except (Conflict, LiveKitCallError) as err:
@@ -297,6 +314,46 @@ class Controller:
                 self._seen(current)
                 await self._drive(current)
 
+    async def _check_assignment(self, room: str) -> None:
+        """LiveKit answers CreateDispatch with 200 even when it cannot give the job to any worker
+        (all full in its view, assignment timed out) and never retries. A dispatch still without a
+        job after ``assign_check_s`` is dead: dispatch again now, not at the join deadline."""
+        lock = self._lock(room)
+        if lock.locked():
+            return
+        async with lock:
+            current = await self.store.get(room)
+            if current is None:
+                return
+            rec = current.record
+            if rec.state != S.DISPATCHED or rec.assign_checked_at is not None or not rec.dispatch_id:
+                return
+            jobs = await self.gateway.dispatch_jobs(rec.room, rec.dispatch_id)
+            now = self.clocks.wall()
+            if jobs is None or jobs > 0:
+                new = note(
+                    rec.model_copy(update={"assign_checked_at": now}),
+                    now=now,
+                    event="assigned",
+                    detail=f"LiveKit gave the dispatch {jobs} job(s)" if jobs else "dispatch not listed",
+                )
+                await self._commit(rec, new, current.revision)
+                return
+            with self._span("redispatch", rec) as span:
+                span.set_attribute("switchboard.redispatch.cause", "not_assigned")
+                moved = await self._commit(
+                    rec,
+                    self._to_redispatching(
+                        rec,
+                        now,
+                        "not_assigned",
+                        f"LiveKit gave the dispatch no job within {self.cfg.assign_check_s:g}s",
+                        exclude=False,
+                    ),
+                    current.revision,
+                )
+                await self._drive(moved)
+
     async def _guarded_redispatch(self, room: str, cause: str) -> None:
         lock = self._lock(room)
         if lock.locked():
@@ -365,6 +422,19 @@ class Controller:
         with self._span("schedule", rec) as span:
             if rec.state == S.REDISPATCHING:
                 await self._remove_agent(rec, reason=rec.reason or "redispatch")
+            if rec.rule is None and rec.override_agent:
+                rec = note(
+                    rec.model_copy(
+                        update={
+                            "rule": "manual",
+                            "agent": rec.override_agent,
+                            "home_region": self.topology.home_for(rec.home_region),
+                        }
+                    ),
+                    now=now,
+                    event="rule",
+                    detail=f"manual dispatch: agent {rec.override_agent!r} (no rule needed)",
+                )
             if rec.rule is None:
                 match = match_rule(rec.room, self.config.rules)
                 if match.rule is None:
@@ -385,7 +455,7 @@ class Controller:
                         update={
                             "rule": match.rule.name,
                             "agent": match.rule.agent,
-                            "home_region": rec.home_region or self.config.default_region,
+                            "home_region": self.topology.home_for(rec.home_region),
                         }
                     ),
                     now=now,
@@ -408,7 +478,9 @@ class Controller:
                 return await self._commit(current.record, new, current.revision)
             pools = self.registry.snapshot(self.clocks.mono())
             reserved = self.index.reserved({p.pool: p.jobs for p in pools})
-            self._decisions += 1
+            if rec.override_pool and rec.attempt == 0:
+                # A pinned manual dispatch decides the first placement; failover is normal.
+                pools = [p for p in pools if p.pool == rec.override_pool]
             decision = schedule(
                 ScheduleRequest(
                     room=rec.room, agent=rec.agent, region=rec.home_region, excluded=frozenset(rec.excluded)
@@ -422,7 +494,9 @@ class Controller:
             span.set_attribute("switchboard.decision.pool", decision.pool or "")
             span.set_attribute("switchboard.decision.candidates", len(decision.candidates))
             span.set_attribute("switchboard.decision.reason", decision.reason)
-            for pool, why in decision.rejections.items():
+            span.set_attribute("switchboard.decision.rejected", len(decision.rejections))
+            # One event per rejected pool, capped: the full list is in the room's history.
+            for pool, why in list(decision.rejections.items())[:MAX_REJECTION_EVENTS]:
                 span.add_event("rejected", {"switchboard.pool": pool, "switchboard.reason": why})
             if decision.pool is None:
                 if rec.state == S.WAITING_FOR_POOL:
@@ -642,12 +716,19 @@ class Controller:
         return None
 
     def _next_seed(self, rec: RoomRecord) -> int:
-        # Deterministic per room and attempt when a seed is configured (tests), varied otherwise.
-        base = self._seed if self._seed is not None else time.monotonic_ns()
-        return hash((base, rec.room, rec.attempt, self._decisions if self._seed is None else 0)) & 0xFFFFFFFF
+        # Deterministic per room and attempt when a seed is configured (tests), varied otherwise;
+        # decision_seed hashes with BLAKE2b, so replicas agree (hash() is randomised per process).
+        self._decisions += 1
+        base = self._seed if self._seed is not None else time.monotonic_ns() + self._decisions
+        return decision_seed(base, rec.room, rec.attempt)
 
-    def _is_new_incarnation(self, rec: RoomRecord, event: RoomCreated) -> bool:
-        return rec.terminal and event.sid is not None and event.sid != rec.sid
+    def _is_new_incarnation(
+        self, rec: RoomRecord, event: RoomCreated, override: DispatchOverride | None
+    ) -> bool:
+        # Same name, new LiveKit room (new sid) after the old one ended; or an operator asking
+        # again, by hand, for a room that failed or ended (the outage case).
+        manual = override is not None and override.manual
+        return rec.terminal and ((event.sid is not None and event.sid != rec.sid) or manual)
 
     def _seen(self, versioned: Versioned) -> Versioned:
         self.index.apply(versioned.record.room, versioned)

@@ -124,6 +124,14 @@ class LiveKitGateway:
                     return str(d.id)
         return None
 
+    async def dispatch_jobs(self, room: str, dispatch_id: str) -> int | None:
+        """How many jobs LiveKit created for the dispatch (None: the dispatch is not listed)."""
+        dispatches = await self._call("ListDispatch", self.api.agent_dispatch.list_dispatch(room_name=room))
+        for d in dispatches:
+            if d.id == dispatch_id:
+                return len(d.state.jobs)
+        return None
+
     async def delete_dispatch(self, dispatch_id: str, room: str) -> None:
         try:
             await self._call("DeleteDispatch", self.api.agent_dispatch.delete_dispatch(dispatch_id, room))

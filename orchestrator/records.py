@@ -65,6 +65,12 @@ class RoomRecord(BaseModel):
     dispatch_id: str | None = None
     dispatch_key: str | None = None
     identity: str | None = None  # the agent participant's identity once joined
+    # A manual `switchboard dispatch`: agent instead of the rule's; pool for the first placement.
+    override_agent: str | None = None
+    override_pool: str | None = None
+    manual: bool = False
+    # When LiveKit was asked whether our dispatch got a job (see Controller._check_assignment).
+    assign_checked_at: float | None = None
     excluded: list[str] = Field(default_factory=list)
     reason: str | None = None  # why failed / ignored / last redispatch
     # Unix seconds. ``deadline`` is the next timer (join, voice, waiting for a pool); ``lease_until``

@@ -10,10 +10,12 @@ Loops (one TaskGroup, all cancelled together on SIGTERM/SIGINT):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -27,7 +29,7 @@ from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.pools import PoolRegistry
-from orchestrator.store import RoomStore, open_bucket
+from orchestrator.store import RoomStore, Versioned, open_bucket
 from shared import bus, subjects
 from shared.codec import ContractError, decode
 from shared.config import SwitchboardConfig
@@ -109,7 +111,7 @@ class OrchestratorService:
                     metrics=self.metrics,
                 )
                 self.metrics.observe_pools(
-                    lambda: self.registry.snapshot(asyncio.get_running_loop().time()),
+                    lambda: self.registry.snapshot(time.monotonic()),
                     lambda views: self.index.reserved({v.pool: v.jobs for v in views}),
                 )
                 rooms = MessagePump(
@@ -154,7 +156,12 @@ class OrchestratorService:
                     await controls.unsubscribe()
         finally:
             self.readiness = Readiness()
-            await nc.drain()
+            try:
+                async with asyncio.timeout(5):
+                    await nc.drain()
+            except TimeoutError:
+                log.warning("NATS drain took over 5s; closing the connection")
+                await nc.close()
             log.info("orchestrator replica %s stopped", self.replica)
 
     # -- handlers --------------------------------------------------------------------------------
@@ -207,18 +214,24 @@ class OrchestratorService:
         except ContractError as err:
             log.warning("bad heartbeat on %s: %s", msg.subject, err, extra={"reason": err.reason})
             return
-        self.registry.observe(hb, asyncio.get_running_loop().time())
+        self.registry.observe(hb, time.monotonic())
 
     # -- loops -----------------------------------------------------------------------------------
 
     async def _watch(self, store: RoomStore) -> None:
-        async for change in store.watch():
-            if change is None:
-                self.readiness.index_synced = True
-                log.info("room index synced: %d live rooms", len(self.index))
-                continue
-            room, versioned = change
-            self.index.apply(room, versioned)
+        # aclosing: on cancellation the watcher's subscription is stopped now, not at GC time
+        # (a leftover subscription would hold up the connection drain on shutdown).
+        async with contextlib.aclosing(store.watch()) as changes:
+            async for change in changes:
+                await self._apply_change(change)
+
+    async def _apply_change(self, change: tuple[str, Versioned | None] | None) -> None:
+        if change is None:
+            self.readiness.index_synced = True
+            log.info("room index synced: %d live rooms", len(self.index))
+            return
+        room, versioned = change
+        self.index.apply(room, versioned)
 
     async def _sweep(self, controller: Controller) -> None:
         interval = self.config.orchestrator.sweep_interval_s

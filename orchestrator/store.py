@@ -7,7 +7,7 @@ LiveKit room name maps to one key and back.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -90,7 +90,7 @@ class RoomStore:
     async def delete(self, room: str) -> None:
         await self.kv.delete(room_key(room))
 
-    async def watch(self) -> AsyncIterator[tuple[str, Versioned | None] | None]:
+    async def watch(self) -> AsyncGenerator[tuple[str, Versioned | None] | None, None]:
         """Every record now, then ``None`` (the snapshot is complete), then every change.
 
         Yields (room, Versioned) for a put and (room, None) for a delete/purge.

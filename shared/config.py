@@ -51,6 +51,11 @@ class PinnedPool(_Strict):
 
 class OrchestratorConfig(_Strict):
     join_deadline_s: float = Field(default=15.0, gt=0)
+    # A dispatch still without a job this long after CreateDispatch was dropped by LiveKit (no
+    # worker available to it then, or its ~3 s assignment budget ran out): dispatch again at once
+    # instead of waiting for the join deadline. LiveKit lists a running job that has not joined
+    # yet only after ~5 s (measured on v1.13.5), so this must stay well above that.
+    assign_check_s: float = Field(default=8.0, gt=0)
     voice_deadline_s: float = Field(default=20.0, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     dead_after_missed_beats: int = Field(default=3, ge=1)

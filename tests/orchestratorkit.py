@@ -44,6 +44,9 @@ def make_config(**orchestrator: object) -> SwitchboardConfig:
                 "dispatch_deadline_s": 3,
                 "sweep_interval_s": 0.1,
                 "seed": 7,
+                # Stand-in pools have no LiveKit worker, so LiveKit never gives their dispatches a
+                # job: keep the assignment check out of the way unless a test is about it.
+                "assign_check_s": 120,
                 **orchestrator,
             },
         }

@@ -20,8 +20,8 @@ from nats.aio.client import Client as NATS
 
 from orchestrator.ingest.translate import parse_room_metadata
 from orchestrator.livekit_gateway import LiveKitGateway
-from orchestrator.ops.override import DispatchOverride, with_override
 from orchestrator.ops.rooms import get_room, is_live, room_store
+from orchestrator.override import DispatchOverride, with_override
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.store import room_key
 from shared import bus, subjects

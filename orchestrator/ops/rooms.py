@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import AsyncGenerator
-from typing import cast
 
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 
 from orchestrator.records import TERMINAL, RoomRecord, RoomState
-from orchestrator.store import RoomStore, Versioned
+from orchestrator.store import RoomStore
 from shared import subjects
 
 
@@ -33,8 +31,7 @@ async def read_rooms(js: JetStreamContext) -> list[RoomRecord]:
         return []
     rooms: dict[str, RoomRecord] = {}
     # aclosing: stop the KV watcher now, not whenever the abandoned generator is collected.
-    watch = cast(AsyncGenerator[tuple[str, Versioned | None] | None, None], store.watch())
-    async with contextlib.aclosing(watch) as changes:
+    async with contextlib.aclosing(store.watch()) as changes:
         async for change in changes:
             if change is None:
                 break

@@ -282,3 +282,26 @@ async def test_livekit_down_for_a_while_then_back_dispatches_with_bounded_retrie
     finally:
         await pool.stop()
         livekit.stop()
+
+
+async def test_dispatch_livekit_never_assigns_is_redispatched_before_the_join_deadline(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, livekit_api: lkapi.LiveKitAPI
+) -> None:
+    """The seed outage, caught: LiveKit accepts the dispatch but no worker of that agent_name is
+    registered with it, so it never creates a job. The orchestrator notices within assign_check_s."""
+    js = nc.jetstream()
+    pool = FakePool(nc, "eu-central-a", "eu-central")  # heartbeats on NATS, nobody on LiveKit
+    await pool.start()
+    config = make_config(assign_check_s=0.5, join_deadline_s=60)
+    async with running_orchestrator(make_settings(nats_server, livekit_server), config):
+        kv = await open_bucket(js)
+        await bus.publish_room_created(js, RoomCreated(room="ornina-unassigned"))
+        first = await wait_for_record(kv, "ornina-unassigned", {S.DISPATCHED})
+        rec = await wait_until(kv, "ornina-unassigned", lambda r: r.attempt >= 2, "a second attempt")
+        redispatch = next(h for h in rec.history if h.event == "redispatch")
+        assert redispatch.data["cause"] == "not_assigned" and "no job" in redispatch.detail
+        assert rec.excluded == []  # LiveKit's view, not the pool's fault: the pool stays eligible
+        assert first.dispatch_id not in [
+            d.id for d in await _named_dispatches(livekit_api, "ornina-unassigned")
+        ]
+    await pool.stop()
