@@ -15,8 +15,8 @@ from livekit.agents import AgentServer, JobExecutorType, JobProcess, JobRequest
 
 from agent_worker.job import JobRunner
 from agent_worker.options import WorkerOptions
-from agent_worker.telemetry import configure_tracing
 from shared.settings import LiveKitSettings
+from shared.telemetry import setup_telemetry
 
 # load = active jobs / capacity, so "full" is exactly load 1.0: the worker says unavailable when
 # active + reserved jobs reach capacity (livekit-agents' own check), and LiveKit skips full workers.
@@ -62,7 +62,7 @@ class AcceptJob:
 def prepare_job_process(proc: JobProcess) -> None:
     """``setup_fnc``: a job *process* needs its own tracer provider; job threads share the worker's."""
     if proc.executor_type == JobExecutorType.PROCESS:
-        configure_tracing({"switchboard.job_process": str(os.getpid())})
+        setup_telemetry("switchboard-worker", {"switchboard.job_process": str(os.getpid())})
 
 
 def build_agent_server(opts: WorkerOptions, livekit: LiveKitSettings, report_socket: str) -> AgentServer:

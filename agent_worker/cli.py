@@ -50,7 +50,8 @@ def worker(
     ] = None,
     health_host: Annotated[str, typer.Option(envvar=_ENV + "HEALTH_HOST")] = "127.0.0.1",
     health_port: Annotated[
-        int, typer.Option(envvar=_ENV + "HEALTH_PORT", help="/health and /ready; 0 = a free port (logged)")
+        int,
+        typer.Option(envvar=_ENV + "HEALTH_PORT", help="/healthz /readyz /metrics; 0 = a free port (logged)"),
     ] = 0,
     config: Annotated[
         Path | None,

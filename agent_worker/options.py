@@ -42,7 +42,7 @@ class WorkerOptions(BaseModel):
     # Warm executors kept ready. None: capacity for threads (cheap), 1 for processes.
     idle_executors: Annotated[int, Field(ge=0, le=64)] | None = None
     dev: bool = False
-    # Our health endpoint (/health, /ready). 0 = an ephemeral port, logged at start; several
+    # Our probes (/healthz, /readyz, /metrics). 0 = an ephemeral port, logged at start; several
     # workers on one host must never share a fixed port.
     health_host: str = "127.0.0.1"
     health_port: Annotated[int, Field(ge=0, le=65535)] = 0

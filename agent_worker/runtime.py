@@ -17,18 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from livekit.agents import AgentServer
+from opentelemetry import metrics
+from prometheus_client import CollectorRegistry
 
 from agent_worker.agent_server import build_agent_server
 from agent_worker.control import obey_forever
-from agent_worker.health import HealthServer
 from agent_worker.heartbeat import beat_forever
 from agent_worker.nats_link import NatsLink
 from agent_worker.options import WorkerOptions
 from agent_worker.report_channel import ReportServer
 from agent_worker.report_queue import ReportQueue
-from agent_worker.telemetry import configure_tracing
+from agent_worker.worker_metrics import WorkerMetrics
 from agent_worker.worker_state import WorkerState
+from shared.probes import ProbeServer
 from shared.settings import Settings
+from shared.telemetry import setup_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +40,21 @@ FORCED_EXIT_CODE = 130
 
 
 async def run_worker(opts: WorkerOptions, settings: Settings) -> None:
-    configure_tracing(
+    telemetry = setup_telemetry(
+        "switchboard-worker",
         {
             "switchboard.pool": opts.pool,
             "switchboard.region": opts.region,
             "switchboard.worker": opts.worker_id,
-        }
+        },
     )
+    try:
+        await _run(opts, settings, telemetry.prometheus)
+    finally:
+        telemetry.shutdown()  # flush spans on every exit, SIGTERM included
+
+
+async def _run(opts: WorkerOptions, settings: Settings, prometheus: CollectorRegistry) -> None:
     link = NatsLink(settings.nats, f"switchboard-worker {opts.worker_id}")
     queue = ReportQueue(opts.report_buffer)
     with tempfile.TemporaryDirectory(prefix="switchboard-worker-") as tmp:
@@ -51,14 +62,14 @@ async def run_worker(opts: WorkerOptions, settings: Settings) -> None:
         reports = ReportServer(socket_path, queue.put)
         server = build_agent_server(opts, settings.livekit, str(socket_path))
         state = WorkerState(opts, server, queue, link)
-        health = HealthServer(state, opts.health_host, opts.health_port)
+        WorkerMetrics(metrics.get_meter("switchboard.agent_worker"), state)
+        probes = ProbeServer(state.ready, prometheus, opts.health_host, opts.health_port, alive=state.health)
         await reports.start()
-        await health.start()
         try:
-            await _serve(opts, server, state, link, queue, health)
+            async with probes:
+                await _serve(opts, server, state, link, queue, probes)
         finally:
             await link.aclose()
-            await health.aclose()
             await reports.aclose()
 
 
@@ -68,7 +79,7 @@ async def _serve(
     state: WorkerState,
     link: NatsLink,
     queue: ReportQueue,
-    health: HealthServer,
+    health: ProbeServer,
 ) -> None:
     stop = asyncio.Event()
     wake_heartbeat = asyncio.Event()
@@ -108,7 +119,7 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     log.info(
-        "worker %s of pool %s starting; health on http://%s:%d/health",
+        "worker %s of pool %s starting; probes on http://%s:%d (/healthz /readyz /metrics)",
         opts.worker_id,
         opts.pool,
         opts.health_host,

@@ -27,6 +27,9 @@ class WorkerState:
             return []
         return [info.job.dispatch_id or info.job.id for info in self._server.active_jobs]
 
+    def pending_reports(self) -> int:
+        return len(self._queue)
+
     def load(self) -> float:
         """Active jobs / capacity, what LiveKit sees too (not CPU: that crosses thresholds by accident)."""
         return min(1.0, len(self.active_dispatches()) / self.opts.capacity)
@@ -50,6 +53,11 @@ class WorkerState:
             pending_reports=len(self._queue),
             jobs=jobs[:1000],
         )
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Ready for jobs: registered with LiveKit and not draining."""
+        serving, details = self.health()
+        return serving and not self.draining, details
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(serving, details). Serving means registered with LiveKit; NATS trouble degrades, not fails."""

@@ -1,6 +1,7 @@
 """The HTTP surface every process shows its supervisor: ``/healthz``, ``/readyz``, ``/metrics``.
 
-``/healthz``: the process runs (200). ``/readyz``: 200 only when the process can do its job
+``/healthz``: the process runs and can serve (200; a caller may add its own check, e.g. the worker:
+registered with LiveKit). ``/readyz``: 200 only when the process can do its job
 (the caller's check says what that means), 503 with the reasons otherwise. ``/metrics``: the
 Prometheus text format of the process's OpenTelemetry metrics.
 """
@@ -18,9 +19,15 @@ ReadyCheck = Callable[[], tuple[bool, Mapping[str, object]]]
 
 class ProbeServer:
     def __init__(
-        self, ready: ReadyCheck, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0
+        self,
+        ready: ReadyCheck,
+        registry: CollectorRegistry,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        alive: ReadyCheck | None = None,
     ) -> None:
         self._ready = ready
+        self._alive = alive
         self._registry = registry
         self._host, self._port = host, port
         app = web.Application()
@@ -45,7 +52,10 @@ class ProbeServer:
         await self._runner.cleanup()
 
     async def _healthz(self, _: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        if self._alive is None:
+            return web.json_response({"status": "ok"})
+        ok, details = self._alive()
+        return web.json_response({"alive": ok, **details}, status=200 if ok else 503)
 
     async def _readyz(self, _: web.Request) -> web.Response:
         ok, details = self._ready()

@@ -111,7 +111,7 @@ class WorkerProcess:
         self.process.start()
         self.process.wait_ready(lambda: self.health()[0] == 200, timeout)
 
-    def health(self, path: str = "/health") -> tuple[int, dict[str, Any]]:
+    def health(self, path: str = "/healthz") -> tuple[int, dict[str, Any]]:
         url = f"http://127.0.0.1:{self.health_port}{path}"
         try:
             with urllib.request.urlopen(url, timeout=0.5) as resp:

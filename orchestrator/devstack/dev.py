@@ -122,7 +122,7 @@ class DevStack:
             argv += ["--capacity", str(self.options.capacity), "--health-port", str(port)]
             worker = self.spawn(f"worker-{p.pool}", argv, env)
             self.workers[p.pool] = [worker]
-            health.append((worker, f"http://127.0.0.1:{port}/health"))
+            health.append((worker, f"http://127.0.0.1:{port}/healthz"))
         self.say("waiting for the ingest and both pools to register with LiveKit (first start is slowest)")
         async with asyncio.TaskGroup() as tg:
             for proc, url in health:

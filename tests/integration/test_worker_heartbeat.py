@@ -69,7 +69,7 @@ async def test_sigterm_drains_then_leaves_and_sigkill_disappears(
         draining.sigterm()
         beat = await drain_beats.wait_for(lambda b: b.draining, 3, "a draining beat")
         assert beat.jobs == [dispatch_id]  # the running job is kept through the grace period
-        status, _ = draining.health("/ready")
+        status, _ = draining.health("/readyz")
         assert status == 503
         # The job outlives the 2 s grace (the default agent never hangs up), so it is closed.
         left = await inbox.wait_for(is_state(dispatch_id, "left"), 20, "left after the grace period")

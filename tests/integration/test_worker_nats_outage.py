@@ -1,5 +1,5 @@
 """NATS unreachable at start and again mid-job: the worker keeps serving LiveKit and buffers its
-reports (visible as ``pending_reports`` on /health), then delivers them to JetStream in order."""
+reports (visible as ``pending_reports`` on /healthz), then delivers them to JetStream in order."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tests.workerkit import WorkerProcess, agents_in_room, dispatch
 async def _wait_health(
     worker: WorkerProcess, check: str, predicate: object, within_s: float
 ) -> dict[str, object]:
-    """/health is polled: it is the operator's view being tested, and it has no events to await."""
+    """/healthz is polled: it is the operator's view being tested, and it has no events to await."""
     async with asyncio.timeout(within_s):
         while True:
             _, body = await asyncio.to_thread(worker.health)
