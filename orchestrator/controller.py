@@ -489,6 +489,7 @@ class Controller:
                 reserved,
                 self.topology,
                 seed=self._next_seed(rec),
+                strategy=self.cfg.strategy,
             )
             summary = decision.to_dict()
             span.set_attribute("switchboard.decision.pool", decision.pool or "")

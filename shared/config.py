@@ -7,7 +7,7 @@ where they are (see :func:`load_config`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -66,6 +66,9 @@ class OrchestratorConfig(_Strict):
     max_dispatch_rounds: int = Field(default=6, ge=1)
     sweep_interval_s: float = Field(default=0.25, gt=0)
     seed: int | None = None
+    # How the scheduler picks inside a region tier: power-of-two-choices over headroom (spreads a
+    # burst) or always the most headroom (herds; kept for comparison, see bench/).
+    strategy: Literal["p2c", "least_loaded"] = "p2c"
 
 
 class WorkerConfig(_Strict):
