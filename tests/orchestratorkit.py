@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
+import yaml
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from opentelemetry import trace
@@ -16,6 +21,8 @@ from opentelemetry.trace import SpanKind
 
 from orchestrator.devstack.livekit_server import LiveKitServer
 from orchestrator.devstack.nats_server import NatsServer
+from orchestrator.devstack.ports import free_tcp_port
+from orchestrator.devstack.process import ServerProcess
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.service import OrchestratorService
 from orchestrator.store import room_key
@@ -204,3 +211,57 @@ async def wait_until(
 
 def _timeline(record: RoomRecord | None) -> list[tuple[str, str]]:
     return [(h.event, h.detail) for h in record.history] if record else []
+
+
+@dataclass
+class OrchestratorProcess:
+    """`switchboard orchestrator` as a real subprocess (its own process group), ready when /readyz is 200."""
+
+    workdir: Path
+    nats_url: str
+    livekit: LiveKitServer
+    config: SwitchboardConfig
+    extra_env: dict[str, str] = field(default_factory=dict)
+    http_port: int = field(default_factory=free_tcp_port)
+    name: str = "orchestrator"
+    process: ServerProcess | None = None
+
+    def start(self, within: float = 30.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config_path = self.workdir / f"{self.name}.yaml"
+        config_path.write_text(yaml.safe_dump(self.config.model_dump(mode="json")))
+        env = {
+            "NATS_URL": self.nats_url,
+            "NATS_STARTUP_ATTEMPTS": "3",
+            "LIVEKIT_URL": self.livekit.http_url,
+            "LIVEKIT_API_KEY": self.livekit.api_key,
+            "LIVEKIT_API_SECRET": self.livekit.api_secret,
+            "SWITCHBOARD_CONFIG": str(config_path),
+            "SWITCHBOARD_HTTP_PORT": str(self.http_port),
+            "SWITCHBOARD_LOG_FORMAT": "json",
+            **self.extra_env,
+        }
+        argv = [str(Path(sys.executable).parent / "switchboard"), "orchestrator"]
+        self.process = ServerProcess(self.name, argv, self.workdir / f"{self.name}.log", env=env)
+        self.process.start()
+        self.process.wait_ready(lambda: self.probe("/readyz")[0] == 200, within)
+
+    def probe(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=1) as resp:
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return int(err.code), err.read().decode()
+        except (urllib.error.URLError, OSError):
+            return 0, ""
+
+    def log_text(self) -> str:
+        return (self.workdir / f"{self.name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop(timeout=15)
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.kill()

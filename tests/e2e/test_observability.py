@@ -1,0 +1,150 @@
+"""Observability across processes: the orchestrator and a worker (both subprocesses) export over
+OTLP to a real Jaeger; one room's trace holds both. The orchestrator's /metrics shows the room's
+histograms; /readyz follows NATS; no secret and no raw user metadata in any span or log line."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from orchestrator.devstack.jaeger import JaegerServer
+from orchestrator.devstack.livekit_server import LiveKitServer
+from orchestrator.devstack.nats_server import NatsServer
+from orchestrator.devstack.process import MissingBinaryError
+from orchestrator.records import RoomState
+from orchestrator.store import open_bucket
+from shared import bus
+from shared.messages import RoomCreated
+from tests.orchestratorkit import AGENT, OrchestratorProcess, make_config, wait_for_record
+from tests.workerkit import Listener, WorkerFactory, workers  # noqa: F401  (fixture)
+
+S = RoomState
+pytestmark = pytest.mark.e2e
+USER_SECRET_NOTE = "private-user-note-7f3a9"
+
+
+@pytest.fixture
+def jaeger(tmp_path: Path) -> Iterator[JaegerServer]:
+    server = JaegerServer(tmp_path / "jaeger")
+    try:
+        server.start()
+    except MissingBinaryError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+def _otel_env(jaeger: JaegerServer, service: str) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+
+
+async def _trace_with_services(
+    jaeger: JaegerServer, trace_id: str, services: set[str]
+) -> list[dict[str, object]]:
+    """Jaeger's query API has no push: poll it, bounded, until both services' spans are stored."""
+    deadline = time.monotonic() + 30
+    spans: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        spans = await asyncio.to_thread(jaeger.trace, trace_id)
+        if services <= {str(s["serviceName"]) for s in spans}:
+            return spans
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"trace {trace_id}: services {sorted({str(s['serviceName']) for s in spans})}")
+
+
+async def test_one_room_one_trace_across_orchestrator_and_worker_in_jaeger(
+    workers: WorkerFactory,  # noqa: F811
+    nc: NATS,
+    nats_server: NatsServer,
+    livekit_server: LiveKitServer,
+    jaeger: JaegerServer,
+    tmp_path: Path,
+) -> None:
+    worker = workers.start(
+        "eu-central-a",
+        agent=AGENT,
+        region="eu-central",
+        capacity=2,
+        extra_env=_otel_env(jaeger, "switchboard-worker"),
+    )
+    orch = OrchestratorProcess(
+        tmp_path / "orch",
+        nats_server.url,
+        livekit_server,
+        make_config(heartbeat_interval_s=1.0, assign_check_s=8),
+        extra_env=_otel_env(jaeger, "switchboard-orchestrator"),
+    )
+    orch.start()
+    try:
+        js = nc.jetstream()
+        kv = await open_bucket(js)
+        room = "ornina-observed"
+        async with Listener(livekit_server, room):
+            await bus.publish_room_created(
+                js, RoomCreated(room=room, region="eu-central", metadata={"note": USER_SECRET_NOTE})
+            )
+            rec = await wait_for_record(kv, room, {S.SPEAKING}, within=60)
+        assert rec.trace_id
+
+        spans = await _trace_with_services(
+            jaeger, rec.trace_id, {"switchboard-orchestrator", "switchboard-worker"}
+        )
+        by_name = {str(s["operationName"]): s for s in spans}
+        for name in (
+            "process switchboard.rooms.created",
+            "schedule",
+            "dispatch",
+            "CreateDispatch",
+            "agent job",
+            "process switchboard.rooms.status",
+        ):
+            assert name in by_name, f"{name} missing from {sorted(by_name)}"
+        assert by_name["agent job"]["serviceName"] == "switchboard-worker"
+        assert by_name["CreateDispatch"]["serviceName"] == "switchboard-orchestrator"
+        # The worker's job span is a child of the CreateDispatch span, across processes.
+        job_refs = by_name["agent job"]["references"]
+        assert isinstance(job_refs, list)
+        assert any(r["spanID"] == by_name["CreateDispatch"]["spanID"] for r in job_refs)
+        print(
+            f"\ntrace {rec.trace_id}: " + ", ".join(f"{s['serviceName']}:{s['operationName']}" for s in spans)
+        )
+
+        # Metrics: the room's histograms have counts on the Prometheus endpoint.
+        status, metrics_text = orch.probe("/metrics")
+        assert status == 200
+        for histogram in (
+            "switchboard_room_time_to_dispatch_seconds_count",
+            "switchboard_room_time_to_voice_seconds_count",
+            "switchboard_livekit_create_dispatch_duration_seconds_count",
+        ):
+            counts = [float(v) for v in re.findall(rf"^{histogram}{{[^}}]*}} (\S+)$", metrics_text, re.M)]
+            assert counts and sum(counts) >= 1, f"{histogram} has no samples"
+        assert "switchboard_pool_load" in metrics_text
+
+        # Nothing secret or private in spans or logs.
+        everything = str(spans) + orch.log_text() + worker.log_tail(100_000)
+        for secret in (livekit_server.api_secret, USER_SECRET_NOTE):
+            assert secret not in everything
+
+        # /readyz follows NATS: stop it and the orchestrator says it is not ready.
+        assert orch.probe("/readyz")[0] == 200
+        nats_server.stop()
+        deadline = time.monotonic() + 20
+        while orch.probe("/readyz")[0] != 503:
+            assert time.monotonic() < deadline, "readyz never flipped after NATS stopped"
+            await asyncio.sleep(0.2)
+        assert '"nats": false' in orch.probe("/readyz")[1]
+        assert orch.probe("/healthz")[0] == 200  # alive, just not ready
+    finally:
+        orch.stop()
