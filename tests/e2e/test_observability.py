@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from livekit import api as lkapi
 from nats.aio.client import Client as NATS
 
 from orchestrator.devstack.jaeger import JaegerServer
@@ -49,18 +50,27 @@ def _otel_env(jaeger: JaegerServer, service: str) -> dict[str, str]:
     }
 
 
-async def _trace_with_services(
-    jaeger: JaegerServer, trace_id: str, services: set[str]
-) -> list[dict[str, object]]:
-    """Jaeger's query API has no push: poll it, bounded, until both services' spans are stored."""
+REQUIRED = {
+    "process switchboard.rooms.created": "switchboard-orchestrator",
+    "schedule": "switchboard-orchestrator",
+    "dispatch": "switchboard-orchestrator",
+    "CreateDispatch": "switchboard-orchestrator",
+    "agent job": "switchboard-worker",
+    "send switchboard.rooms.status": "switchboard-worker",
+    "process switchboard.rooms.status": "switchboard-orchestrator",
+}
+
+
+async def _complete_trace(jaeger: JaegerServer, trace_id: str) -> list[dict[str, object]]:
+    """Jaeger's query API has no push: poll it, bounded, until every expected span is stored."""
     deadline = time.monotonic() + 30
     spans: list[dict[str, object]] = []
     while time.monotonic() < deadline:
         spans = await asyncio.to_thread(jaeger.trace, trace_id)
-        if services <= {str(s["serviceName"]) for s in spans}:
+        if set(REQUIRED) <= {str(s["operationName"]) for s in spans}:
             return spans
         await asyncio.sleep(0.25)
-    raise AssertionError(f"trace {trace_id}: services {sorted({str(s['serviceName']) for s in spans})}")
+    raise AssertionError(f"trace {trace_id} incomplete: {sorted({str(s['operationName']) for s in spans})}")
 
 
 async def test_one_room_one_trace_across_orchestrator_and_worker_in_jaeger(
@@ -96,22 +106,16 @@ async def test_one_room_one_trace_across_orchestrator_and_worker_in_jaeger(
             )
             rec = await wait_for_record(kv, room, {S.SPEAKING}, within=60)
         assert rec.trace_id
+        # The worker's job span ends (and is exported) when the job does: end the room.
+        async with lkapi.LiveKitAPI(
+            livekit_server.http_url, livekit_server.api_key, livekit_server.api_secret
+        ) as api:
+            await api.room.delete_room(lkapi.DeleteRoomRequest(room=room))
 
-        spans = await _trace_with_services(
-            jaeger, rec.trace_id, {"switchboard-orchestrator", "switchboard-worker"}
-        )
+        spans = await _complete_trace(jaeger, rec.trace_id)
         by_name = {str(s["operationName"]): s for s in spans}
-        for name in (
-            "process switchboard.rooms.created",
-            "schedule",
-            "dispatch",
-            "CreateDispatch",
-            "agent job",
-            "process switchboard.rooms.status",
-        ):
-            assert name in by_name, f"{name} missing from {sorted(by_name)}"
-        assert by_name["agent job"]["serviceName"] == "switchboard-worker"
-        assert by_name["CreateDispatch"]["serviceName"] == "switchboard-orchestrator"
+        for name, service in REQUIRED.items():
+            assert by_name[name]["serviceName"] == service, name
         # The worker's job span is a child of the CreateDispatch span, across processes.
         job_refs = by_name["agent job"]["references"]
         assert isinstance(job_refs, list)
