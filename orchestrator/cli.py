@@ -117,6 +117,9 @@ def dev(
         bool, typer.Option(help="Stop once every demo room speaks (smoke test) instead of waiting for Ctrl-C")
     ] = False,
     trace_ui_url: TraceUiOption = None,
+    jaeger: Annotated[
+        bool, typer.Option(help="Start Jaeger (if built) and export every process's traces")
+    ] = True,
 ) -> None:
     """Start everything locally (NATS, LiveKit, ingest, orchestrator, two regional pools) and demo rooms."""
     import logging
@@ -131,7 +134,7 @@ def dev(
     # The status table is the console; our own NATS client's connection notices would only clutter it.
     logging.getLogger("shared.bus").setLevel(logging.ERROR)
     directory = data_dir or Path(tempfile.mkdtemp(prefix="switchboard-dev-"))
-    options = DevOptions(directory.resolve(), rooms, capacity, trace_ui_url, exit_when_speaking)
+    options = DevOptions(directory.resolve(), rooms, capacity, trace_ui_url, exit_when_speaking, jaeger)
     _run(run_dev(options, Console(highlight=False)))
 
 

@@ -32,6 +32,7 @@ from rich.text import Text
 
 from orchestrator.devstack.dev_config import DEMO_AGENT, DEV_POOLS, demo_rooms, dev_config
 from orchestrator.devstack.dev_state import DevState, write_state
+from orchestrator.devstack.jaeger import JaegerServer, find_jaeger
 from orchestrator.devstack.listener import RoomListener
 from orchestrator.devstack.livekit_server import LiveKitServer, find_livekit_server
 from orchestrator.devstack.nats_server import NatsServer
@@ -58,6 +59,8 @@ class DevOptions:
     trace_ui_url: str | None = None
     # Stop after every demo room speaks (CI smoke runs) instead of showing the table until Ctrl-C.
     exit_when_speaking: bool = False
+    # Start Jaeger (when scripts/install-jaeger built it) and send every process's traces there.
+    jaeger: bool = True
 
 
 @dataclass
@@ -66,6 +69,7 @@ class DevStack:
     console: Console
     nats: NatsServer | None = None
     livekit: LiveKitServer | None = None
+    jaeger: JaegerServer | None = None
     processes: dict[str, ServerProcess] = field(default_factory=dict)
     workers: dict[str, list[ServerProcess]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
@@ -92,6 +96,19 @@ class DevStack:
             tg.create_task(asyncio.to_thread(livekit.start))
         self.say(f"nats-server {nats.url}, livekit-server {livekit.ws_url}", "green")
 
+    def start_jaeger(self) -> JaegerServer | None:
+        try:
+            find_jaeger()
+        except MissingBinaryError:
+            self.say(
+                "traces: Jaeger is not built (scripts/install-jaeger builds it); running without", "yellow"
+            )
+            return None
+        self.jaeger = JaegerServer(self.data_dir / "jaeger")
+        self.jaeger.start()
+        self.say(f"traces: Jaeger UI at {self.jaeger.query_url} (service switchboard-orchestrator)", "green")
+        return self.jaeger
+
     def child_env(self, config_path: Path) -> dict[str, str]:
         assert self.nats and self.livekit
         # The API secret goes through the environment only: never argv, never printed.
@@ -102,6 +119,14 @@ class DevStack:
             "LIVEKIT_API_SECRET": self.livekit.api_secret,
             "SWITCHBOARD_CONFIG": str(config_path),
             "SWITCHBOARD_LOG_LEVEL": os.environ.get("SWITCHBOARD_LOG_LEVEL", "INFO"),
+            **(
+                {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": self.jaeger.otlp_endpoint,
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                }
+                if self.jaeger
+                else {}
+            ),
         }
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> ServerProcess:
@@ -171,7 +196,9 @@ class DevStack:
         procs = [p for ps in self.workers.values() for p in ps]
         _stop_parallel(procs, timeout=8.0)
         _stop_parallel(list(self.processes.values()), timeout=8.0)
-        servers = [s for s in (self.livekit, self.nats) if s is not None]
+        servers: list[LiveKitServer | NatsServer | JaegerServer] = [
+            s for s in (self.livekit, self.nats, self.jaeger) if s is not None
+        ]
         _run_parallel([s.stop for s in servers])
         for proc in [*procs, *self.processes.values(), *(s.process for s in servers if s.process)]:
             if proc.proc is not None:
@@ -270,7 +297,9 @@ async def run_dev(options: DevOptions, console: Console) -> int:
     stack.say(f"data and logs in {options.data_dir} (logs/: one file per process)")
     ingest_port = free_tcp_port()
     config_path = options.data_dir / "switchboard.yaml"
-    config_data = dev_config(ingest_port, options.capacity, options.trace_ui_url)
+    jaeger = await asyncio.to_thread(stack.start_jaeger) if options.jaeger else None
+    trace_ui_url = options.trace_ui_url or (jaeger.query_url if jaeger else None)
+    config_data = dev_config(ingest_port, options.capacity, trace_ui_url)
     config_path.write_text(json.dumps(config_data, indent=2))  # JSON is YAML
     listeners: list[RoomListener] = []
     result = [130]
