@@ -1,0 +1,161 @@
+"""deploy/ is validated offline, in every test run:
+
+- compose: interpolated with deploy/compose/example.env (every ``${VAR}`` must be there or have a
+  default), then parsed and validated by ``compose-spec`` (the Rust compose_spec parser: unknown
+  keys, ports, secrets, networks); cross-references checked here (depends_on, mounted files);
+- Kubernetes: every manifest against the Kubernetes 1.37 OpenAPI schemas shipped in
+  ``kubernetes-validate`` (strict: unknown fields are errors), plus what production needs
+  (replicas, probes, preStop drain, grace period, disruption budgets, secrets by reference);
+- NATS: ``nats-server -t`` on each server config with the shared accounts file.
+(``docker compose config`` is not available here: the docker CLI has no compose plugin, and
+kubeconform would need schemas from the network.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import nkeys  # type: ignore[import-untyped]
+import pytest
+import yaml
+from compose_spec import PyCompose  # type: ignore[import-untyped]
+
+from orchestrator.devstack.nats_server import find_nats_server
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S_VERSION = "1.37.0"
+_VAR = re.compile(r"\$\{([A-Z0-9_]+)(?:(:-|:\?)([^}]*))?\}")
+_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|NKEY|SEED", re.I)
+
+
+def _example_env() -> dict[str, str]:
+    lines = (DEPLOY / "compose" / "example.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name, op, default = m.group(1), m.group(2), m.group(3)
+        if name in env:
+            return env[name]
+        assert op == ":-", f"${{{name}}} is neither in example.env nor has a default"
+        return default
+
+    return _VAR.sub(sub, text)
+
+
+def _compose() -> dict[str, Any]:
+    text = (DEPLOY / "compose" / "docker-compose.yml").read_text()
+    data: dict[str, Any] = yaml.safe_load(_interpolate(text, _example_env()))  # resolves << merges
+    return data
+
+
+def test_compose_file_is_valid_and_consistent() -> None:
+    data = _compose()
+    PyCompose.from_json(json.dumps(data)).validate()
+    services: dict[str, Any] = data["services"]
+    for name, svc in services.items():
+        for dep in svc.get("depends_on", {}) or {}:
+            assert dep in services, f"{name} depends on unknown service {dep}"
+        for volume in svc.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("."):
+                assert (DEPLOY / "compose" / source).exists(), f"{name} mounts missing {source}"
+    # The example's shape: NATS per region joined by gateways, 2 orchestrators, pools in 2 regions.
+    assert {f"nats-{r}-{i}" for r in ("eu", "us") for i in (1, 2, 3)} <= set(services)
+    assert {"livekit", "otel-collector", "jaeger", "orchestrator-1", "orchestrator-2", "ingest"} <= set(
+        services
+    )
+    assert {"worker-eu-central-a", "worker-us-east-a"} <= set(services)
+    # Secrets only by reference: no literal value under a secret-looking name.
+    raw = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
+    for name, svc in raw["services"].items():
+        for key, value in (svc.get("environment") or {}).items():
+            if _SECRET_NAME.search(key) and key != "NATS_NKEY_SEED_FILE":
+                assert str(value).startswith("${"), f"{name}: {key} must come from the environment"
+
+
+def _manifests() -> list[tuple[Path, dict[str, Any]]]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs += [(path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+@pytest.mark.parametrize("path_doc", _manifests(), ids=lambda pd: f"{pd[0].name}:{pd[1]['kind']}")
+def test_kubernetes_manifest_matches_the_api_schema(path_doc: tuple[Path, dict[str, Any]]) -> None:
+    _, doc = path_doc
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_kubernetes_manifests_are_production_shaped() -> None:
+    docs = [doc for _, doc in _manifests()]
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
+    orch = deployments["orchestrator"]["spec"]
+    assert orch["replicas"] >= 2
+    (container,) = orch["template"]["spec"]["containers"]
+    assert {"livenessProbe", "readinessProbe"} <= set(container)
+    workers = [d for n, d in deployments.items() if n.startswith("worker-")]
+    assert {w["spec"]["template"]["metadata"]["labels"]["region"] for w in workers} == {
+        "eu-central",
+        "us-east",
+    }
+    for w in workers:
+        pod = w["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        grace = next(float(e["value"]) for e in c["env"] if e["name"] == "SWITCHBOARD_WORKER_DRAIN_GRACE_S")
+        assert pod["terminationGracePeriodSeconds"] > grace, "the pod must outlive the drain"
+        assert "kill -TERM 1" in " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
+        assert {"readinessProbe", "livenessProbe"} <= set(c)
+    pdb_selectors = [p["spec"]["selector"]["matchLabels"] for p in by_kind["PodDisruptionBudget"]]
+    for name, d in deployments.items():
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        assert any(sel.items() <= labels.items() for sel in pdb_selectors), (
+            f"{name} has no PodDisruptionBudget"
+        )
+    secrets = {s["metadata"]["name"]: set(s["stringData"]) for s in by_kind["Secret"]}
+    for doc in docs:
+        for ref in re.findall(r"'secretKeyRef': \{'name': '([^']+)', 'key': '([^']+)'\}", str(doc)):
+            assert ref[1] in secrets.get(ref[0], set()), f"secret {ref} is not defined"
+        for container in _containers(doc):
+            for env in container.get("env", []):
+                if _SECRET_NAME.search(env["name"]) and env["name"] != "NATS_NKEY_SEED_FILE":
+                    assert "valueFrom" in env, f"{env['name']} must come from a Secret"
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+    return list(spec.get("containers", []))
+
+
+@pytest.mark.parametrize("region", ["eu", "us"])
+def test_nats_server_configs_are_valid(region: str, tmp_path: Path) -> None:
+    for name in (f"server-{region}.conf", "accounts.conf"):
+        shutil.copy(DEPLOY / "nats" / name, tmp_path / name)
+    env = {
+        "NATS_SERVER_NAME": f"nats-{region}-1",
+        "SWITCHBOARD_NATS_ORCHESTRATOR_PASSWORD": "x",
+        "SWITCHBOARD_NATS_INGEST_PASSWORD": "y",
+        "SWITCHBOARD_NATS_OPERATOR_PASSWORD": "z",
+        "SWITCHBOARD_NATS_WORKER_NKEY": nkeys.from_seed(
+            nkeys.encode_seed(bytes(32), nkeys.PREFIX_BYTE_USER)
+        ).public_key.decode(),
+    }
+    done = subprocess.run(
+        [find_nats_server(), "-c", str(tmp_path / f"server-{region}.conf"), "-t"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0 and "is valid" in done.stdout + done.stderr, done.stdout + done.stderr
