@@ -234,6 +234,29 @@ class Controller:
         with log_context(
             room=rec.room, pool=status.pool, attempt=status.attempt, dispatch_id=status.dispatch_id
         ):
+            if (
+                rec.state == S.DISPATCHING
+                and rec.dispatch_id is None
+                and status.attempt == rec.attempt
+                and status.pool == rec.pool
+                and status.state in ("joined", "voice")
+            ):
+                # Our CreateDispatch landed but its answer was lost or is still on its way (slow or
+                # reset LiveKit): the agent of this very attempt reports first. Adopt its dispatch
+                # instead of evicting it as a stale one; the dispatching step finds it too.
+                rec = transition(
+                    rec,
+                    S.DISPATCHED,
+                    now=now,
+                    event="dispatched",
+                    detail="dispatch confirmed by its agent's report (CreateDispatch answer not seen)",
+                    data={"dispatch_id": status.dispatch_id, "pool": rec.pool},
+                    dispatch_id=status.dispatch_id,
+                    dispatched_at=now,
+                    deadline=now + self.cfg.join_deadline_s,
+                    owner=None,
+                    lease_until=None,
+                )
             if status.dispatch_id != rec.dispatch_id or rec.terminal:
                 await self._stale_status(rec, status)
                 return
@@ -439,17 +462,9 @@ class Controller:
                 match = match_rule(rec.room, self.config.rules)
                 if match.rule is None:
                     span.set_attribute("switchboard.rule", "")
-                    new = transition(
-                        rec,
-                        S.IGNORED,
-                        now=now,
-                        event="rule",
-                        detail=match.reason,
-                        reason="no_rule",
-                        owner=None,
-                        lease_until=None,
+                    return await self._finish(
+                        current, rec, S.IGNORED, now=now, event="rule", detail=match.reason, reason="no_rule"
                     )
-                    return await self._commit(current.record, new, current.revision)
                 rec = note(
                     rec.model_copy(
                         update={
@@ -464,18 +479,15 @@ class Controller:
                 )
             assert rec.agent is not None and rec.home_region is not None
             if rec.attempt >= self.cfg.max_attempts:
-                new = transition(
+                return await self._finish(
+                    current,
                     rec,
                     S.FAILED,
                     now=now,
                     event="failed",
                     detail=f"gave up after {rec.attempt} attempts (last: {rec.reason})",
                     reason="max_attempts",
-                    owner=None,
-                    lease_until=None,
-                    deadline=None,
                 )
-                return await self._commit(current.record, new, current.revision)
             pools = self.registry.snapshot(self.clocks.mono())
             reserved = self.index.reserved({p.pool: p.jobs for p in pools})
             if rec.override_pool and rec.attempt == 0:
@@ -502,18 +514,15 @@ class Controller:
             if decision.pool is None:
                 if rec.state == S.WAITING_FOR_POOL:
                     if rec.deadline is not None and rec.deadline <= now:
-                        new = transition(
+                        return await self._finish(
+                            current,
                             rec,
                             S.FAILED,
                             now=now,
                             event="failed",
                             detail=decision.reason,
                             reason="no_pool",
-                            owner=None,
-                            lease_until=None,
-                            deadline=None,
                         )
-                        return await self._commit(current.record, new, current.revision)
                     return None  # still waiting; the sweep tries again
                 new = transition(
                     rec,
@@ -579,40 +588,33 @@ class Controller:
             )
             user_metadata = rec.user_metadata
             try:
-                existing = (
-                    await self.gateway.find_dispatch(rec.room, rec.agent_name, rec.dispatch_key)
-                    if look_first
-                    else None
+                # The look-first runs inside the retry budget: a LiveKit blip during it is retried
+                # like any other call, not counted as a whole failed round.
+                result = await create_dispatch(
+                    self.gateway,
+                    room=rec.room,
+                    agent_name=rec.agent_name,
+                    metadata=lambda: build_dispatch_metadata(user_metadata, info),
+                    key=rec.dispatch_key,
+                    deadline_s=self.cfg.dispatch_deadline_s,
+                    attributes=_span_attrs(rec),
+                    metrics=self.metrics,
+                    maybe_landed=look_first,
                 )
-                if existing:
-                    dispatch_id, tries = existing, 0
-                else:
-                    result = await create_dispatch(
-                        self.gateway,
-                        room=rec.room,
-                        agent_name=rec.agent_name,
-                        metadata=lambda: build_dispatch_metadata(user_metadata, info),
-                        key=rec.dispatch_key,
-                        deadline_s=self.cfg.dispatch_deadline_s,
-                        attributes=_span_attrs(rec),
-                        metrics=self.metrics,
-                    )
-                    dispatch_id, tries = result.dispatch_id, result.tries
+                dispatch_id, tries = result.dispatch_id, result.tries
             except LiveKitCallError as err:
                 now = self.clocks.wall()
                 if err.permanent:
-                    new = transition(
+                    log.error("dispatch failed permanently: %s", err, extra={"reason": err.reason})
+                    return await self._finish(
+                        current,
                         rec,
                         S.FAILED,
                         now=now,
                         event="dispatch_error",
                         detail=str(err),
                         reason=err.reason,
-                        owner=None,
-                        lease_until=None,
                     )
-                    log.error("dispatch failed permanently: %s", err, extra={"reason": err.reason})
-                    return await self._commit(current.record, new, current.revision)
                 rounds = 1 + sum(
                     1
                     for h in rec.history
@@ -734,6 +736,31 @@ class Controller:
     def _seen(self, versioned: Versioned) -> Versioned:
         self.index.apply(versioned.record.room, versioned)
         return versioned
+
+    async def _finish(
+        self,
+        current: Versioned,
+        rec: RoomRecord,
+        state: RoomState,
+        *,
+        now: float,
+        event: str,
+        detail: str,
+        reason: str,
+    ) -> Versioned:
+        """Move to a terminal state: no owner, no lease, no timer left behind."""
+        new = transition(
+            rec,
+            state,
+            now=now,
+            event=event,
+            detail=detail,
+            reason=reason,
+            owner=None,
+            lease_until=None,
+            deadline=None,
+        )
+        return await self._commit(current.record, new, current.revision)
 
     async def _commit(self, old: RoomRecord, new: RoomRecord, revision: int) -> Versioned:
         """CAS-write ``new``; on a state change, log one line and record the room's metrics."""

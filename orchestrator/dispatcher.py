@@ -45,13 +45,15 @@ async def create_dispatch(
     deadline_s: float,
     attributes: dict[str, str | int] | None = None,
     metrics: OrchestratorMetrics | None = None,
+    maybe_landed: bool = False,
 ) -> DispatchResult:
     """Dispatch ``agent_name`` to ``room``; raises :class:`LiveKitCallError` when it cannot.
 
     ``metadata`` builds the dispatch metadata (with the current trace context) for each try.
+    ``maybe_landed``: an earlier step (another replica, an earlier round) may have dispatched this
+    attempt already; every try looks for it first, inside the same retry budget.
     """
     tries = 0
-    maybe_landed = False
     async for attempt in stamina.retry_context(
         on=_transient, attempts=None, timeout=deadline_s, wait_initial=0.1, wait_max=1.0, wait_jitter=0.2
     ):
