@@ -1,4 +1,4 @@
-.PHONY: setup dev test lint bench
+.PHONY: setup dev test lint bench drills
 
 setup:
 	scripts/setup
@@ -11,3 +11,6 @@ test:
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+drills:
+	scripts/drills
