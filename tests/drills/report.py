@@ -1,6 +1,6 @@
 """Render the drill results (results.jsonl, appended by each drill) into report.json and REPORT.md.
 
-    python -m tests.drills.report docs/drills [wall_seconds]
+python -m tests.drills.report docs/drills [wall_seconds]
 """
 
 from __future__ import annotations
@@ -11,6 +11,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+TABLE_HEAD = (
+    "| drill | size | sent | live at end | speaking (listener rooms) | failed | lost | double agents "
+    "| recovery p50 / max (s) | duration (s) |\n|---|---|---|---|---|---|---|---|---|---|"
+)
 
 HEADER = """# Drill report
 
@@ -31,8 +36,7 @@ Definitions (tests/drills/harness.py):
   end (after LiveKit has dropped SIGKILLed agents, bounded at 30 s);
 - **recovery**: per drill, see its note (fault start or end → room live).
 
-| drill | size | sent | live at end | speaking (listener rooms) | failed | lost | double agents | recovery p50 / max (s) | duration (s) |
-|---|---|---|---|---|---|---|---|---|---|
+{table_head}
 """
 
 
@@ -42,12 +46,11 @@ def render(results: list[dict[str, Any]], wall: str) -> str:
             when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             machine=f"{platform.machine()}, 2 cores",
             wall=wall,
+            table_head=TABLE_HEAD,
         )
     ]
     for r in results:
-        rec = (
-            f"{r['recovery_p50_s']} / {r['recovery_max_s']}" if r.get("recovery_p50_s") is not None else "-"
-        )
+        rec = f"{r['recovery_p50_s']} / {r['recovery_max_s']}" if r.get("recovery_p50_s") is not None else "-"
         lines.append(
             f"| {r['drill']} | {r['size']} | {r['rooms_sent']} | {r['live_at_end']} | "
             f"{r['speaking_at_end']}/{r['listener_rooms']} | {r['failed']} | {r['lost']} | "
