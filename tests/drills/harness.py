@@ -344,7 +344,11 @@ class Stack:
         processes: int = 1,
         capacity: int = 8,
         env: dict[str, str] | None = None,
+        executor: str = "process",
     ) -> list[WorkerProcess]:
+        """``executor``: ``process`` isolates each job (a livekit rtc FFI panic, which SIGTERMs its
+        process, then costs one job); ``thread`` (the worker's default) is the only one light enough
+        for 200 jobs on 2 cores, and a panic there takes the whole worker process down."""
         assert self.livekit is not None
         started = [
             WorkerProcess(
@@ -355,7 +359,7 @@ class Stack:
                 agent=AGENT,
                 region=region,
                 capacity=capacity,
-                extra_args=["--entrypoint", DRILL_ENTRYPOINT],
+                extra_args=["--entrypoint", DRILL_ENTRYPOINT, "--executor", executor],
                 extra_env={
                     "OTEL_EXPORTER_OTLP_ENDPOINT": self.sink.endpoint,
                     "OTEL_SERVICE_NAME": f"switchboard-worker-{pool}",

@@ -39,10 +39,11 @@ class Size:
     processes: int  # worker processes per pool
     capacity: int  # jobs per worker process
     within_s: float
+    executor: str  # how the workers run jobs (see Stack.start_pool)
 
 
-FAST = Size("fast", rooms=12, listeners=1, processes=1, capacity=10, within_s=120)
-FULL = Size("full", rooms=200, listeners=3, processes=2, capacity=60, within_s=300)
+FAST = Size("fast", rooms=12, listeners=1, processes=1, capacity=10, within_s=150, executor="process")
+FULL = Size("full", rooms=200, listeners=3, processes=2, capacity=60, within_s=300, executor="thread")
 SIZES = [
     pytest.param(FAST, id="fast"),
     pytest.param(FULL, id="full", marks=[pytest.mark.drill, pytest.mark.timeout(900)]),
@@ -252,10 +253,22 @@ async def test_drill_5_kill_pool_during_burst(size: Size, tmp_path: Path) -> Non
     rooms = first + second
     async with stack(tmp_path, drill_config()) as s:
         doomed = await s.start_pool(
-            "eu-central-a", "eu-central", processes=size.processes, capacity=size.capacity
+            "eu-central-a",
+            "eu-central",
+            processes=size.processes,
+            capacity=size.capacity,
+            executor=size.executor,
         )
-        await s.start_pool("eu-central-b", "eu-central", processes=size.processes, capacity=size.capacity)
-        await s.start_pool("us-east-a", "us-east", processes=size.processes, capacity=size.capacity)
+        await s.start_pool(
+            "eu-central-b",
+            "eu-central",
+            processes=size.processes,
+            capacity=size.capacity,
+            executor=size.executor,
+        )
+        await s.start_pool(
+            "us-east-a", "us-east", processes=size.processes, capacity=size.capacity, executor=size.executor
+        )
         await s.start_orchestrators(2)
         await s.publish_all(first)
         before = await s.wait_settled(first, size.within_s)
@@ -286,6 +299,18 @@ async def test_drill_5_kill_pool_during_burst(size: Size, tmp_path: Path) -> Non
 
 async def _two_eu_pools(s: Stack, size: Size) -> None:
     await asyncio.gather(
-        s.start_pool("eu-central-a", "eu-central", processes=size.processes, capacity=size.capacity),
-        s.start_pool("eu-central-b", "eu-central", processes=size.processes, capacity=size.capacity),
+        s.start_pool(
+            "eu-central-a",
+            "eu-central",
+            processes=size.processes,
+            capacity=size.capacity,
+            executor=size.executor,
+        ),
+        s.start_pool(
+            "eu-central-b",
+            "eu-central",
+            processes=size.processes,
+            capacity=size.capacity,
+            executor=size.executor,
+        ),
     )

@@ -269,12 +269,11 @@ class Credentials:
         self.seed_file.write_text(self.worker_seed)
         self.seed_file.chmod(0o600)
 
-    def server_config(self) -> str:
-        """What an operator puts in the server's environment, as config variables (same names)."""
-        lines = [f'SWITCHBOARD_NATS_{user.upper()}_PASSWORD: "{pw}"' for user, pw in self.passwords.items()]
-        lines.append(f'SWITCHBOARD_NATS_WORKER_NKEY: "{self.worker_public}"')
-        lines.append('include "accounts.conf"')
-        return "\n".join(lines)
+    def server_env(self) -> dict[str, str]:
+        """What an operator puts in the server's environment (accounts.conf reads these)."""
+        env = {f"SWITCHBOARD_NATS_{user.upper()}_PASSWORD": pw for user, pw in self.passwords.items()}
+        env["SWITCHBOARD_NATS_WORKER_NKEY"] = self.worker_public
+        return env
 
     def settings(self, url: str, who: str) -> dict[str, Any]:
         if who == "worker":
@@ -302,7 +301,7 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
         "every process authenticated with the deployed deploy/nats/accounts.conf: orchestrator, ingest "
         "and operator (the drill's own client) by password, workers by nkey"
     )
-    s = Stack(tmp_path, nats_extra=creds.server_config())
+    s = Stack(tmp_path, nats_extra='include "accounts.conf"')
     (tmp_path / "nats").mkdir(parents=True, exist_ok=True)
     shutil.copy(ACCOUNTS_CONF, tmp_path / "nats" / "accounts.conf")  # the deployed file, as is
     s.client_auth = {"user": "operator", "password": creds.passwords["operator"]}
@@ -311,7 +310,14 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
     wrong = secrets.token_urlsafe(24)
     s.secrets.append(wrong)
     try:
-        await s.start(drill_config())
+        # nats-server (started first, inheriting this environment) gets the credentials from its
+        # environment, as in production; they are gone again before any other process starts.
+        os.environ.update(creds.server_env())
+        try:
+            await s.start(drill_config())
+        finally:
+            for key in creds.server_env():
+                os.environ.pop(key, None)
         url = s.nats_url
         await s.start_pool(
             "eu-central-a",
