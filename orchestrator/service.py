@@ -129,6 +129,7 @@ class OrchestratorService:
                 # Learn the pools before taking rooms: without one heartbeat period of warm-up a
                 # fresh replica would park its first rooms in waiting_for_pool for nothing.
                 await asyncio.sleep(self.config.orchestrator.heartbeat_interval_s * 1.5)
+                self._warn_unserved_rules()
                 log.info("orchestrator replica %s running", self.replica)
                 probes = ProbeServer(
                     self._ready, self.prometheus, self.settings.http_host, self.settings.http_port
@@ -182,6 +183,18 @@ class OrchestratorService:
             await controller.on_status(message)
 
         return handle
+
+    def _warn_unserved_rules(self) -> None:
+        """A rule whose agent no pool serves is the seed outage waiting to happen: say so at start."""
+        served = {view.agent for view in self.registry.snapshot(time.monotonic())}
+        for rule in self.config.rules:
+            if rule.agent not in served:
+                log.warning(
+                    "rule %r targets agent %r, but no pool of that agent has been seen (no heartbeat, "
+                    "not pinned): its rooms will wait for a pool, then fail",
+                    rule.name,
+                    rule.agent,
+                )
 
     def _ready(self) -> tuple[bool, dict[str, object]]:
         r = self.readiness
