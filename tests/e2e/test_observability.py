@@ -5,6 +5,7 @@ histograms; /readyz follows NATS; no secret and no raw user metadata in any span
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -135,6 +136,14 @@ async def test_one_room_one_trace_across_orchestrator_and_worker_in_jaeger(
             counts = [float(v) for v in re.findall(rf"^{histogram}{{[^}}]*}} (\S+)$", metrics_text, re.M)]
             assert counts and sum(counts) >= 1, f"{histogram} has no samples"
         assert "switchboard_pool_load" in metrics_text
+
+        # One structured log line per transition, carrying the room's identifiers and trace.
+        lines = [json.loads(line) for line in orch.log_text().splitlines() if line.startswith("{")]
+        speaking = [e for e in lines if e.get("state") == "speaking" and e.get("room") == room]
+        assert speaking, "no transition line for speaking"
+        for key in ("room", "pool", "attempt", "dispatch_id", "trace_id", "span_id"):
+            assert key in speaking[0], key
+        assert speaking[0]["trace_id"] == rec.trace_id
 
         # Nothing secret or private in spans or logs.
         everything = str(spans) + orch.log_text() + worker.log_tail(100_000)
