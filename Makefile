@@ -14,3 +14,8 @@ lint:
 
 drills:
 	scripts/drills
+
+bench:
+	scripts/setup
+	.venv/bin/uv pip install --quiet --python .venv/bin/python -e '.[dev,bench]'
+	.venv/bin/python -m bench

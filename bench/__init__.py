@@ -1,0 +1,1 @@
+"""Benchmarks against the real servers on loopback: `make bench` (see bench/run.py)."""

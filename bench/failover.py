@@ -1,0 +1,163 @@
+"""Measure 5 — failover: SIGKILL a pool with 10 speaking rooms; time until each room speaks again.
+
+Method: real livekit-server and nats-server, the orchestrator as a ``switchboard orchestrator``
+subprocess, two real worker pools as subprocesses (default agent, thread executor): the doomed
+``eu-central-a`` (capacity 10, the rooms' home region) and ``us-east-a`` (capacity 12, the
+neighbour). A listener (LiveKit rtc SDK) sits in each of the 10 rooms. When all 10 are
+``speaking`` on eu-central-a, the doomed worker's whole process group gets SIGKILL. Recovery of a
+room = the orchestrator's ``voice_at`` of the new attempt (the new agent's audio reached the
+listener, as reported by its worker) − the kill time; the listener's own first audible frame
+(RMS ≥ 0.01) from the new agent is recorded beside it. Same machine clock throughout.
+
+Row 1 uses the defaults (heartbeat 1 s, dead after 3 missed beats); row 2 heartbeats every 0.5 s
+(workers via ``BENCH_HEARTBEAT_INTERVAL_S``, orchestrator ``heartbeat_interval_s: 0.5``), 3 beats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from bench.common import (
+    Orchestrator,
+    TimedListener,
+    Worker,
+    livekit_server,
+    nats_client,
+    nats_server,
+    summary,
+    write_config,
+)
+from orchestrator.records import RoomRecord, RoomState
+from orchestrator.store import open_bucket, room_key
+from shared import bus
+from shared.messages import RoomCreated
+
+S = RoomState
+
+
+async def _record(kv: KeyValue, room: str) -> RoomRecord | None:
+    try:
+        entry = await kv.get(room_key(room))
+    except KeyNotFoundError:
+        return None
+    return RoomRecord.model_validate_json(entry.value) if entry.value else None
+
+
+async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, Any]:
+    tag = f"hb{heartbeat_s:g}".replace(".", "_")
+    work = work / tag
+    config = write_config(
+        work / "switchboard.yaml",
+        match="fo-*",
+        heartbeat_interval_s=heartbeat_s,
+        dead_after_missed_beats=3,
+        join_deadline_s=20,
+        voice_deadline_s=30,
+        dispatch_deadline_s=5,
+        assign_check_s=8,
+    )
+    env = {"BENCH_HEARTBEAT_INTERVAL_S": str(heartbeat_s)}
+    names = [f"fo-{tag}-{i}" for i in range(rooms)]
+    with nats_server(work) as ns:
+        doomed = Worker(lk, ns.url, work / "doomed", "eu-central-a", "eu-central", capacity=rooms, env=env)
+        survivor = Worker(lk, ns.url, work / "survivor", "us-east-a", "us-east", capacity=rooms + 2, env=env)
+        orch = Orchestrator(work, config, ns.url, lk.http_url, lk.api_key, lk.api_secret)
+        listeners = [TimedListener(lk, name) for name in names]
+        try:
+            await asyncio.gather(asyncio.to_thread(doomed.start), asyncio.to_thread(survivor.start))
+            await asyncio.to_thread(orch.start, 90.0)
+            async with nats_client(ns.url) as nc:
+                js = nc.jetstream()
+                kv = await open_bucket(js)
+                await asyncio.gather(*(listener.connect() for listener in listeners))
+                for name in names:
+                    await bus.publish_room_created(js, RoomCreated(room=name, region="eu-central"))
+                before: dict[str, RoomRecord] = {}
+                async with asyncio.timeout(90):
+                    while len(before) < rooms:
+                        for name in names:
+                            rec = await _record(kv, name)
+                            if rec is not None and rec.state == S.SPEAKING:
+                                before[name] = rec
+                        await asyncio.sleep(0.1)
+                affected = [n for n in names if before[n].pool == doomed.pool]
+                await asyncio.sleep(1.0)  # speaking for a moment, as in production
+                killed_at = time.time()
+                await asyncio.to_thread(doomed.kill)
+                recovered: dict[str, RoomRecord] = {}
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(60):
+                        while len(recovered) < len(affected):
+                            for name in affected:
+                                if name in recovered:
+                                    continue
+                                rec = await _record(kv, name)
+                                if rec is not None and rec.state == S.SPEAKING and rec.attempt >= 2:
+                                    recovered[name] = rec
+                            await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)  # let the listeners' first frames from new agents land
+        finally:
+            for listener in listeners:
+                await listener.close()
+            await asyncio.to_thread(orch.stop)
+            await asyncio.gather(asyncio.to_thread(doomed.stop), asyncio.to_thread(survivor.stop))
+    timeline: list[dict[str, Any]] = []
+    for name in affected:
+        rec = recovered.get(name)
+        if rec is None:
+            timeline.append({"room": name, "recovered_s": None})
+            continue
+        redispatch = next((h.at for h in rec.history if h.event == "redispatch" and h.at >= killed_at), None)
+        heard = next(
+            (lis.first_audible.get(rec.identity or "") for lis in listeners if lis.room_name == name), None
+        )
+        timeline.append(
+            {
+                "room": name,
+                "new_pool": rec.pool,
+                "attempt": rec.attempt,
+                "redispatch_s": redispatch - killed_at if redispatch else None,
+                "dispatched_s": rec.dispatched_at - killed_at if rec.dispatched_at else None,
+                "joined_s": rec.joined_at - killed_at if rec.joined_at else None,
+                "recovered_s": rec.voice_at - killed_at if rec.voice_at else None,
+                "listener_heard_s": heard - killed_at if heard else None,
+            }
+        )
+    times = [t["recovered_s"] for t in timeline if t["recovered_s"] is not None]
+    heard_times = [t["listener_heard_s"] for t in timeline if t.get("listener_heard_s") is not None]
+    return {
+        "heartbeat_interval_s": heartbeat_s,
+        "dead_after_missed_beats": 3,
+        "dead_after_s": heartbeat_s * 3,
+        "rooms": rooms,
+        "pools_before_kill": dict(Counter(rec.pool or "-" for rec in before.values())),
+        "affected": len(affected),
+        "recovered": len(times),
+        "recovery_s": summary(times),
+        "listener_heard_s": summary(heard_times),
+        "timeline": timeline,
+    }
+
+
+async def run(work: Path, quick: bool = False) -> dict[str, Any]:
+    rooms = 4 if quick else 10
+    rows = []
+    with livekit_server(work, "livekit-failover") as lk:
+        for heartbeat_s in (1.0, 0.5):
+            r = await row(work, lk, heartbeat_s, rooms)
+            rows.append(r)
+            s = r["recovery_s"]
+            print(
+                f"  heartbeat {heartbeat_s:g}s x3: {r['recovered']}/{r['affected']} recovered; "
+                f"p50 {s['p50'] or 0:.2f}s p99 {s['p99'] or 0:.2f}s max {s['max'] or 0:.2f}s",
+                flush=True,
+            )
+    return {"rows": rows}

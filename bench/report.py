@@ -1,0 +1,675 @@
+"""The markdown report and the plots, from the results dictionary of one run (see bench/run.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+DPI = 80
+Verdict = tuple[str, str, str, str]  # measure, goal, figure, met
+
+
+def _get(d: Any, *keys: Any) -> Any:
+    for k in keys:
+        if d is None:
+            return None
+        d = d.get(k) if isinstance(d, dict) else (d[k] if isinstance(d, list) and len(d) > k else None)
+    return d
+
+
+def _ok(section: dict[str, Any] | None) -> bool:
+    return bool(section) and section.get("status") == "ok"  # type: ignore[union-attr]
+
+
+def _met(flag: bool | None) -> str:
+    return "—" if flag is None else ("**met**" if flag else "**not met**")
+
+
+def _f(x: Any, fmt: str = ".2f", unit: str = "") -> str:
+    return "n/a" if x is None else f"{x:{fmt}}{unit}"
+
+
+# ------------------------------------------------------------------------------------------------
+# verdicts
+# ------------------------------------------------------------------------------------------------
+
+
+def verdicts(sections: dict[str, Any]) -> list[Verdict]:
+    out: list[Verdict] = []
+    s: Any = sections.get("scheduler")
+    if _ok(s):
+        by = {(r["pools"], r["strategy"]): r for r in s["rows"]}
+        r100 = by.get((100, "p2c"))
+        fig = ", ".join(f"{n}: {by[(n, 'p2c')]['index']:,.0f}/s" for n in (10, 100, 1000) if (n, "p2c") in by)
+        out.append(
+            (
+                "1. Scheduler decisions/s (p2c, PoolIndex)",
+                "≥ 200,000/s at 100 pools",
+                fig,
+                _met(r100 is not None and r100["index"] >= 200_000),
+            )
+        )
+    else:
+        out.append(("1. Scheduler", "≥ 200,000/s at 100 pools", _status(s), _met(None)))
+
+    s = sections.get("overhead")
+    if _ok(s):
+        rows = {r["rate"]: r for r in s["rates"]}
+        floors = {r["rate"]: r for r in s["floor"]}
+        r = rows.get(100)
+        figs = []
+        for rate in sorted(rows):
+            e = rows[rate]["event_to_create_dispatch_ms"]
+            fl = _get(floors, rate, "pickup_ms")
+            figs.append(
+                f"{rate}/s: p50 {_f(e['p50'])} / p99 {_f(e['p99'])} ms"
+                + (f" (NATS floor {_f(fl['p50'])} / {_f(fl['p99'])})" if fl else "")
+            )
+        met = None
+        if r:
+            e = r["event_to_create_dispatch_ms"]
+            met = e["p50"] is not None and e["p50"] <= 2 and e["p99"] is not None and e["p99"] <= 10
+        out.append(
+            (
+                "2. Orchestrator overhead, event → CreateDispatch",
+                "p50 ≤ 2 ms, p99 ≤ 10 ms at 100/s",
+                "; ".join(figs),
+                _met(met),
+            )
+        )
+    else:
+        out.append(("2. Orchestrator overhead", "p50 ≤ 2 ms, p99 ≤ 10 ms at 100/s", _status(s), _met(None)))
+
+    s = sections.get("compare")
+    if _ok(s):
+        rj, ra = s.get("ratio_of_medians_joined"), s.get("ratio_of_medians_first_audio")
+        fig = (
+            f"joined p50 {_f(_get(s, 'sb', 'joined_s', 'p50'), '.3f')} s vs "
+            f"{_f(_get(s, 'auto', 'joined_s', 'p50'), '.3f')} s "
+            f"(ratio {_f(rj, '.3f')}); first audio p50 {_f(_get(s, 'sb', 'first_audio_s', 'p50'), '.3f')} s "
+            "vs "
+            f"{_f(_get(s, 'auto', 'first_audio_s', 'p50'), '.3f')} s (ratio {_f(ra, '.3f')}); "
+            f"n = {_get(s, 'sb', 'joined_s', 'n')} + {_get(s, 'auto', 'joined_s', 'n')}"
+        )
+        met = None if rj is None or ra is None else (rj <= 1.05 and ra <= 1.05)
+        out.append(
+            (
+                "3. Time to joined / first audio, Switchboard vs automatic dispatch",
+                "ratio of medians ≤ 1.05",
+                fig,
+                _met(met),
+            )
+        )
+    else:
+        out.append(
+            ("3. Switchboard vs automatic dispatch", "ratio of medians ≤ 1.05", _status(s), _met(None))
+        )
+
+    s = sections.get("spread")
+    if _ok(s):
+        p, ll = s["orchestrator_p2c"], s["orchestrator_least_loaded"]
+        herd = s["pure_least_loaded_no_reservations"]
+        fig = (
+            f"p2c + reservations: max/mean {_f(p['max_over_mean_worst'], '.3f')} (worst of {p['trials']}), "
+            f"over capacity: {'yes' if p['any_over_capacity'] else 'none'}; least-loaded + reservations "
+            f"{_f(ll['max_over_mean_worst'], '.3f')}; least-loaded without reservations "
+            f"{_f(herd['max_over_mean_worst'], '.2f')} ({herd['over_capacity_rooms_worst']} rooms over "
+            "capacity)"
+        )
+        met = (
+            (not p["any_over_capacity"])
+            and p["max_over_mean_worst"] is not None
+            and p["max_over_mean_worst"] <= 1.15
+        )
+        out.append(
+            (
+                "4. Load spread, 200 rooms into 4 unequal pools",
+                "no pool over capacity, max/mean ≤ 1.15",
+                fig,
+                _met(met),
+            )
+        )
+    else:
+        out.append(("4. Load spread", "no pool over capacity, max/mean ≤ 1.15", _status(s), _met(None)))
+
+    s = sections.get("failover")
+    if _ok(s):
+        figs = []
+        met = None
+        for r in s["rows"]:
+            rs = r["recovery_s"]
+            figs.append(
+                f"heartbeat {r['heartbeat_interval_s']:g} s × 3: {r['recovered']}/{r['affected']} recovered, "
+                f"p50 {_f(rs['p50'])} / p99 {_f(rs['p99'])} / max {_f(rs['max'])} s"
+            )
+            if r["heartbeat_interval_s"] == 1.0:
+                met = r["recovered"] == r["affected"] and rs["p99"] is not None and rs["p99"] <= 3.0
+        out.append(
+            (
+                "5. Failover, SIGKILL a pool with 10 speaking rooms",
+                "p99 ≤ 3 s (default heartbeat)",
+                "; ".join(figs),
+                _met(met),
+            )
+        )
+    else:
+        out.append(("5. Failover", "p99 ≤ 3 s", _status(s), _met(None)))
+
+    s = sections.get("scaleout")
+    if _ok(s):
+        by = {(r["backend"], r["replicas"]): r for r in s["rows"]}
+        figs = []
+        for backend in ("livekit", "standin"):
+            rates = [by[(backend, n)]["rooms_per_s"] for n in (1, 2, 3) if (backend, n) in by]
+            figs.append(
+                f"{'LiveKit' if backend == 'livekit' else 'stand-in'}: "
+                + " / ".join(f"{x:.0f}" for x in rates)
+            )
+        one, two = _get(by, ("livekit", 1), "rooms_per_s"), _get(by, ("livekit", 2), "rooms_per_s")
+        met = None if one is None or two is None else (one >= 300 and two >= 1.8 * one)
+        figs.append(f"2 vs 1 replica (LiveKit): ×{_f(two / one if one and two else None)}")
+        out.append(
+            (
+                "6. Scale-out, rooms dispatched/s with 1/2/3 replicas",
+                "≥ 300/s with 1, ≥ 1.8× with 2",
+                "; ".join(figs),
+                _met(met),
+            )
+        )
+    else:
+        out.append(("6. Scale-out", "≥ 300/s with 1, ≥ 1.8× with 2", _status(s), _met(None)))
+
+    s = sections.get("footprint")
+    if _ok(s):
+        fp_rows = [r for r in s["orchestrator"]["rows"] if r["rooms"] > 1]
+        w = s["worker"]
+        fig = "; ".join(
+            f"{r['rooms'] - 1:,} rooms: {_f(r['rss_kb_per_room'], '.1f')} kB/room in process, "
+            f"{_f(r['kv_bytes_per_room'], '.0f')} B/room in KV"
+            for r in fp_rows
+        ) + (
+            f"; worker idle {_f(w['idle_rss_mb'], '.0f')} MB RSS / {_f(w['idle_pss_mb'], '.0f')} MB PSS, "
+            f"+{_f(w['per_job_rss_mb'], '.0f')} MB RSS / +{_f(w['per_job_pss_mb'], '.0f')} MB PSS per job"
+        )
+        out.append(("7. Footprint", "(no goal: reported)", fig, "—"))
+    else:
+        out.append(("7. Footprint", "(no goal: reported)", _status(s), "—"))
+    return out
+
+
+def _status(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "not run"
+    error = " ".join(str(s.get("error", "")).split())  # one line: it goes into a table cell
+    return f"{s.get('status')}: {error[:300]}"
+
+
+# ------------------------------------------------------------------------------------------------
+# plots
+# ------------------------------------------------------------------------------------------------
+
+
+def _ecdf(ax: Any, values: list[float], label: str, **kw: Any) -> None:
+    if not values:
+        return
+    v = np.sort(np.asarray(values, dtype=float))
+    ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label, **kw)
+
+
+def plot_overhead(s: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    colors = {10: "tab:blue", 100: "tab:orange", 500: "tab:red"}
+    for r in s["rates"]:
+        _ecdf(
+            ax, r.get("samples_ms", []), f"event→CreateDispatch, {r['rate']}/s", color=colors.get(r["rate"])
+        )
+    for r in s["floor"]:
+        _ecdf(
+            ax,
+            r.get("samples_pickup_ms", []),
+            f"NATS floor (publish→fetch), {r['rate']}/s",
+            color=colors.get(r["rate"]),
+            linestyle="--",
+            alpha=0.7,
+        )
+    ax.set_xscale("log")
+    ax.axvline(2, color="grey", linewidth=0.8, linestyle=":")
+    ax.axvline(10, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("ms (log)")
+    ax.set_ylabel("fraction of events")
+    ax.set_title(
+        "Orchestrator overhead vs the NATS floor (goal at 100/s: p50 ≤ 2 ms, p99 ≤ 10 ms)", fontsize=9
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_compare(s: dict[str, Any], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    rooms = [r for r in s["rooms"] if not r.get("warmup")]
+    for ax, metric, title in zip(
+        axes, ("joined_s", "first_audio_s"), ("agent joined", "first audible frame"), strict=True
+    ):
+        for path_name, label, color in (
+            ("sb", "Switchboard (NATS → orchestrator → dispatch)", "tab:blue"),
+            ("auto", "LiveKit automatic dispatch", "tab:green"),
+        ):
+            vals = [r[metric] for r in rooms if r["path"] == path_name and r.get(metric) is not None]
+            _ecdf(ax, vals, label, color=color)
+        ax.set_title(f"room created → {title}", fontsize=9)
+        ax.set_xlabel("s")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of rooms")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_failover(s: dict[str, Any], path: Path) -> None:
+    rows = s["rows"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.6), sharex=True, squeeze=False)
+    marks = (
+        ("redispatch_s", "x", "tab:red", "redispatch (pool dead)"),
+        ("dispatched_s", "o", "tab:blue", "dispatched"),
+        ("joined_s", "^", "tab:orange", "joined"),
+        ("recovered_s", "*", "black", "speaking (worker report)"),
+        ("listener_heard_s", "|", "tab:green", "listener hears audio"),
+    )
+    for ax, row in zip(axes[0], rows, strict=True):
+        for y, t in enumerate(row["timeline"]):
+            end = t.get("recovered_s")
+            if end is not None:
+                ax.hlines(y, 0, end, color="lightgrey", linewidth=3)
+            for key, marker, color, label in marks:
+                if t.get(key) is not None:
+                    ax.plot(
+                        t[key],
+                        y,
+                        marker,
+                        color=color,
+                        markersize=9 if key == "recovered_s" else 6,
+                        label=label,
+                    )
+        ax.axvline(
+            row["dead_after_s"], color="red", linewidth=0.8, linestyle=":", label="dead after (3 beats)"
+        )
+        ax.axvline(3.0, color="grey", linewidth=0.8, linestyle="--", label="goal: p99 3 s")
+        ax.set_title(f"heartbeat {row['heartbeat_interval_s']:g} s × 3", fontsize=9)
+        ax.set_xlabel("s since SIGKILL")
+        ax.set_yticks(range(len(row["timeline"])))
+        ax.set_yticklabels([t["room"].rsplit("-", 1)[-1] for t in row["timeline"]], fontsize=7)
+        ax.grid(alpha=0.3, axis="x")
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=6, loc="upper left")
+    axes[0][0].set_ylabel("room")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_spread(s: dict[str, Any], path: Path) -> None:
+    pools = list(s["capacities"])
+    variants = (
+        ("orchestrator_p2c", "orchestrator p2c + reservations"),
+        ("orchestrator_least_loaded", "orchestrator least-loaded + reservations"),
+        ("pure_p2c_no_reservations", "p2c, no reservations (pure)"),
+        ("pure_least_loaded_no_reservations", "least-loaded, no reservations (pure)"),
+    )
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    width = 0.2
+    x = np.arange(len(pools))
+    for k, (key, label) in enumerate(variants):
+        v = s.get(key)
+        if not v:
+            continue
+        worst = max(v["runs"], key=lambda r: r["max_over_mean"] or 0)
+        ax.bar(
+            x + (k - 1.5) * width,
+            [worst["occupancy"][p] for p in pools],
+            width,
+            label=f"{label}: max/mean {worst['max_over_mean']:.2f}",
+        )
+    ax.axhline(1.0, color="red", linewidth=0.8, linestyle="--", label="capacity")
+    ax.axhline(
+        s["rooms"] / sum(s["capacities"].values()),
+        color="grey",
+        linewidth=0.8,
+        linestyle=":",
+        label="ideal (even) occupancy",
+    )
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{p}\n(capacity {s['capacities'][p]})" for p in pools], fontsize=7)
+    ax.set_ylabel("rooms placed / capacity")
+    ax.set_title("200 rooms in one burst into 4 pools (worst trial of each)", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left")
+    ax.set_ylim(0, max(2.2, ax.get_ylim()[1]))
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_scaleout(s: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    width = 0.35
+    for k, (backend, label) in enumerate((("livekit", "real livekit-server"), ("standin", "Twirp stand-in"))):
+        rows = [r for r in s["rows"] if r["backend"] == backend]
+        xs = np.array([r["replicas"] for r in rows], dtype=float)
+        ax.bar(xs + (k - 0.5) * width, [r["rooms_per_s"] for r in rows], width, label=label)
+    ax.axhline(300, color="grey", linewidth=0.8, linestyle="--", label="goal, 1 replica")
+    ax.set_xticks([1, 2, 3])
+    ax.set_xlabel("orchestrator replicas (2-core machine)")
+    ax.set_ylabel("rooms dispatched / s")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+PLOTS = {
+    "overhead": plot_overhead,
+    "compare": plot_compare,
+    "failover": plot_failover,
+    "spread": plot_spread,
+    "scaleout": plot_scaleout,
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# markdown
+# ------------------------------------------------------------------------------------------------
+
+
+def write(results: dict[str, Any], out: Path, json_path: Path, report_path: Path) -> None:
+    date = results["date"]
+    sections = results["sections"]
+    images: dict[str, str] = {}
+    for name, plot in PLOTS.items():
+        if _ok(sections.get(name)):
+            png = out / f"{date}-{name}.png"
+            try:
+                plot(sections[name], png)
+                images[name] = os.path.relpath(png, report_path.parent)
+            except Exception as exc:  # a broken plot must not lose the numbers
+                sections[name]["plot_error"] = f"{type(exc).__name__}: {exc}"
+    m = results["machine"]
+    lines = [
+        f"# Switchboard benchmarks — {date}",
+        "",
+        f"`make bench`, {'quick sizes' if results.get('quick') else 'full sizes'}, wall time "
+        f"**{results['wall_s'] / 60:.1f} min** ({results['started']} → {results['finished']}). "
+        f"Raw results: [`{json_path.name}`]({os.path.relpath(json_path, report_path.parent)}).",
+        "",
+        f"Machine: {m['nproc']} cores, {m['cpu_model']}, {m['mem_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}, {m['nats_server']}, {m['livekit_server']}. **A shared 2-core VM**: other "
+        f"engineers' test runs use the same CPUs (load average at start {m['loadavg_at_start'][0]:.2f}); "
+        "heavy "
+        "runs take `/tmp/switchboard-heavy.lock` so they do not overlap, but figures can still vary run to "
+        "run "
+        "(the NATS reference notes ~20 % between runs). Everything runs on 127.0.0.1, every process on the "
+        "same machine, real `nats-server` and `livekit-server`.",
+        "",
+        "## Results against the goals",
+        "",
+        "| measure | goal | result | |",
+        "|---|---|---|---|",
+    ]
+    for measure, goal, fig, met in verdicts(sections):
+        lines.append(f"| {measure} | {goal} | {fig} | {met} |")
+    lines += ["", *_details(sections, images)]
+    report_path.write_text("\n".join(lines) + "\n")
+
+
+def _details(sections: dict[str, Any], images: dict[str, str]) -> list[str]:
+    from bench import compare, failover, footprint, overhead, scaleout, spread
+
+    docs = {
+        "scheduler": "Pure, in-process: `bench/scheduler_bench.py`'s `throughput()` — best short round of "
+        "`schedule()` calls on a synthetic snapshot (4 agents × 5 regions, ~10 % of pools holding "
+        "reservations, "
+        "10 % of rooms with an excluded pool). `index` = the hot path (a `PoolIndex` per heartbeat "
+        "snapshot); "
+        "`list` = the snapshot list, feasibility recomputed per call.",
+        "overhead": overhead.__doc__ or "",
+        "compare": compare.__doc__ or "",
+        "spread": spread.__doc__ or "",
+        "failover": failover.__doc__ or "",
+        "scaleout": scaleout.__doc__ or "",
+        "footprint": footprint.__doc__ or "",
+    }
+    titles = {
+        "scheduler": "1. Scheduler",
+        "overhead": "2. Orchestrator overhead",
+        "compare": "3. Switchboard path vs automatic dispatch",
+        "spread": "4. Load spread",
+        "failover": "5. Failover",
+        "scaleout": "6. Scale-out",
+        "footprint": "7. Footprint",
+    }
+    out: list[str] = []
+    for name, title in titles.items():
+        s = sections.get(name)
+        out += [f"## {title}", ""]
+        doc = docs[name].strip()
+        if name != "scheduler":
+            doc = doc.split("\n\n", 1)[1] if "\n\n" in doc else doc
+        out += [doc, ""]
+        if not _ok(s):
+            out += [f"**Did not complete**: {_status(s)}", ""]
+            continue
+        assert s is not None
+        out += TABLES[name](s)
+        if name in images:
+            out += ["", f"![{title}]({images[name]})"]
+        out += ["", f"Section wall time: {s.get('wall_s', 0):.0f} s.", ""]
+    return out
+
+
+def _t_scheduler(s: dict[str, Any]) -> list[str]:
+    lines = ["| pools | strategy | index | index + to_dict | list |", "|---|---|---|---|---|"]
+    for r in s["rows"]:
+        lines.append(
+            f"| {r['pools']:,} | {r['strategy']} | {r['index']:,.0f} | {r['index+dict']:,.0f} | "
+            f"{r['list']:,.0f} |"
+        )
+    return lines
+
+
+def _ms(d: dict[str, Any]) -> str:
+    return f"{_f(d.get('p50'))} / {_f(d.get('p99'))} / {_f(d.get('max'))}"
+
+
+def _t_overhead(s: dict[str, Any]) -> list[str]:
+    lines = [
+        "p50 / p99 / max, milliseconds.",
+        "",
+        "| rate | events | event → CreateDispatch span | event → consumer pickup | pickup → CreateDispatch "
+        "| event → stand-in received the request | NATS floor: publish → fetch | NATS floor: publish → "
+        "PubAck |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    floors = {r["rate"]: r for r in s["floor"]}
+    for r in s["rates"]:
+        f = floors.get(r["rate"], {})
+        lines.append(
+            f"| {r['rate']}/s (achieved {_f(r['achieved_rate'], '.0f')}) | {r['count']} | "
+            f"**{_ms(r['event_to_create_dispatch_ms'])}** | {_ms(r['event_to_pickup_ms'])} | "
+            f"{_ms(r['pickup_to_create_dispatch_ms'])} | {_ms(r['event_to_standin_arrival_ms'])} | "
+            f"{_ms(f.get('pickup_ms', {}))} | {_ms(f.get('puback_ms', {}))} |"
+        )
+    missing = sum(r["missing"] + r["errors"] for r in s["rates"])
+    lines += [
+        "",
+        f"Events not dispatched or not published: {missing}. Live rooms in the orchestrator after each "
+        f"rate: {', '.join(str(r['live_rooms_after']) for r in s['rates'])} (they accumulate: every "
+        "decision also walks the live-room index for reservations).",
+    ]
+    return lines
+
+
+def _t_compare(s: dict[str, Any]) -> list[str]:
+    lines = [
+        "Seconds from the room's creation (server timestamp). p50 / p90 / p99 / max.",
+        "",
+        "| path | rooms | joined | first audio | agent seen by the listener | failures | double agents |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path, label in (("sb", "Switchboard"), ("auto", "automatic dispatch")):
+        d = s[path]
+
+        def q(x: dict[str, Any]) -> str:
+            return " / ".join(_f(x.get(k), ".3f") for k in ("p50", "p90", "p99", "max"))
+
+        lines.append(
+            f"| {label} | {d['joined_s']['n']} | {q(d['joined_s'])} | {q(d['first_audio_s'])} | "
+            f"{q(d['agent_seen_s'])} | {d['failures']} | {d['double_agents']} |"
+        )
+    lines += [
+        "",
+        "Ratio of medians (Switchboard / automatic): joined "
+        f"**{_f(s.get('ratio_of_medians_joined'), '.3f')}**, "
+        f"first audio **{_f(s.get('ratio_of_medians_first_audio'), '.3f')}**. Median paired difference in "
+        "first "
+        f"audio (same pair index): {_f(s.get('paired_first_audio_diff_s_median'), '.3f')} s. Switchboard's "
+        "own "
+        "part, event → dispatched (KV record): p50 "
+        f"{_f(_get(s, 'sb', 'event_to_dispatched_s', 'p50'), '.4f')} s, "
+        f"p99 {_f(_get(s, 'sb', 'event_to_dispatched_s', 'p99'), '.4f')} s.",
+    ]
+    return lines
+
+
+def _t_spread(s: dict[str, Any]) -> list[str]:
+    pools = list(s["capacities"])
+    lines = [
+        "Rooms placed per pool (capacity), worst trial of each variant by max/mean occupancy.",
+        "",
+        "| variant | "
+        + " | ".join(f"{p} ({s['capacities'][p]})" for p in pools)
+        + " | max/mean (each trial) | rooms over capacity |",
+        "|---|" + "---|" * len(pools) + "---|---|",
+    ]
+    for key, label in (
+        ("orchestrator_p2c", "orchestrator, p2c + reservations"),
+        ("orchestrator_least_loaded", "orchestrator, least-loaded + reservations"),
+        ("pure_p2c_reservations", "pure scheduler, p2c + reservations"),
+        ("pure_least_loaded_reservations", "pure scheduler, least-loaded + reservations"),
+        ("pure_p2c_no_reservations", "pure scheduler, p2c, no reservations"),
+        ("pure_least_loaded_no_reservations", "pure scheduler, least-loaded, no reservations"),
+    ):
+        v = s.get(key)
+        if not v:
+            continue
+        worst = max(v["runs"], key=lambda r: (r["over_capacity_rooms"], r["max_over_mean"] or 0))
+        each = ", ".join(f"{x:.3f}" for x in v["max_over_mean_each"])
+        lines.append(
+            f"| {label} | "
+            + " | ".join(str(worst["placed"][p]) for p in pools)
+            + f" | {each} | {v['over_capacity_rooms_worst']} |"
+        )
+    p = s["orchestrator_p2c"]
+    lines += [
+        "",
+        f"Burst published in ≤ {_f(p.get('burst_publish_s_max', 0) * 1000, '.0f')} ms (heartbeat interval "
+        f"{s['heartbeat_interval_s']:g} s); all 200 rooms dispatched within "
+        f"{_f(p.get('all_dispatched_s_max'))} s.",
+    ]
+    return lines
+
+
+def _t_failover(s: dict[str, Any]) -> list[str]:
+    lines = [
+        "| heartbeat × beats | dead after | rooms on the killed pool (all rooms by pool before) | recovered "
+        "| speaking again p50 / p99 / max (s) | listener hears the new agent p50 / max (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in s["rows"]:
+        rs, h = r["recovery_s"], r["listener_heard_s"]
+        lines.append(
+            f"| {r['heartbeat_interval_s']:g} s × 3 | {r['dead_after_s']:g} s | {r['affected']} "
+            f"({', '.join(f'{p}: {n}' for p, n in r.get('pools_before_kill', {}).items())}) | "
+            f"{r['recovered']} | "
+            f"{_f(rs['p50'])} / {_f(rs['p99'])} / {_f(rs['max'])} | {_f(h['p50'])} / {_f(h['max'])} |"
+        )
+    lines += [
+        "",
+        "For reference: LiveKit Cloud documents about 15 s for its own agent failover; self-hosted "
+        "livekit-server v1.13.5 never re-dispatches a dead worker's jobs.",
+    ]
+    return lines
+
+
+def _t_scaleout(s: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{s['rooms_per_config']} rooms per configuration. CPU = CPU seconds per wall second of each "
+        "process over the run (1.00 = one full core).",
+        "",
+        "| LiveKit API | replicas | rooms/s (all) | rooms/s (middle 80 %) | dispatched | CPU per process |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in s["rows"]:
+        cpu = ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_util"].items())
+        lines.append(
+            f"| {'livekit-server' if r['backend'] == 'livekit' else 'Twirp stand-in'} | {r['replicas']} | "
+            f"{r['rooms_per_s']:.0f} | {_f(r['steady_rooms_per_s'], '.0f')} | "
+            f"{r['dispatched']}/{r['rooms']} | {cpu} |"
+        )
+    return lines
+
+
+def _t_footprint(s: dict[str, Any]) -> list[str]:
+    o, w = s["orchestrator"], s["worker"]
+    lines = [
+        f"Orchestrator (one replica; the room record used is {o['template_record_bytes']:,} bytes of JSON):",
+        "",
+        "| live rooms | RSS | PSS | per room in process (RSS / PSS) | KV bytes per room | index synced "
+        "after start | idle CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in o["rows"]:
+        per = (
+            f"{_f(r.get('rss_kb_per_room'), '.1f')} / {_f(r.get('pss_kb_per_room'), '.1f')} kB"
+            if "rss_kb_per_room" in r
+            else "(baseline)"
+        )
+        kv = _f(r.get("kv_bytes_per_room"), ".0f", " B") if "kv_bytes_per_room" in r else "—"
+        lines.append(
+            f"| {r['rooms']:,} | {r['rss_kb'] / 1024:.0f} MB | {r['pss_kb'] / 1024:.0f} MB | {per} | {kv} | "
+            f"{r['ready_s']:.1f} s | {r['idle_cpu']:.0%} |"
+        )
+    lines += [
+        "",
+        f"Worker (`scripts/measure-worker`, {w['executor']} executor, fresh run, {w['dispatches']} "
+        "dispatches): "
+        f"idle {w['idle_rss_mb']:.0f} MB RSS / {w['idle_pss_mb']:.0f} MB PSS ({w['idle_processes']} "
+        "process), "
+        f"+{w['per_job_rss_mb']:.1f} MB RSS / +{w['per_job_pss_mb']:.1f} MB PSS per active job "
+        f"({w['jobs_measured']} jobs with listeners); start → registered {w['start_to_registered_s']:.1f} s, "
+        f"→ joined p50 {w['joined_p50_s']:.2f} s, → voice p50 {w['voice_p50_s']:.2f} s.",
+    ]
+    return lines
+
+
+TABLES = {
+    "scheduler": _t_scheduler,
+    "overhead": _t_overhead,
+    "compare": _t_compare,
+    "spread": _t_spread,
+    "failover": _t_failover,
+    "scaleout": _t_scaleout,
+    "footprint": _t_footprint,
+}
