@@ -113,7 +113,14 @@ async def run(work: Path, quick: bool = False) -> dict[str, Any]:
                 for i in range(warmup + rooms):
                     order = PATHS if i % 2 == 0 else PATHS[::-1]  # A B B A ...
                     for path in order:
-                        r = await one_room(lk, api, js, kv, path, i)
+                        try:
+                            r = await one_room(lk, api, js, kv, path, i)
+                        except Exception as exc:  # one bad room is a failure to count, not the end
+                            r = {
+                                "room": f"cmp-{path}-{i}",
+                                "path": path,
+                                "error": f"{type(exc).__name__}: {exc}",
+                            }
                         r["warmup"] = i < warmup
                         results.append(r)
                         await asyncio.sleep(0.3)  # the agent leaves the deleted room before the next one

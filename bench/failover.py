@@ -131,6 +131,13 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
                 "listener_heard_s": heard - killed_at if heard else None,
             }
         )
+    # livekit rtc answers an FFI panic (e.g. a job's room connect starved for >10 s) with SIGTERM to
+    # its own process: a worker that dies that way takes its rooms with it. Say so when it happened.
+    worker_problems = []
+    for w in (doomed, survivor):
+        log = (w.workdir / f"worker-{w.pool}.log").read_text(errors="replace")
+        if "FFI Panic" in log:
+            worker_problems.append(f"{w.pool}: FFI Panic ({log.count('FFI Panic')}x)")
     times = [t["recovered_s"] for t in timeline if t["recovered_s"] is not None]
     heard_times = [t["listener_heard_s"] for t in timeline if t.get("listener_heard_s") is not None]
     return {
@@ -144,6 +151,7 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
         "recovery_s": summary(times),
         "listener_heard_s": summary(heard_times),
         "timeline": timeline,
+        "worker_problems": worker_problems,
     }
 
 

@@ -582,6 +582,19 @@ def _t_spread(s: dict[str, Any]) -> list[str]:
             + f" | {each} | {v['over_capacity_rooms_worst']} |"
         )
     p = s["orchestrator_p2c"]
+    pure_ok = not s["pure_p2c_reservations"]["any_over_capacity"]
+    if (p["any_over_capacity"] or s["orchestrator_least_loaded"]["any_over_capacity"]) and pure_ok:
+        lines += [
+            "",
+            "The pure scheduler with the same reservations never overfills a pool; the orchestrator does. "
+            "Why: one replica decides up to 64 rooms concurrently (the consumer's concurrency), and "
+            "`Controller._place` reads the reservations from the room index (`index.reserved()`), then "
+            "schedules, then awaits the CAS write that records the choice — the index learns of a "
+            "placement only after that KV round trip, so rooms decided meanwhile do not see each "
+            "other's reservations. A reservation taken synchronously at decision time (e.g. "
+            "`orchestrator/reservations.py`, which exists but is not used by the controller) would close "
+            "that window.",
+        ]
     lines += [
         "",
         f"Burst published in ≤ {_f(p.get('burst_publish_s_max', 0) * 1000, '.0f')} ms (heartbeat interval "
@@ -605,6 +618,17 @@ def _t_failover(s: dict[str, Any]) -> list[str]:
             f"{r['recovered']} | "
             f"{_f(rs['p50'])} / {_f(rs['p99'])} / {_f(rs['max'])} | {_f(h['p50'])} / {_f(h['max'])} |"
         )
+    for r in s["rows"]:
+        if r.get("worker_problems"):
+            lines += [
+                "",
+                f"Heartbeat {r['heartbeat_interval_s']:g} s row — worker logs: "
+                f"{'; '.join(r['worker_problems'])}. "
+                "livekit rtc SIGTERMs its own process on an FFI panic (a job's room connect whose "
+                "ReadyForRoomEvent handshake did not come within its timeout, livekit/python-sdks#784, "
+                "livekit/rust-sdks#1261): a surviving pool that takes several failed-over rooms at once on a "
+                "loaded machine can die of it.",
+            ]
     lines += [
         "",
         "For reference: LiveKit Cloud documents about 15 s for its own agent failover; self-hosted "
