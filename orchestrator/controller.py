@@ -15,10 +15,11 @@ after its one side effect, so a crash at any line leaves a state another replica
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,13 @@ S = RoomState
 MAX_REJECTION_EVENTS = 20
 # How many CAS conflicts one step tolerates before leaving the room to the next sweep.
 _MAX_CONFLICTS = 5
+
+
+@dataclass(slots=True)
+class _Lease:
+    """The record as last written by this replica while it holds the step (renewals bump it)."""
+
+    current: Versioned
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,22 +595,26 @@ class Controller:
                 key=rec.dispatch_key,
             )
             user_metadata = rec.user_metadata
+            lease = _Lease(current)
             try:
                 # The look-first runs inside the retry budget: a LiveKit blip during it is retried
-                # like any other call, not counted as a whole failed round.
-                result = await create_dispatch(
-                    self.gateway,
-                    room=rec.room,
-                    agent_name=rec.agent_name,
-                    metadata=lambda: build_dispatch_metadata(user_metadata, info),
-                    key=rec.dispatch_key,
-                    deadline_s=self.cfg.dispatch_deadline_s,
-                    attributes=_span_attrs(rec),
-                    metrics=self.metrics,
-                    maybe_landed=look_first,
-                )
+                # like any other call, not counted as a whole failed round. The lease is renewed
+                # for as long as this replica works on the call, and only that long.
+                async with self._keep_lease(lease):
+                    result = await create_dispatch(
+                        self.gateway,
+                        room=rec.room,
+                        agent_name=rec.agent_name,
+                        metadata=lambda: build_dispatch_metadata(user_metadata, info),
+                        key=rec.dispatch_key,
+                        deadline_s=self.cfg.dispatch_deadline_s,
+                        attributes=_span_attrs(rec),
+                        metrics=self.metrics,
+                        maybe_landed=look_first,
+                    )
                 dispatch_id, tries = result.dispatch_id, result.tries
             except LiveKitCallError as err:
+                current, rec = lease.current, lease.current.record
                 now = self.clocks.wall()
                 if err.permanent:
                     log.error("dispatch failed permanently: %s", err, extra={"reason": err.reason})
@@ -646,6 +658,7 @@ class Controller:
                 )
                 await self._commit(current.record, new, current.revision)
                 return None
+        current, rec = lease.current, lease.current.record
         now = self.clocks.wall()
         new = transition(
             rec,
@@ -665,6 +678,33 @@ class Controller:
     # ------------------------------------------------------------------------------------------
     # helpers
     # ------------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _keep_lease(self, lease: _Lease) -> AsyncIterator[None]:
+        """Renew ``lease`` every third of its length while the block runs (a live owner keeps its
+        room however slow LiveKit is; a dead one stops renewing and loses it within ``lease_s``)."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lease_s / 3)
+                current = lease.current
+                renewed = current.record.model_copy(update={"lease_until": self.clocks.wall() + self.lease_s})
+                try:
+                    lease.current = self._seen(await self.store.update(renewed, current.revision))
+                except Conflict:
+                    return  # someone else wrote the record: our final CAS will tell us what happened
+                except Exception as err:  # NATS away: keep trying until the block ends
+                    log.warning("lease renewal for %s failed: %r", current.record.room, err)
+
+        # A plain task, created and awaited in this scope: a TaskGroup here would wrap the block's
+        # LiveKitCallError in an ExceptionGroup.
+        task = asyncio.create_task(renew(), name="lease_renewal")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _to_redispatching(
         self, rec: RoomRecord, now: float, cause: str, why: str | None, *, exclude: bool

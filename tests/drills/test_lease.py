@@ -1,13 +1,12 @@
 """The lease on an in-flight step must be renewed while its owner works (issue 7, item 1).
 
-Known bug, kept as a strict xfail so it turns red the day it is fixed (then drop the marker):
-``Controller.lease_s`` is ``dispatch_deadline_s + 5`` and is set once, when the step is claimed;
-nothing renews it. One CreateDispatch round can outlast it: stamina checks the deadline only
-between tries, a try is bounded by ``request_timeout_s`` (not by the lease), and after an
+``Controller.lease_s`` is ``dispatch_deadline_s + 5``, but one CreateDispatch round can outlast
+it: stamina checks the deadline only between tries, a try is bounded by ``request_timeout_s`` (not by the lease), and after an
 ambiguous failure each try is ``room_exists`` + ``list_dispatch`` + ``create_dispatch`` (up to
 3 x request_timeout_s). With LiveKit answering in 8 s (request timeout 10 s, dispatch deadline
 1 s, lease 6 s), a live owner is still waiting for its first answer when its lease runs out, and
-another replica's sweep resumes the same room: two replicas act on it at once.
+another replica's sweep would resume the same room and two replicas would act on it at once —
+unless the owner renews its lease while it works (``Controller._keep_lease``), which this checks.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from tests.orchestratorkit import FakePool, make_config, make_settings, running_
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.xfail(strict=True, reason="lease not renewed during a long CreateDispatch (controller.py)")
 async def test_a_working_owner_keeps_its_room(
     nats_server: NatsServer, nc: NATS, livekit_server: LiveKitServer
 ) -> None:
