@@ -1,10 +1,10 @@
 """Measure 5 — failover: SIGKILL a pool with 10 speaking rooms; time until each room speaks again.
 
 Method: real livekit-server and nats-server, the orchestrator as a ``switchboard orchestrator``
-subprocess, two real worker pools as subprocesses (default agent, thread executor): the doomed
-``eu-central-a`` (capacity 10, the rooms' home region) and ``us-east-a`` (capacity 12, the
+subprocess, two real worker pools of two worker processes each (default agent, thread executor): the doomed
+``eu-central-a`` (2 × capacity 5, the rooms' home region) and ``us-east-a`` (2 × capacity 6, the
 neighbour). A listener (LiveKit rtc SDK) sits in each of the 10 rooms. When all 10 are
-``speaking`` on eu-central-a, the doomed worker's whole process group gets SIGKILL. Recovery of a
+``speaking`` on eu-central-a, both of its workers' process groups get SIGKILL. Recovery of a
 room = the orchestrator's ``voice_at`` of the new attempt (the new agent's audio reached the
 listener, as reported by its worker) − the kill time; the listener's own first audible frame
 (RMS ≥ 0.01) from the new agent is recorded beside it. Same machine clock throughout.
@@ -41,6 +41,7 @@ from shared import bus
 from shared.messages import RoomCreated
 
 S = RoomState
+WORKERS_PER_POOL = 2
 
 
 async def _record(kv: KeyValue, room: str) -> RoomRecord | None:
@@ -67,12 +68,23 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
     env = {"BENCH_HEARTBEAT_INTERVAL_S": str(heartbeat_s)}
     names = [f"fo-{tag}-{i}" for i in range(rooms)]
     with nats_server(work) as ns:
-        doomed = Worker(lk, ns.url, work / "doomed", "eu-central-a", "eu-central", capacity=rooms, env=env)
-        survivor = Worker(lk, ns.url, work / "survivor", "us-east-a", "us-east", capacity=rooms + 2, env=env)
+        # Two worker processes per pool, as a pool is deployed: LiveKit spreads the pool's jobs over them.
+        per_doomed, per_survivor = -(-rooms // WORKERS_PER_POOL), -(-(rooms + 2) // WORKERS_PER_POOL)
+        doomed = [
+            Worker(
+                lk, ns.url, work / f"doomed-{k}", "eu-central-a", "eu-central", capacity=per_doomed, env=env
+            )
+            for k in range(WORKERS_PER_POOL)
+        ]
+        survivor = [
+            Worker(lk, ns.url, work / f"survivor-{k}", "us-east-a", "us-east", capacity=per_survivor, env=env)
+            for k in range(WORKERS_PER_POOL)
+        ]
+        workers = [*doomed, *survivor]
         orch = Orchestrator(work, config, ns.url, lk.http_url, lk.api_key, lk.api_secret)
         listeners = [TimedListener(lk, name) for name in names]
         try:
-            await asyncio.gather(asyncio.to_thread(doomed.start), asyncio.to_thread(survivor.start))
+            await asyncio.gather(*(asyncio.to_thread(w.start) for w in workers))
             await asyncio.to_thread(orch.start, 90.0)
             async with nats_client(ns.url) as nc:
                 js = nc.jetstream()
@@ -88,10 +100,11 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
                             if rec is not None and rec.state == S.SPEAKING:
                                 before[name] = rec
                         await asyncio.sleep(0.1)
-                affected = [n for n in names if before[n].pool == doomed.pool]
+                affected = [n for n in names if before[n].pool == "eu-central-a"]
                 await asyncio.sleep(1.0)  # speaking for a moment, as in production
                 killed_at = time.time()
-                await asyncio.to_thread(doomed.kill)
+                for w in doomed:  # the whole pool: every worker's process group
+                    w.kill()
                 recovered: dict[str, RoomRecord] = {}
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(60):
@@ -108,7 +121,7 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
             for listener in listeners:
                 await listener.close()
             await asyncio.to_thread(orch.stop)
-            await asyncio.gather(asyncio.to_thread(doomed.stop), asyncio.to_thread(survivor.stop))
+            await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
     timeline: list[dict[str, Any]] = []
     for name in affected:
         rec = recovered.get(name)
@@ -134,15 +147,16 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
     # livekit rtc answers an FFI panic (e.g. a job's room connect starved for >10 s) with SIGTERM to
     # its own process: a worker that dies that way takes its rooms with it. Say so when it happened.
     worker_problems = []
-    for w in (doomed, survivor):
+    for w in workers:
         log = (w.workdir / f"worker-{w.pool}.log").read_text(errors="replace")
         if "FFI Panic" in log:
-            worker_problems.append(f"{w.pool}: FFI Panic ({log.count('FFI Panic')}x)")
+            worker_problems.append(f"{w.workdir.name} ({w.pool}): FFI Panic ({log.count('FFI Panic')}x)")
     times = [t["recovered_s"] for t in timeline if t["recovered_s"] is not None]
     heard_times = [t["listener_heard_s"] for t in timeline if t.get("listener_heard_s") is not None]
     return {
         "heartbeat_interval_s": heartbeat_s,
         "dead_after_missed_beats": 3,
+        "workers_per_pool": WORKERS_PER_POOL,
         "dead_after_s": heartbeat_s * 3,
         "rooms": rooms,
         "pools_before_kill": dict(Counter(rec.pool or "-" for rec in before.values())),

@@ -423,6 +423,7 @@ def write(results: dict[str, Any], out: Path, json_path: Path, report_path: Path
         "(the NATS reference notes ~20 % between runs). Everything runs on 127.0.0.1, every process on the "
         "same machine, real `nats-server` and `livekit-server`.",
         "",
+        *_reruns(results),
         "## Results against the goals",
         "",
         "| measure | goal | result | |",
@@ -432,6 +433,16 @@ def write(results: dict[str, Any], out: Path, json_path: Path, report_path: Path
         lines.append(f"| {measure} | {goal} | {fig} | {met} |")
     lines += ["", *_details(sections, images)]
     report_path.write_text("\n".join(lines) + "\n")
+
+
+def _reruns(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for r in results.get("reruns", []):
+        lines.append(
+            f"Rerun of {', '.join(r['sections'])} at {r['started']} ({r['wall_s']:.0f} s): {r['note']} "
+            "The first run's figures for it are kept under `superseded` in the JSON."
+        )
+    return [*lines, ""] if lines else []
 
 
 def _details(sections: dict[str, Any], images: dict[str, str]) -> list[str]:

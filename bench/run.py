@@ -104,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, help="results directory (default bench/results; --quick: a temp dir)"
     )
     parser.add_argument("--budget-s", type=float, default=840.0, help="whole-run time limit (default 840)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: replace those sections in today's results (the replaced ones are kept as "
+        "'superseded', and the rerun is listed in the report with --note)",
+    )
+    parser.add_argument("--note", default="", help="why the sections were rerun (shown in the report)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",")] if args.only else list(SECTIONS)
     unknown = [n for n in names if n not in SECTIONS]
@@ -128,6 +135,22 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     results["date"] = date
     json_path = out / f"{date}.json"
+    if args.merge and args.only and json_path.exists():
+        merged = json.loads(json_path.read_text())
+        for name, section in results["sections"].items():
+            if name in merged["sections"]:
+                merged.setdefault("superseded", {})[name] = merged["sections"][name]
+            merged["sections"][name] = section
+        merged.setdefault("reruns", []).append(
+            {
+                "sections": names,
+                "started": results["started"],
+                "wall_s": results["wall_s"],
+                "loadavg_at_start": results["machine"]["loadavg_at_start"],
+                "note": args.note,
+            }
+        )
+        results = merged
     json_path.write_text(json.dumps(rounded(results), indent=1) + "\n")
     from bench import report  # matplotlib: only once the measurements are done
 
