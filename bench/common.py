@@ -408,13 +408,15 @@ class TimedListener:
     async def _read(self, stream: rtc.AudioStream, identity: str) -> None:
         try:
             async for event in stream:
-                if identity in self.first_audible:
-                    continue  # keep draining the stream; the first frame is all we time
                 samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64) / 32768.0
                 rms = math.sqrt(float(np.mean(samples**2))) if samples.size else 0.0
                 if rms >= AUDIBLE_RMS:
-                    self.first_audible[identity] = time.time()
+                    self.first_audible.setdefault(identity, time.time())
                     self.heard.set()
+                    # The first audible frame is all we time. Stop decoding (the subscription
+                    # stays, so the agent still has its listener): the instrument should not eat
+                    # the CPU the agents under test need on a 2-core machine.
+                    return
         finally:
             await stream.aclose()
 

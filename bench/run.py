@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         merged = json.loads(json_path.read_text())
         for name, section in results["sections"].items():
             if name in merged["sections"]:
-                merged.setdefault("superseded", {})[name] = merged["sections"][name]
+                earlier = merged.setdefault("superseded", {}).setdefault(name, [])
+                if isinstance(earlier, dict):  # a file written before superseded runs were lists
+                    earlier = merged["superseded"][name] = [earlier]
+                earlier.append(merged["sections"][name])
             merged["sections"][name] = section
         merged.setdefault("reruns", []).append(
             {
