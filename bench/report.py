@@ -266,6 +266,8 @@ def plot_compare(s: dict[str, Any], path: Path) -> None:
         ):
             vals = [r[metric] for r in rooms if r["path"] == path_name and r.get(metric) is not None]
             _ecdf(ax, vals, label, color=color)
+        if metric == "first_audio_s":
+            ax.set_xscale("log")  # one room waiting for the next phrase (4 s later) would squash the rest
         ax.set_title(f"room created → {title}", fontsize=9)
         ax.set_xlabel("s")
         ax.grid(alpha=0.3)
@@ -431,8 +433,32 @@ def write(results: dict[str, Any], out: Path, json_path: Path, report_path: Path
     ]
     for measure, goal, fig, met in verdicts(sections):
         lines.append(f"| {measure} | {goal} | {fig} | {met} |")
-    lines += ["", *_details(sections, images)]
+    lines += ["", *_details(sections, images), *_superseded(results)]
     report_path.write_text("\n".join(lines) + "\n")
+
+
+def _superseded(results: dict[str, Any]) -> list[str]:
+    """Earlier runs of a rerun failover section, so no attempt disappears from the report."""
+    earlier = results.get("superseded", {}).get("failover")
+    if not earlier:
+        return []
+    if isinstance(earlier, dict):
+        earlier = [earlier]
+    lines = [
+        "## Earlier failover runs (same day, superseded by the rerun above)",
+        "",
+        "| run | heartbeat | rooms on the killed pool | recovered | p50 / p99 / max (s) | worker problems |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, run in enumerate(earlier, 1):
+        for r in run.get("rows", []):
+            rs = r["recovery_s"]
+            lines.append(
+                f"| {n} | {r['heartbeat_interval_s']:g} s × 3 | {r['affected']} | {r['recovered']} | "
+                f"{_f(rs['p50'])} / {_f(rs['p99'])} / {_f(rs['max'])} | "
+                f"{'; '.join(r.get('worker_problems', [])) or '—'} |"
+            )
+    return [*lines, ""]
 
 
 def _reruns(results: dict[str, Any]) -> list[str]:
@@ -440,9 +466,10 @@ def _reruns(results: dict[str, Any]) -> list[str]:
     for r in results.get("reruns", []):
         lines.append(
             f"Rerun of {', '.join(r['sections'])} at {r['started']} ({r['wall_s']:.0f} s): {r['note']} "
-            "The first run's figures for it are kept under `superseded` in the JSON."
+            f"Load average at its start: {r['loadavg_at_start'][0]:.2f}. Earlier runs are listed at the end."
         )
-    return [*lines, ""] if lines else []
+        lines.append("")
+    return lines
 
 
 def _details(sections: dict[str, Any], images: dict[str, str]) -> list[str]:
