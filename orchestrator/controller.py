@@ -562,7 +562,13 @@ class Controller:
                 lease_until=now + self.lease_s,
                 deadline=None,
             )
-            return await self._commit(current.record, new, current.revision)
+            # Hold the slot before the first await, so concurrent decisions in this replica see it.
+            self.index.hold(rec.room, decision.pool)
+            try:
+                return await self._commit(current.record, new, current.revision)
+            except BaseException:
+                self.index.release(rec.room)
+                raise
 
     async def _dispatch(self, current: Versioned) -> Versioned | None:
         rec = current.record

@@ -19,10 +19,24 @@ _RESERVING = frozenset({RoomState.DISPATCHING, RoomState.DISPATCHED, RoomState.J
 class RoomIndex:
     def __init__(self) -> None:
         self._rooms: dict[str, Versioned] = {}
+        # room -> pool chosen by this replica but not written yet. A replica decides many rooms
+        # concurrently; without these holds, each decision would read the reservations from
+        # before the others' writes landed and they would all herd onto the same pool.
+        self._holds: dict[str, str] = {}
         self.synced = False
+
+    def hold(self, room: str, pool: str) -> None:
+        """Count ``room`` against ``pool`` from now, before the record saying so is written."""
+        self._holds[room] = pool
+
+    def release(self, room: str) -> None:
+        self._holds.pop(room, None)
 
     def apply(self, room: str, versioned: Versioned | None) -> None:
         """Record a change seen on the watch or written by us; older revisions never win."""
+        held = self._holds.get(room)
+        if held is not None and (versioned is None or versioned.record.pool == held):
+            self._holds.pop(room)  # the written record now carries the reservation itself
         if versioned is None:
             self._rooms.pop(room, None)
             return
@@ -54,6 +68,10 @@ class RoomIndex:
             if rec.dispatch_id is not None and rec.dispatch_id in pool_jobs.get(rec.pool, frozenset()):
                 continue
             counts[rec.pool] = counts.get(rec.pool, 0) + 1
+        for room, pool in self._holds.items():
+            current = self._rooms.get(room)
+            if current is None or current.record.pool != pool or current.record.state not in _RESERVING:
+                counts[pool] = counts.get(pool, 0) + 1
         return counts
 
     def on_pool(self, pool: str) -> list[Versioned]:
