@@ -31,8 +31,10 @@ tracer = trace.get_tracer("test")
 
 async def test_livekit_creates_and_lists_a_room(livekit_api: lkapi.LiveKitAPI) -> None:
     await livekit_api.room.create_room(lkapi.CreateRoomRequest(name="harness-room"))
-    rooms = await livekit_api.room.list_rooms(lkapi.ListRoomsRequest())
+    # The session's livekit-server is shared by many tests: look the room up by name.
+    rooms = await livekit_api.room.list_rooms(lkapi.ListRoomsRequest(names=["harness-room"]))
     assert [r.name for r in rooms.rooms] == ["harness-room"]
+    assert rooms.rooms[0].sid.startswith("RM_")
 
 
 async def test_dispatch_to_an_agent_nobody_serves_is_accepted_and_listed(
