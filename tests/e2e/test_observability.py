@@ -74,6 +74,31 @@ async def _complete_trace(jaeger: JaegerServer, trace_id: str) -> list[dict[str,
     raise AssertionError(f"trace {trace_id} incomplete: {sorted({str(s['operationName']) for s in spans})}")
 
 
+def _tree(spans: list[dict[str, object]]) -> str:
+    """The trace as an operator reads it in Jaeger: one line per span, children indented."""
+    by_id = {str(s["spanID"]): s for s in spans}
+    children: dict[str | None, list[dict[str, object]]] = {}
+    for span in spans:
+        refs = span.get("references") or []
+        assert isinstance(refs, list)
+        parent = next((str(r["spanID"]) for r in refs if r.get("refType") == "CHILD_OF"), None)
+        children.setdefault(parent if parent in by_id else None, []).append(span)
+    start = min(int(str(s["startTime"])) for s in spans)
+    lines: list[str] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        for span in sorted(children.get(parent, []), key=lambda s: int(str(s["startTime"]))):
+            offset = (int(str(span["startTime"])) - start) / 1000
+            duration = int(str(span["duration"])) / 1000
+            indent = "  " * depth
+            name, service = span["operationName"], span["serviceName"]
+            lines.append(f"{offset:9.1f} ms {duration:9.1f} ms  {indent}{name}  [{service}]")
+            walk(str(span["spanID"]), depth + 1)
+
+    walk(None, 0)
+    return "\n".join(lines)
+
+
 async def test_one_room_one_trace_across_orchestrator_and_worker_in_jaeger(
     workers: WorkerFactory,  # noqa: F811
     nc: NATS,
@@ -121,9 +146,7 @@ async def test_one_room_one_trace_across_orchestrator_and_worker_in_jaeger(
         job_refs = by_name["agent job"]["references"]
         assert isinstance(job_refs, list)
         assert any(r["spanID"] == by_name["CreateDispatch"]["spanID"] for r in job_refs)
-        print(
-            f"\ntrace {rec.trace_id}: " + ", ".join(f"{s['serviceName']}:{s['operationName']}" for s in spans)
-        )
+        print(f"\ntrace {rec.trace_id}\n" + _tree(spans))
 
         # Metrics: the room's histograms have counts on the Prometheus endpoint.
         status, metrics_text = orch.probe("/metrics")
