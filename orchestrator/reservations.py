@@ -1,7 +1,12 @@
-"""Slots promised to dispatches that the pool heartbeats do not show yet.
+"""A per-process book of slots promised to dispatches that the pool heartbeats do not show yet.
+
+The running orchestrator does not keep this book: it derives reservations from the room records
+every replica watches (``RoomIndex.reserved`` plus its in-replica holds), so all replicas count
+the same reservations. This book models a replica that only knows its own promises; the scheduler
+benchmark uses it to show how such replicas herd (bench/scheduler_bench.py).
 
 Between two heartbeats a burst of rooms would all see the same ``active`` count and pile onto the
-same pool. So the orchestrator reserves a slot when it decides, and gives it back when the pool's
+same pool. So a slot is reserved at the decision, and gives it back when the pool's
 heartbeat lists the dispatch (the job is now counted in ``active``), when the dispatch fails or the
 room ends, or when the reservation outlives a TTL (the job never showed up).
 
