@@ -20,6 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from agent_worker.audio_stats import DEFAULT_LEVEL_THRESHOLD
+from agent_worker.connect_gate import gate_connect
 from agent_worker.entrypoints import load_entrypoint
 from agent_worker.job_reporter import JobFacts, JobReporter
 from agent_worker.report_channel import ReportClient
@@ -105,6 +106,7 @@ class JobRunner:
             ctx.add_shutdown_callback(finish)
             try:
                 agent = load_entrypoint(self.entrypoint)
+                gate_connect(ctx)
                 await agent(ctx)
             except Exception as exc:
                 span.record_exception(exc)

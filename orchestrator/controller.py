@@ -151,21 +151,22 @@ class Controller:
                 if event.sid and current.record.sid and event.sid != current.record.sid:
                     return  # the end of an older incarnation of this room name
                 rec = current.record
+                # Clean up first (idempotent): once the record says ended, nothing else will.
+                await self._remove_agent(rec, reason="room ended")
+                ended = transition(
+                    rec,
+                    S.ENDED,
+                    now=self.clocks.wall(),
+                    event="ended",
+                    detail="room ended",
+                    deadline=None,
+                    owner=None,
+                    lease_until=None,
+                )
                 try:
-                    ended = transition(
-                        rec,
-                        S.ENDED,
-                        now=self.clocks.wall(),
-                        event="ended",
-                        detail="room ended",
-                        deadline=None,
-                        owner=None,
-                        lease_until=None,
-                    )
                     await self._commit(rec, ended, current.revision)
                 except Conflict:
                     continue
-                await self._remove_agent(rec, reason="room ended")
                 return
 
     async def on_status(self, status: AgentStatus) -> None:

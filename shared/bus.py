@@ -42,8 +42,11 @@ async def connect(settings: NatsSettings, name: str, on_state: StateCallback | N
     """
     last_error: list[BaseException] = []
 
+    errors_seen: list[BaseException] = []
+
     async def error_cb(exc: Exception) -> None:
         last_error[:] = [exc]
+        errors_seen.append(exc)
         log.warning("nats: %s", _describe(exc))
 
     async def disconnected_cb() -> None:
@@ -72,7 +75,9 @@ async def connect(settings: NatsSettings, name: str, on_state: StateCallback | N
             **_auth_options(settings),
         )
     except Exception as exc:
-        cause = last_error[0] if last_error else exc
+        # An authorization violation says what to fix; a reset that follows it says nothing.
+        auth = [e for e in errors_seen if "authorization violation" in str(e).lower()]
+        cause = auth[0] if auth else (last_error[0] if last_error else exc)
         raise NatsUnavailableError(
             f"cannot connect to NATS at {', '.join(_redact_url(u) for u in settings.servers)} after "
             f"{settings.startup_attempts} attempts: {_describe(cause)}"
