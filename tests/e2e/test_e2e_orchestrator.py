@@ -109,8 +109,6 @@ async def test_twenty_rooms_spread_over_two_eu_pools_by_headroom(
             agents = await agents_in_room(livekit_api, rec.room)
             assert [a.attributes.get("switchboard.pool") for a in agents] == [rec.pool]
         print(f"\nscenario 2: rooms per pool {dict(per_pool)}")
-        for room in rooms:
-            await bus.publish_room_ended(js, RoomEnded(room=room))
 
 
 async def test_full_home_region_spills_abroad_then_comes_home_when_it_frees_up(
