@@ -23,6 +23,9 @@ class RoomIndex:
         # concurrently; without these holds, each decision would read the reservations from
         # before the others' writes landed and they would all herd onto the same pool.
         self._holds: dict[str, str] = {}
+        # Dispatch ids some heartbeat has listed: from then on the job is counted in `active`
+        # (or has ended), never as a reservation again — even before the record catches up.
+        self._listed: set[str] = set()
         self.synced = False
 
     def hold(self, room: str, pool: str) -> None:
@@ -61,13 +64,20 @@ class RoomIndex:
     def reserved(self, pool_jobs: dict[str, frozenset[str]]) -> dict[str, int]:
         """Per pool: rooms placed on it whose job its heartbeats do not show yet."""
         counts: dict[str, int] = {}
+        live_ids: set[str] = set()
         for v in self._rooms.values():
             rec = v.record
             if rec.pool is None or rec.state not in _RESERVING:
                 continue
-            if rec.dispatch_id is not None and rec.dispatch_id in pool_jobs.get(rec.pool, frozenset()):
-                continue
+            if rec.dispatch_id is not None:
+                live_ids.add(rec.dispatch_id)
+                if rec.dispatch_id in pool_jobs.get(rec.pool, frozenset()):
+                    self._listed.add(rec.dispatch_id)
+                    continue
+                if rec.dispatch_id in self._listed:
+                    continue  # its job ran and ended; the record has not caught up yet
             counts[rec.pool] = counts.get(rec.pool, 0) + 1
+        self._listed &= live_ids  # forget rooms that left the index
         for room, pool in self._holds.items():
             current = self._rooms.get(room)
             if current is None or current.record.pool != pool or current.record.state not in _RESERVING:

@@ -138,6 +138,7 @@ async def test_full_home_region_spills_abroad_then_comes_home_when_it_frees_up(
             await livekit_api.room.delete_room(lkapi.DeleteRoomRequest(room="ornina-home-1"))
             await bus.publish_room_ended(js, RoomEnded(room="ornina-home-1"))
             await beats.wait_for(lambda hb: hb.active == 0, 30, "eu slot free")
+        await wait_for_record(kv, "ornina-home-1", {S.ENDED})
         await bus.publish_room_created(js, RoomCreated(room="ornina-home-3", region="eu-central"))
         third = await wait_for_record(kv, "ornina-home-3", {S.JOINED, S.SPEAKING}, within=40)
         assert third.pool == "eu-central-a", [(h.event, h.detail) for h in third.history]

@@ -43,3 +43,11 @@ def test_a_hold_counts_before_the_write_and_hands_over_to_the_record() -> None:
     assert index.reserved({}) == {"p": 2}
     index.release("b")  # b's write lost its compare-and-set
     assert index.reserved({}) == {"p": 1}
+
+
+def test_a_job_once_listed_is_never_a_reservation_again() -> None:
+    """Its job ended (the heartbeat no longer lists it) before the record heard: not reserved."""
+    index = RoomIndex()
+    index.apply("a", _v("a", S.SPEAKING, "p", 1, "AD_a"))
+    assert index.reserved({"p": frozenset({"AD_a"})}) == {}
+    assert index.reserved({"p": frozenset()}) == {}
