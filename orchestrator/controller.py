@@ -336,25 +336,28 @@ class Controller:
     # driving a room forward
     # ------------------------------------------------------------------------------------------
 
-    async def _guarded_drive(self, room: str) -> None:
+    @contextlib.asynccontextmanager
+    async def _unless_busy(self, room: str) -> AsyncIterator[Versioned | None]:
+        """The room's fresh record under its lock, for a sweep step; None when another task of
+        this replica is already on the room (it will see the same facts) or the record is gone."""
         lock = self._lock(room)
         if lock.locked():
-            return  # someone in this replica is already on it
+            yield None
+            return
         async with lock:
             current = await self.store.get(room)
+            yield self._seen(current) if current is not None else None
+
+    async def _guarded_drive(self, room: str) -> None:
+        async with self._unless_busy(room) as current:
             if current is not None:
-                self._seen(current)
                 await self._drive(current)
 
     async def _check_assignment(self, room: str) -> None:
         """LiveKit answers CreateDispatch with 200 even when it cannot give the job to any worker
         (all full in its view, assignment timed out) and never retries. A dispatch still without a
         job after ``assign_check_s`` is dead: dispatch again now, not at the join deadline."""
-        lock = self._lock(room)
-        if lock.locked():
-            return
-        async with lock:
-            current = await self.store.get(room)
+        async with self._unless_busy(room) as current:
             if current is None:
                 return
             rec = current.record
@@ -387,11 +390,7 @@ class Controller:
                 await self._drive(moved)
 
     async def _guarded_redispatch(self, room: str, cause: str) -> None:
-        lock = self._lock(room)
-        if lock.locked():
-            return
-        async with lock:
-            current = await self.store.get(room)
+        async with self._unless_busy(room) as current:
             if current is None:
                 return
             rec = current.record
