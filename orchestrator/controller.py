@@ -639,20 +639,18 @@ class Controller:
                     if h.event == "dispatch_error" and h.data.get("key") == rec.dispatch_key
                 )
                 if rounds >= self.cfg.max_dispatch_rounds:
-                    new = transition(
+                    log.error(
+                        "dispatch failed after %d rounds: %s", rounds, err, extra={"reason": err.reason}
+                    )
+                    return await self._finish(
+                        current,
                         rec,
                         S.FAILED,
                         now=now,
                         event="dispatch_error",
                         detail=f"{err} (gave up after {rounds} rounds of retries)",
                         reason=err.reason,
-                        owner=None,
-                        lease_until=None,
                     )
-                    log.error(
-                        "dispatch failed after %d rounds: %s", rounds, err, extra={"reason": err.reason}
-                    )
-                    return await self._commit(current.record, new, current.revision)
                 # LiveKit unreachable for the whole budget: release the claim; the sweep (any
                 # replica) tries again, looking for a dispatch that may have landed first.
                 new = note(

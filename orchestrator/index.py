@@ -83,6 +83,3 @@ class RoomIndex:
             if current is None or current.record.pool != pool or current.record.state not in _RESERVING:
                 counts[pool] = counts.get(pool, 0) + 1
         return counts
-
-    def on_pool(self, pool: str) -> list[Versioned]:
-        return [v for v in self._rooms.values() if v.record.pool == pool]

@@ -87,9 +87,6 @@ class RoomStore:
             raise Conflict(record.room) from None
         return Versioned(record, new)
 
-    async def delete(self, room: str) -> None:
-        await self.kv.delete(room_key(room))
-
     async def watch(self) -> AsyncGenerator[tuple[str, Versioned | None] | None, None]:
         """Every record now, then ``None`` (the snapshot is complete), then every change.
 
