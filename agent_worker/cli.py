@@ -53,6 +53,20 @@ def worker(
         int,
         typer.Option(envvar=_ENV + "HEALTH_PORT", help="/healthz /readyz /metrics; 0 = a free port (logged)"),
     ] = 0,
+    heartbeat_interval: Annotated[
+        float | None,
+        typer.Option(
+            envvar=_ENV + "HEARTBEAT_INTERVAL_S",
+            help="Seconds between heartbeats (default: orchestrator.heartbeat_interval_s of the config)",
+        ),
+    ] = None,
+    loop_monitor_ms: Annotated[
+        int | None,
+        typer.Option(
+            envvar=_ENV + "LOOP_MONITOR_MS",
+            help="livekit-agents' event-loop monitor warn threshold; 0 = off (default for threads)",
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(help="switchboard.yaml; default $SWITCHBOARD_CONFIG or ./switchboard.yaml, if present"),
@@ -81,6 +95,8 @@ def worker(
             health_port=health_port,
             dev=dev,
             use_uvloop=uvloop,
+            heartbeat_interval_s=heartbeat_interval,
+            loop_monitor_ms=loop_monitor_ms,
         )
         load_entrypoint(opts.entrypoint)  # fail at start, not on the first dispatch
     except (OptionsError, ConfigError, EntrypointError) as exc:

@@ -47,6 +47,9 @@ class WorkerOptions(BaseModel):
     health_host: str = "127.0.0.1"
     health_port: Annotated[int, Field(ge=0, le=65535)] = 0
     heartbeat_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # livekit-agents' per-executor event-loop monitor (agent_worker.loop_monitor): warn threshold
+    # in ms, 0 = off; None = off for the thread executor, livekit-agents' default for processes.
+    loop_monitor_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
     # Statuses held while NATS is unreachable; the oldest are dropped beyond this (and logged).
     report_buffer: Annotated[int, Field(ge=1, le=100_000)] = 1000
     use_uvloop: bool = True
@@ -99,6 +102,8 @@ def resolve_options(
         "capacity": capacity if capacity is not None else defaults.capacity,
         "drain_grace_s": defaults.drain_grace_s,
         "allow_remote_kill": defaults.allow_remote_kill,
+        # Beat as often as the orchestrators of this config expect (they share switchboard.yaml).
+        "heartbeat_interval_s": config.orchestrator.heartbeat_interval_s,
         "worker_id": new_worker_id(),
         "version": package_version(),
     }

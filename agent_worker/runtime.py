@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from agent_worker.agent_server import build_agent_server
 from agent_worker.control import obey_forever
 from agent_worker.heartbeat import beat_forever
+from agent_worker.loop_monitor import configure_loop_monitor
 from agent_worker.nats_link import NatsLink
 from agent_worker.options import WorkerOptions
 from agent_worker.report_channel import ReportServer
@@ -59,6 +60,7 @@ async def _run(opts: WorkerOptions, settings: Settings, prometheus: CollectorReg
     queue = ReportQueue(opts.report_buffer)
     with tempfile.TemporaryDirectory(prefix="switchboard-worker-") as tmp:
         socket_path = Path(tmp) / "reports.sock"
+        log.info(configure_loop_monitor(opts, os.environ))  # before livekit-agents starts executors
         reports = ReportServer(socket_path, queue.put)
         server = build_agent_server(opts, settings.livekit, str(socket_path))
         state = WorkerState(opts, server, queue, link)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent_worker.loop_monitor import LIVEKIT_ENV, configure_loop_monitor
 from agent_worker.options import OptionsError, resolve_options
 from shared.config import parse_config
 
@@ -60,3 +61,40 @@ def test_worker_ids_are_unique_per_start() -> None:
     a = resolve_options(CONFIG, agent="a", region="eu-west", pool="p", capacity=1)
     b = resolve_options(CONFIG, agent="a", region="eu-west", pool="p", capacity=1)
     assert a.worker_id != b.worker_id
+
+
+def test_heartbeats_follow_the_orchestrators_interval_unless_given() -> None:
+    config = parse_config({**CONFIG.model_dump(mode="json"), "orchestrator": {"heartbeat_interval_s": 0.5}})
+    opts = resolve_options(config, agent=None, region=None, pool="eu-central-a", capacity=None)
+    assert opts.heartbeat_interval_s == 0.5
+    given = resolve_options(
+        config, agent=None, region=None, pool="eu-central-a", capacity=None, heartbeat_interval_s=2.0
+    )
+    assert given.heartbeat_interval_s == 2.0
+
+
+@pytest.mark.parametrize(
+    ("executor", "option", "environ", "expected"),
+    [
+        ("thread", None, {}, "0"),  # off: executors share one GIL
+        ("process", None, {}, None),  # livekit-agents' default, one GIL per job process
+        ("thread", 250, {}, "250"),
+        ("thread", None, {LIVEKIT_ENV: "400"}, "400"),  # the user's explicit setting stands
+        ("process", 0, {LIVEKIT_ENV: "400"}, "0"),  # the option wins over the environment
+    ],
+)
+def test_the_loop_monitor_is_off_for_threads_by_default(
+    executor: str, option: int | None, environ: dict[str, str], expected: str | None
+) -> None:
+    opts = resolve_options(
+        CONFIG,
+        agent=None,
+        region=None,
+        pool="eu-central-a",
+        capacity=None,
+        executor=executor,
+        loop_monitor_ms=option,
+    )
+    said = configure_loop_monitor(opts, environ)
+    assert environ.get(LIVEKIT_ENV) == expected
+    assert said.startswith("loop monitor:")
