@@ -10,7 +10,8 @@ listener, as reported by its worker) − the kill time; the listener's own first
 (RMS ≥ 0.01) from the new agent is recorded beside it. Same machine clock throughout.
 
 Row 1 uses the defaults (heartbeat 1 s, dead after 3 missed beats); row 2 heartbeats every 0.5 s
-(workers via ``BENCH_HEARTBEAT_INTERVAL_S``, orchestrator ``heartbeat_interval_s: 0.5``), 3 beats.
+(workers via ``SWITCHBOARD_WORKER_HEARTBEAT_INTERVAL_S``, orchestrator
+``heartbeat_interval_s: 0.5``), 3 beats.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
         dispatch_deadline_s=5,
         assign_check_s=8,
     )
-    env = {"BENCH_HEARTBEAT_INTERVAL_S": str(heartbeat_s)}
+    env = {"SWITCHBOARD_WORKER_HEARTBEAT_INTERVAL_S": str(heartbeat_s)}
     names = [f"fo-{tag}-{i}" for i in range(rooms)]
     with nats_server(work) as ns:
         # Two worker processes per pool, as a pool is deployed: LiveKit spreads the pool's jobs over them.

@@ -1,16 +1,14 @@
-"""``switchboard worker`` with two benchmark-only knobs, and nothing else changed.
+"""``switchboard worker`` with one benchmark-only knob, and nothing else changed.
 
     python -m bench.worker_shim worker --agent A --region R --pool P ...   (the usual worker options)
 
-- ``BENCH_HEARTBEAT_INTERVAL_S``: the worker's heartbeat interval (``WorkerOptions.heartbeat_interval_s``,
-  1 s by default, not exposed on the command line), for the failover row with faster heartbeats.
 - ``BENCH_AUTO_DISPATCH_PREFIX``: register with LiveKit with an **empty agent_name** — LiveKit's
   built-in automatic dispatch, a job for every new room — and accept only rooms whose name starts
   with the prefix (others are rejected, so the Switchboard rooms of the same run keep exactly one
   agent). This is the baseline of the dispatch-path comparison: the same AgentServer settings, the
   same job wrapper and the same default agent as a Switchboard pool worker; only the dispatch differs.
 
-Without either variable this is exactly ``switchboard worker``.
+Without it this is exactly ``switchboard worker``.
 """
 
 from __future__ import annotations
@@ -20,17 +18,6 @@ import sys
 from typing import Any
 
 from livekit.agents import AgentServer, JobRequest
-
-
-def _patch_heartbeat(interval: float) -> None:
-    import agent_worker.cli as worker_cli
-
-    resolve = worker_cli.resolve_options  # type: ignore[attr-defined]
-
-    def with_interval(*args: Any, **kwargs: Any) -> Any:
-        return resolve(*args, **kwargs).model_copy(update={"heartbeat_interval_s": interval})
-
-    worker_cli.resolve_options = with_interval  # type: ignore[attr-defined]
 
 
 def _patch_auto_dispatch(prefix: str) -> None:
@@ -61,9 +48,6 @@ def _patch_auto_dispatch(prefix: str) -> None:
 
 
 def main() -> None:
-    interval = os.environ.get("BENCH_HEARTBEAT_INTERVAL_S")
-    if interval:
-        _patch_heartbeat(float(interval))
     prefix = os.environ.get("BENCH_AUTO_DISPATCH_PREFIX")
     if prefix:
         _patch_auto_dispatch(prefix)
