@@ -95,6 +95,7 @@ class Controller:
         self._locks: dict[str, asyncio.Lock] = {}
         self._seed = config.orchestrator.seed
         self._decisions = 0
+        self._unheard_warned = False
         # Lease on an in-flight step: longer than one full CreateDispatch retry budget.
         self.lease_s = self.cfg.dispatch_deadline_s + 5.0
 
@@ -188,7 +189,9 @@ class Controller:
         Work runs concurrently (bounded), so one slow LiveKit call does not hold up every room.
         """
         now = self.clocks.wall()
-        pools = {p.pool: p for p in self.registry.snapshot(self.clocks.mono())}
+        mono = self.clocks.mono()
+        self._say_if_unheard(mono)
+        pools = {p.pool: p for p in self.registry.snapshot(mono)}
         work: list[tuple[str, str | None]] = []
         for versioned in self.index.live():
             rec = versioned.record
@@ -389,6 +392,26 @@ class Controller:
                 )
                 await self._drive(moved)
 
+    def _say_if_unheard(self, mono: float) -> None:
+        """Once per episode: a replica hearing no pool at all does not fail rooms over (PoolRegistry)."""
+        unheard = self.registry.unheard_s(mono)
+        if unheard is not None and unheard >= self.registry.dead_after_s:
+            if not self._unheard_warned:
+                self._unheard_warned = True
+                log.warning(
+                    "no heartbeat from any pool for %.1fs: this replica cannot tell every pool dying "
+                    "from its own deafness (NATS, a starved loop), so no pool is declared dead until "
+                    "beats are heard again",
+                    unheard,
+                )
+        elif self._unheard_warned and unheard is not None:
+            self._unheard_warned = False
+            log.info("heartbeats heard again: pool liveness is judged again")
+
+    def _pool_dead(self, pool: str | None) -> bool:
+        view = self.registry.view(pool, self.clocks.mono()) if pool else None
+        return view is None or view.liveness == "dead"
+
     async def _guarded_redispatch(self, room: str, cause: str) -> None:
         async with self._unless_busy(room) as current:
             if current is None:
@@ -396,7 +419,8 @@ class Controller:
             rec = current.record
             now = self.clocks.wall()
             still = (
-                (cause == "pool_dead" and rec.state in HOLDING)
+                # Still dead now: beats queued behind the sweep may have arrived since.
+                (cause == "pool_dead" and rec.state in HOLDING and self._pool_dead(rec.pool))
                 or (
                     cause == "join_timeout" and rec.state == S.DISPATCHED and (rec.deadline or now + 1) <= now
                 )
@@ -407,9 +431,10 @@ class Controller:
             with self._span("redispatch", rec) as span:
                 span.set_attribute("switchboard.redispatch.cause", cause)
                 try:
-                    moved = await self._commit(
-                        rec, self._to_redispatching(rec, now, cause, None, exclude=True), current.revision
-                    )
+                    # A dead pool is not excluded: liveness already keeps rooms off it, and one
+                    # that beats again is fit (excluding it failed rooms after a false death).
+                    new = self._to_redispatching(rec, now, cause, None, exclude=cause != "pool_dead")
+                    moved = await self._commit(rec, new, current.revision)
                 except Conflict:
                     return
                 await self._drive(moved)

@@ -51,7 +51,8 @@ class PoolView:
 @dataclass(slots=True)
 class _Worker:
     beat: PoolHeartbeat
-    seen_at: float
+    seen_at: float  # wall (monotonic) time of the beat's arrival, for ages shown to people
+    heard_at: float  # the registry's hearing clock at its arrival, for liveness
 
 
 @dataclass(slots=True)
@@ -64,9 +65,19 @@ class _Identity:
 class PoolRegistry:
     """Latest heartbeat per worker, folded into per-pool views.
 
-    A worker is dead once ``dead_after_missed_beats * heartbeat_interval_s`` seconds have passed
-    since its last beat (age ≥ that limit); a pool is dead when none of its workers is alive.
-    Not thread-safe: one owner (the orchestrator's event loop) feeds and reads it.
+    A worker is dead once ``dead_after_missed_beats * heartbeat_interval_s`` seconds of *hearing*
+    have passed since its last beat; a pool is dead when none of its workers is alive. Not
+    thread-safe: one owner (the orchestrator's event loop) feeds and reads it.
+
+    Silence only counts while this observer demonstrably hears. Its hearing clock runs with real
+    time while beats from any worker keep arriving, and gains at most one heartbeat interval across
+    a gap in which it heard nothing at all. Such a gap means the observer could not listen (its
+    NATS connection dropped; its loop was starved or CPU-throttled and the beats queued unread) or
+    every worker went quiet at once (their NATS link, not necessarily their rooms). Judged by wall
+    time, each of those declared every live pool dead and failover pulled agents out of rooms that
+    were fine (seen in the drills: a NATS restart; a 200-room burst on 2 cores). So while nothing
+    is heard, nothing dies; one pool dying among live ones is still seen after ``dead_after_s``.
+    ``age_s`` in the views stays wall time, so ``status`` shows the silence as it is.
     """
 
     def __init__(
@@ -78,6 +89,9 @@ class PoolRegistry:
         if heartbeat_interval_s <= 0 or dead_after_missed_beats < 1:
             raise ValueError("heartbeat_interval_s must be > 0 and dead_after_missed_beats >= 1")
         self.dead_after_s = heartbeat_interval_s * dead_after_missed_beats
+        self._max_gap_s = heartbeat_interval_s
+        self._hearing = 0.0  # the hearing clock at the last beat
+        self._last_beat_at: float | None = None  # wall (monotonic) time of the last beat
         self._workers: dict[str, dict[str, _Worker]] = {}
         self._identity: dict[str, _Identity] = {}
         self._pinned: set[str] = set()
@@ -93,7 +107,9 @@ class PoolRegistry:
 
     def observe(self, hb: PoolHeartbeat, now: float) -> None:
         """Record a worker's beat. The latest arrival wins (core NATS keeps one publisher's order)."""
-        self._workers.setdefault(hb.pool, {})[hb.worker] = _Worker(hb, now)
+        self._hearing = self._heard(now)
+        self._last_beat_at = max(now, self._last_beat_at or now)
+        self._workers.setdefault(hb.pool, {})[hb.worker] = _Worker(hb, now, self._hearing)
         # The pool's identity follows its newest beat: a redeployed pool may legitimately move.
         self._identity[hb.pool] = _Identity(hb.agent, hb.region, hb.agent_name)
         self._armed.add(hb.pool)
@@ -120,7 +136,7 @@ class PoolRegistry:
             (pool, worker)
             for pool, workers in self._workers.items()
             for worker, w in workers.items()
-            if now - w.seen_at >= limit
+            if self._silence(w, now) >= limit
         ]
         for pool, worker in gone:
             self.forget_worker(pool, worker)
@@ -135,8 +151,21 @@ class PoolRegistry:
 
     # -- reading ---------------------------------------------------------------------------------
 
+    def _heard(self, now: float) -> float:
+        """The hearing clock at ``now``: real time since the last beat, but at most one interval."""
+        if self._last_beat_at is None:
+            return self._hearing
+        return self._hearing + min(max(0.0, now - self._last_beat_at), self._max_gap_s)
+
+    def _silence(self, w: _Worker, now: float) -> float:
+        return self._heard(now) - w.heard_at
+
     def _alive(self, w: _Worker, now: float) -> bool:
-        return now - w.seen_at < self.dead_after_s
+        return self._silence(w, now) < self.dead_after_s
+
+    def unheard_s(self, now: float) -> float | None:
+        """Seconds since any worker was last heard; None before the first beat."""
+        return None if self._last_beat_at is None else max(0.0, now - self._last_beat_at)
 
     def view(self, pool: str, now: float) -> PoolView | None:
         """The pool's view at ``now``; None for a pool the registry has never heard of."""

@@ -68,20 +68,68 @@ def test_latest_beat_of_a_worker_replaces_the_previous_one() -> None:
     assert only(reg, 1.0).active == 3
 
 
+def hear(reg: PoolRegistry, until: float, since: float = 0.0, step: float = 0.5) -> None:
+    """A witness worker in another pool beats every ``step`` seconds: the registry keeps hearing."""
+    t = since
+    while t <= until:
+        reg.observe(beat("witness", pool="zz-witness"), now=t)
+        t += step
+
+
+def view(reg: PoolRegistry, now: float, pool: str = "eu-a") -> PoolView:
+    got = reg.view(pool, now)
+    assert got is not None
+    return got
+
+
 def test_worker_dies_after_missed_beats_and_pool_when_all_workers_are_dead() -> None:
     reg = registry()
     reg.observe(beat("w1", capacity=4, jobs=("AD_1",)), now=0.0)
+    hear(reg, until=1.5)
     reg.observe(beat("w2", capacity=4), now=2.0)
-    assert only(reg, 2.999).workers == 2
+    hear(reg, since=2.0, until=2.5)
+    assert view(reg, 2.999).workers == 2
+    hear(reg, since=3.0, until=3.0)
     # w1 silent for exactly 3 s: dead; its capacity and jobs no longer count.
-    v = only(reg, 3.0)
+    v = view(reg, 3.0)
     assert (v.workers, v.capacity, v.liveness, v.jobs) == (1, 4, "alive", frozenset())
-    v = only(reg, 5.0)
+    hear(reg, since=3.5, until=5.0)
+    v = view(reg, 5.0)
     assert (v.workers, v.capacity, v.open_slots, v.liveness) == (0, 0, 0, "dead")
     assert v.age_s == pytest.approx(3.0)
     # A beat brings it back.
     reg.observe(beat("w1"), now=6.0)
-    assert only(reg, 6.0).liveness == "alive"
+    assert view(reg, 6.0).liveness == "alive"
+
+
+def test_silence_of_everyone_kills_no_pool() -> None:
+    # The observer heard nothing at all (its NATS link dropped, its loop starved, or every worker
+    # lost NATS at once): that is not evidence against any one pool.
+    reg = registry()
+    reg.observe(beat("w1"), now=0.0)
+    reg.observe(beat("w1", pool="eu-b"), now=0.5)
+    assert view(reg, 60.0).liveness == "alive"
+    assert view(reg, 60.0).age_s == pytest.approx(60.0)  # people still see the silence as it is
+    assert reg.unheard_s(60.0) == pytest.approx(59.5)
+    assert reg.newly_dead(60.0) == []
+    # Hearing again: only the pool that stays silent dies, one dead limit of hearing later.
+    reg.observe(beat("w1"), now=61.0)
+    assert reg.newly_dead(62.0) == []
+    reg.observe(beat("w1"), now=62.0)
+    reg.observe(beat("w1"), now=63.0)
+    assert reg.newly_dead(63.0) == ["eu-b"]
+
+
+def test_a_starved_observer_catching_up_kills_no_pool() -> None:
+    # Beats queued unread for 3 s behind a busy loop arrive in a clump: nobody died.
+    reg = registry()
+    hear(reg, until=10.0)
+    reg.observe(beat("w1"), now=10.0)
+    reg.observe(beat("w1", pool="eu-b"), now=10.0)
+    assert reg.newly_dead(13.5) == []  # the sweep runs first, before the queued beats
+    reg.observe(beat("w1"), now=13.6)
+    reg.observe(beat("w1", pool="eu-b"), now=13.6)
+    assert view(reg, 13.6).liveness == view(reg, 13.6, "eu-b").liveness == "alive"
 
 
 def test_pool_drains_when_every_live_worker_drains() -> None:
@@ -127,20 +175,26 @@ def test_pinned_pool_is_dead_until_it_beats() -> None:
 def test_newly_dead_reports_each_death_once() -> None:
     reg = registry()
     reg.observe(beat("w1", pool="a"), now=0.0)
+    hear(reg, until=2.0)
     reg.observe(beat("w1", pool="b"), now=2.0)
     assert reg.newly_dead(2.0) == []
+    hear(reg, since=2.5, until=3.0)
     assert reg.newly_dead(3.0) == ["a"]
+    hear(reg, since=3.5, until=4.0)
     assert reg.newly_dead(4.0) == []
+    hear(reg, since=4.5, until=5.0)
     assert reg.newly_dead(5.0) == ["b"]
     # Revived and died again: reported again.
     reg.observe(beat("w1", pool="a"), now=6.0)
     assert reg.newly_dead(6.0) == []
+    hear(reg, since=6.0, until=9.0)
     assert reg.newly_dead(9.0) == ["a"]
 
 
 def test_newly_dead_reports_a_pool_that_lived_and_died_between_calls() -> None:
     reg = registry()
     reg.observe(beat("w1"), now=0.0)
+    hear(reg, until=10.0)
     assert reg.newly_dead(10.0) == ["eu-a"]
 
 
@@ -156,9 +210,11 @@ def test_forgetting_the_last_worker_kills_the_pool_and_removes_it() -> None:
 def test_prune_forgets_long_silent_workers() -> None:
     reg = registry()
     reg.observe(beat("old"), now=0.0)
+    hear(reg, until=50.0)
     reg.observe(beat("new"), now=50.0)
+    hear(reg, since=50.5, until=60.0)
     assert reg.prune(now=60.0, forget_after_s=30.0) == ["eu-a/old"]
-    assert only(reg, 60.0).workers == 0  # "new" is dead too, but not yet forgotten
+    assert view(reg, 60.0).workers == 0  # "new" is dead too, but not yet forgotten
     # forget_after_s below the dead limit is raised to it: a live worker is never pruned.
     reg.observe(beat("new"), now=61.0)
     assert reg.prune(now=62.0, forget_after_s=0.0) == []
