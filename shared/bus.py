@@ -72,6 +72,7 @@ async def connect(settings: NatsSettings, name: str, on_state: StateCallback | N
             error_cb=error_cb,
             disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb,
+            inbox_prefix=settings.inbox_prefix,
             **_auth_options(settings),
         )
     except Exception as exc:
@@ -115,6 +116,8 @@ def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if "authorization violation" in text.lower():
         return "authorization violation (check NATS_USER / NATS_PASSWORD / NATS_CREDS_FILE)"
+    if "permissions violation for subscription" in text.lower() and "_inbox" in text.lower():
+        return f"{text} (replies are refused: set NATS_INBOX_PREFIX to the inbox prefix this user may subscribe to)"
     return text
 
 

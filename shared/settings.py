@@ -24,6 +24,10 @@ class NatsSettings(BaseSettings):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Where replies come back (JetStream acks and API answers, KV reads). With NATS auth, give each
+    # component its own prefix and let its user subscribe only there (deploy/nats/accounts.conf):
+    # with the shared "_INBOX" any user allowed "_INBOX.>" could read every other one's replies.
+    inbox_prefix: str = Field(default="_INBOX", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     # Bounded start-up: fail visibly instead of nats-py's default two-minute silence.
     connect_timeout_s: float = 5.0
     startup_attempts: int = 5

@@ -159,3 +159,36 @@ def test_nats_server_configs_are_valid(region: str, tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0 and "is valid" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def _nats_clients() -> list[tuple[str, dict[str, str]]]:
+    """(where, environment) of every deployed process that talks to NATS with credentials."""
+    found = [
+        (f"compose {name}", {k: str(v) for k, v in (svc.get("environment") or {}).items()})
+        for name, svc in _compose()["services"].items()
+    ]
+    for path, doc in _manifests():
+        for c in _containers(doc):
+            found.append(
+                (f"{path.name} {c['name']}", {e["name"]: str(e.get("value", "")) for e in c.get("env", [])})
+            )
+    return [(where, env) for where, env in found if "NATS_USER" in env or "NATS_NKEY_SEED_FILE" in env]
+
+
+def test_every_component_reads_replies_only_on_its_own_inbox() -> None:
+    accounts = (DEPLOY / "nats" / "accounts.conf").read_text()
+    allowed = {
+        role.lower(): re.findall(r'"(_INBOX[^"]*)"', block)
+        for role, block in re.findall(
+            r"SWITCHBOARD_(\w+)_PERMISSIONS = \{.*?subscribe: \{(.*?)\}", accounts, flags=re.S
+        )
+    }
+    assert set(allowed) == {"orchestrator", "worker", "ingest", "operator"}
+    assert all(inboxes == [f"_INBOX_{role}.>"] for role, inboxes in allowed.items()), allowed
+    clients = _nats_clients()
+    assert len(clients) >= 5
+    for where, env in clients:
+        role = env.get("NATS_USER", "worker")
+        assert env.get("NATS_INBOX_PREFIX") == f"_INBOX_{role}", (
+            f"{where}: NATS_INBOX_PREFIX must be _INBOX_{role}"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import secrets
 import shutil
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from livekit import api as lkapi
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from orchestrator.devstack.process import ServerProcess
@@ -258,6 +261,15 @@ ALLOWED = [
     ("ingest", subjects.ROOM_CREATED),
     ("operator", "switchboard.pools.eu-central-a.control"),
 ]
+# Replies travel on inboxes: each user may read its own only (NATS_INBOX_PREFIX).
+DENIED_SUBSCRIBE = [
+    ("worker", "_INBOX_orchestrator.>"),
+    ("worker", "_INBOX.>"),
+    ("ingest", "_INBOX_operator.>"),
+    ("operator", "_INBOX_orchestrator.>"),
+    ("worker", "$KV.switchboard_rooms.>"),
+]
+ALLOWED_SUBSCRIBE = [("worker", "_INBOX_worker.>"), ("orchestrator", "_INBOX_orchestrator.>")]
 
 
 class Credentials:
@@ -306,8 +318,16 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
     s = Stack(tmp_path, nats_extra='include "accounts.conf"')
     (tmp_path / "nats").mkdir(parents=True, exist_ok=True)
     shutil.copy(ACCOUNTS_CONF, tmp_path / "nats" / "accounts.conf")  # the deployed file, as is
-    s.client_auth = {"user": "operator", "password": creds.passwords["operator"]}
-    s.nats_env = {"NATS_USER": "orchestrator", "NATS_PASSWORD": creds.passwords["orchestrator"]}
+    s.client_auth = {
+        "user": "operator",
+        "password": creds.passwords["operator"],
+        "inbox_prefix": "_INBOX_operator",
+    }
+    s.nats_env = {
+        "NATS_USER": "orchestrator",
+        "NATS_PASSWORD": creds.passwords["orchestrator"],
+        "NATS_INBOX_PREFIX": "_INBOX_orchestrator",
+    }
     s.secrets += creds.all()
     wrong = secrets.token_urlsafe(24)
     s.secrets.append(wrong)
@@ -325,10 +345,16 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
             "eu-central-a",
             "eu-central",
             capacity=count + 2,
-            env={"NATS_NKEY_SEED_FILE": str(creds.seed_file)},
+            env={"NATS_NKEY_SEED_FILE": str(creds.seed_file), "NATS_INBOX_PREFIX": "_INBOX_worker"},
         )
         await s.start_orchestrators(1)
-        await s.start_ingest(env={"NATS_USER": "ingest", "NATS_PASSWORD": creds.passwords["ingest"]})
+        await s.start_ingest(
+            env={
+                "NATS_USER": "ingest",
+                "NATS_PASSWORD": creds.passwords["ingest"],
+                "NATS_INBOX_PREFIX": "_INBOX_ingest",
+            }
+        )
         await s.publish_all(rooms)
         records = await s.wait_settled(rooms, 120)
         await s.finish(result, rooms, records)
@@ -339,6 +365,14 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
         allowed = {
             f"{who} -> {subject}": await _try_publish(url, creds, who, subject, "ornina-d7-allowed")
             for who, subject in ALLOWED
+        }
+        subscribe_denied = {
+            f"{who} reads {subject}": await _try_subscribe(url, creds, who, subject)
+            for who, subject in DENIED_SUBSCRIBE
+        }
+        subscribe_allowed = {
+            f"{who} reads {subject}": await _try_subscribe(url, creds, who, subject)
+            for who, subject in ALLOWED_SUBSCRIBE
         }
         forged = await s.records(["ornina-forged"])
 
@@ -358,6 +392,8 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
             {
                 "denied": denied,
                 "allowed": allowed,
+                "subscribe_denied": subscribe_denied,
+                "subscribe_allowed": subscribe_allowed,
                 "wrong_password_in_process": {"seconds": round(in_process_s, 2), "message": in_process_error},
                 "wrong_password_cli": {"exit": cli_code, "seconds": round(cli_s, 2), "last_line": cli_output},
             }
@@ -369,6 +405,8 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
     save_result(result)
     assert all(v.startswith("denied") for v in denied.values()), denied
     assert all(v == "allowed" for v in allowed.values()), allowed
+    assert all(v.startswith("denied") for v in subscribe_denied.values()), subscribe_denied
+    assert all(v == "allowed" for v in subscribe_allowed.values()), subscribe_allowed
     assert forged["ornina-forged"] is None
     assert "authorization violation" in in_process_error and in_process_s < 10
     assert cli_code not in (0, None) and cli_s < 20 and "authorization violation" in cli_output.lower()
@@ -377,11 +415,9 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
     assert not result.extra["secret_leaks"], result.extra["secret_leaks"]
 
 
-async def _try_publish(
-    url: str, creds: Credentials, who: str, subject: str, room: str = "ornina-forged"
-) -> str:
-    """Publish once with ``who``'s credentials; the server answers a forbidden publish with an
-    asynchronous -ERR, which arrives before the PONG of the flush that follows."""
+@contextlib.asynccontextmanager
+async def _as_user(url: str, creds: Credentials, who: str) -> AsyncIterator[tuple[NATS, list[str]]]:
+    """A plain client with ``who``'s credentials, and the asynchronous errors the server sends it."""
     errors: list[str] = []
 
     async def error_cb(exc: Exception) -> None:
@@ -395,13 +431,32 @@ async def _try_publish(
     )
     nc = await nats.connect(url, error_cb=error_cb, max_reconnect_attempts=1, connect_timeout=2, **auth)
     try:
-        await nc.publish(subject, json.dumps({"v": 1, "room": room}).encode())
+        yield nc, errors
+        # The server answers a forbidden publish or subscription with an asynchronous -ERR, which
+        # arrives before the PONG of the flush that follows.
         await nc.flush(timeout=5)
         await nc.flush(timeout=5)
     finally:
         await nc.close()
-    violations = [e for e in errors if "permissions violation" in e.lower()]
+
+
+def _verdict(errors: list[str], what: str) -> str:
+    violations = [e for e in errors if f"permissions violation for {what}" in e.lower()]
     return f"denied ({violations[0]})" if violations else "allowed"
+
+
+async def _try_publish(
+    url: str, creds: Credentials, who: str, subject: str, room: str = "ornina-forged"
+) -> str:
+    async with _as_user(url, creds, who) as (nc, errors):
+        await nc.publish(subject, json.dumps({"v": 1, "room": room}).encode())
+    return _verdict(errors, "publish")
+
+
+async def _try_subscribe(url: str, creds: Credentials, who: str, subject: str) -> str:
+    async with _as_user(url, creds, who) as (nc, errors):
+        await nc.subscribe(subject)
+    return _verdict(errors, "subscription")
 
 
 async def _orchestrator_with(s: Any, env: dict[str, str]) -> tuple[int | None, str, float]:

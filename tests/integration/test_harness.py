@@ -140,6 +140,22 @@ async def test_bounded_connect_fails_fast_and_clearly_when_nats_is_down() -> Non
     assert loop.time() - started < 15  # not nats-py's default two minutes
 
 
+async def test_replies_come_back_on_the_configured_inbox_prefix(nats_server: NatsServer) -> None:
+    from pydantic import ValidationError
+
+    from shared.settings import NatsSettings
+
+    nc = await bus.connect(NatsSettings(url=nats_server.url, inbox_prefix="_INBOX_worker"), "test")
+    try:
+        assert nc.new_inbox().startswith("_INBOX_worker.")
+        info = await nc.jetstream(timeout=5).account_info()  # a request answered on that inbox
+        assert info.limits is not None
+    finally:
+        await nc.close()
+    with pytest.raises(ValidationError, match="inbox_prefix"):
+        NatsSettings(inbox_prefix="_INBOX.>")
+
+
 def test_missing_livekit_binary_names_the_install_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
