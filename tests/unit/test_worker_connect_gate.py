@@ -1,0 +1,73 @@
+"""A room connect that has begun finishes even when its job is cancelled (livekit/python-sdks#784:
+a cut-short connect makes the FFI SIGTERM the whole worker 15 s later)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agent_worker.connect_gate import run_to_completion
+
+
+class Room:
+    def __init__(self, fail: bool = False) -> None:
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.connected = False
+        self.left = False
+        self.fail = fail
+
+    async def connect(self) -> None:
+        self.started.set()
+        await self.release.wait()
+        if self.fail:
+            raise ConnectionError("signal connection refused")
+        self.connected = True
+
+    async def leave(self) -> None:
+        self.left = True
+
+
+async def test_a_cancelled_job_waits_for_its_connect_then_leaves_and_stays_cancelled() -> None:
+    room = Room()
+    job = asyncio.create_task(run_to_completion(room.connect(), room.leave))
+    await room.started.wait()
+    job.cancel()
+    await asyncio.sleep(0)
+    job.cancel()  # cancelled again while it waits: still waits
+    await asyncio.sleep(0)
+    assert not job.done()
+    room.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert room.connected and room.left
+
+
+async def test_a_connect_that_fails_after_the_cancel_is_not_left() -> None:
+    room = Room(fail=True)
+    job = asyncio.create_task(run_to_completion(room.connect(), room.leave))
+    await room.started.wait()
+    job.cancel()
+    room.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert not room.connected and not room.left
+
+
+async def test_the_wait_is_bounded() -> None:
+    room = Room()
+    job = asyncio.create_task(run_to_completion(room.connect(), room.leave, finish_s=0.05))
+    await room.started.wait()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job  # the connect does not finish in time: the job is let go after finish_s
+    assert not room.left
+    room.release.set()  # let the stranded connect end with the test
+
+
+async def test_without_a_cancel_it_is_just_the_connect() -> None:
+    room = Room()
+    room.release.set()
+    await run_to_completion(room.connect(), room.leave)
+    assert room.connected and not room.left
