@@ -117,7 +117,7 @@ def _describe(exc: BaseException) -> str:
     if "authorization violation" in text.lower():
         return "authorization violation (check NATS_USER / NATS_PASSWORD / NATS_CREDS_FILE)"
     if "permissions violation for subscription" in text.lower() and "_inbox" in text.lower():
-        return f"{text} (replies are refused: set NATS_INBOX_PREFIX to the inbox prefix this user may subscribe to)"
+        return f"{text} (replies are refused: set NATS_INBOX_PREFIX to the prefix this user may read)"
     return text
 
 
