@@ -5,6 +5,8 @@ Business logic stays out: this module knows subjects, headers and trace context,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -60,22 +62,29 @@ async def connect(settings: NatsSettings, name: str, on_state: StateCallback | N
             await on_state("connected")
 
     nc = NATS()
+    # nats-py bounds its attempts, but not every failure ends them: a server certificate that fails
+    # verification leaves connect() waiting forever. So the whole start-up has a deadline too.
+    connect_timeout = max(1, round(settings.connect_timeout_s))
+    bound_s = settings.startup_attempts * (connect_timeout + 1.0) + len(settings.servers) * connect_timeout
     try:
-        await nc.connect(
-            servers=settings.servers,
-            name=name,
-            connect_timeout=max(1, round(settings.connect_timeout_s)),
-            reconnect_time_wait=1,
-            max_reconnect_attempts=settings.startup_attempts,
-            ping_interval=5,
-            max_outstanding_pings=2,
-            error_cb=error_cb,
-            disconnected_cb=disconnected_cb,
-            reconnected_cb=reconnected_cb,
-            inbox_prefix=settings.inbox_prefix,
-            **_auth_options(settings),
-        )
+        async with asyncio.timeout(bound_s):
+            await nc.connect(
+                servers=settings.servers,
+                name=name,
+                connect_timeout=connect_timeout,
+                reconnect_time_wait=1,
+                max_reconnect_attempts=settings.startup_attempts,
+                ping_interval=5,
+                max_outstanding_pings=2,
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+                inbox_prefix=settings.inbox_prefix,
+                **_auth_options(settings),
+            )
     except Exception as exc:
+        with contextlib.suppress(Exception):
+            await nc.close()
         # An authorization violation says what to fix; a reset that follows it says nothing.
         auth = [e for e in errors_seen if "authorization violation" in str(e).lower()]
         cause = auth[0] if auth else (last_error[0] if last_error else exc)
