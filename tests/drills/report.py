@@ -35,7 +35,10 @@ Definitions (tests/drills/harness.py):
 - **lost**: sent, but neither live nor terminal with a reason at the end;
 - **double agents**: rooms where **LiveKit's own participant list** shows more than one agent at the
   end (after LiveKit has dropped SIGKILLed agents, bounded at 30 s);
-- **recovery**: per drill, see its note (fault start or end → room live).
+- **recovery**: per drill, see its note (fault start or end → room live). In the 200-room drills
+  it includes the burst's own join time: on a saturated 2-core machine about 50 agents per worker
+  process connect one at a time (`agent_worker/connect_gate.py`), and rooms past the drills' 60 s
+  join deadline are dispatched again.
 
 {table_head}
 """
