@@ -6,19 +6,31 @@ LiveKit room name maps to one key and back.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
 from nats.js.kv import KeyValue
 
 from orchestrator.records import RoomRecord
 from shared import subjects
 
+log = logging.getLogger(__name__)
+
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+# JetStream's "wrong last sequence" (a lost compare-and-set) and "per-message TTL is disabled".
+_WRONG_LAST = frozenset({10071, 10164})
+_TTL_DISABLED = 10166
 
 
 def room_key(room: str) -> str:
@@ -57,8 +69,17 @@ async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
 
 
 class RoomStore:
-    def __init__(self, kv: KeyValue) -> None:
+    """``terminal_ttl_s``: a record written in a terminal state (ended, failed, ignored) expires
+    from the bucket that long after, by JetStream's per-message TTL — nothing has to sweep for it,
+    and a later write of the room (a new incarnation) starts a fresh, TTL-free message. ``None``
+    keeps terminal records for good (``explain`` can show them until then)."""
+
+    def __init__(
+        self, kv: KeyValue, js: JetStreamContext | None = None, terminal_ttl_s: float | None = None
+    ) -> None:
         self.kv = kv
+        self._js = js
+        self._terminal_ttl_s = terminal_ttl_s if js is not None and terminal_ttl_s else None
 
     async def get(self, room: str) -> Versioned | None:
         try:
@@ -79,13 +100,41 @@ class RoomStore:
 
     async def update(self, record: RoomRecord, revision: int) -> Versioned:
         """Compare-and-set: succeeds only if the stored revision is still ``revision``."""
+        data = record.model_dump_json().encode()
+        if record.terminal and self._terminal_ttl_s is not None:
+            written = await self._update_expiring(record, data, revision, self._terminal_ttl_s)
+            if written is not None:
+                return written
         try:
-            new = await self.kv.update(
-                room_key(record.room), record.model_dump_json().encode(), last=revision
-            )
+            new = await self.kv.update(room_key(record.room), data, last=revision)
         except KeyWrongLastSequenceError:
             raise Conflict(record.room) from None
         return Versioned(record, new)
+
+    async def _update_expiring(
+        self, record: RoomRecord, data: bytes, revision: int, ttl_s: float
+    ) -> Versioned | None:
+        """The same compare-and-set as a KV update, with a TTL on the message; None when the bucket
+        does not allow per-message TTLs (created before they existed): then kept for good."""
+        assert self._js is not None
+        subject = f"$KV.{subjects.ROOMS_BUCKET}.{room_key(record.room)}"
+        try:
+            ack = await self._js.publish(
+                subject, data, headers={"Nats-Expected-Last-Subject-Sequence": str(revision)}, msg_ttl=ttl_s
+            )
+        except APIError as err:
+            if err.err_code in _WRONG_LAST:
+                raise Conflict(record.room) from None
+            if err.err_code != _TTL_DISABLED:
+                raise
+            log.warning(
+                "the %s bucket does not allow per-message TTLs: terminal room records are kept "
+                "until deleted by hand (recreate the bucket to get retention)",
+                subjects.ROOMS_BUCKET,
+            )
+            self._terminal_ttl_s = None
+            return None
+        return Versioned(record, ack.seq)
 
     async def watch(self) -> AsyncGenerator[tuple[str, Versioned | None] | None, None]:
         """Every record now, then ``None`` (the snapshot is complete), then every change.

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.codec import describe_validation_error
 from shared.messages import Identifier, PoolId, Region
@@ -65,6 +65,17 @@ class OrchestratorConfig(_Strict):
     # Rounds of dispatch_deadline_s-long retries before a room fails with LiveKit's error.
     max_dispatch_rounds: int = Field(default=6, ge=1)
     sweep_interval_s: float = Field(default=0.25, gt=0)
+    # How long a room's record stays in KV after it ended, failed or was ignored (for `explain`);
+    # JetStream expires it then. 0 keeps records for good.
+    terminal_record_ttl_s: float = Field(default=7 * 24 * 3600.0, ge=0)
+
+    @field_validator("terminal_record_ttl_s")
+    @classmethod
+    def _whole_seconds_or_off(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("must be 0 (keep records) or at least 1 second (JetStream's smallest TTL)")
+        return value
+
     seed: int | None = None
     # How the scheduler picks inside a region tier: power-of-two-choices over headroom (spreads a
     # burst) or always the most headroom (herds; kept for comparison, see bench/).

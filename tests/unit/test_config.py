@@ -43,6 +43,7 @@ def test_good_config_loads(tmp_path: Path) -> None:
             "repeated: a",
         ),
         ({"orchestrator": {"join_deadline_s": -1}}, "join_deadline_s"),
+        ({"orchestrator": {"terminal_record_ttl_s": 0.5}}, "at least 1 second"),
         ([1, 2], "mapping"),
     ],
 )

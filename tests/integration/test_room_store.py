@@ -1,0 +1,73 @@
+"""Room records in the real KV bucket: terminal records expire by JetStream's per-message TTL,
+live ones never do, and a bucket without TTL support keeps them (with a warning) rather than
+failing the write."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.api import StorageType, StreamConfig
+
+from orchestrator.records import RoomRecord, RoomState
+from orchestrator.store import Conflict, RoomStore, open_bucket, room_key
+from shared import subjects
+
+STREAM = f"KV_{subjects.ROOMS_BUCKET}"
+
+
+async def _ttl_header(nc: NATS, room: str) -> str | None:
+    msg = await nc.jetstream().get_last_msg(STREAM, f"$KV.{subjects.ROOMS_BUCKET}.{room_key(room)}")
+    return (msg.headers or {}).get("Nats-TTL")
+
+
+async def test_terminal_records_expire_and_live_ones_stay(nc: NATS) -> None:
+    js = nc.jetstream()
+    store = RoomStore(await open_bucket(js), js, terminal_ttl_s=1.0)
+    live = await store.create(RoomRecord(room="ornina-live"))
+    done = await store.create(RoomRecord(room="ornina-done"))
+    assert live is not None and done is not None
+    live = await store.update(live.record.model_copy(update={"state": RoomState.JOINED}), live.revision)
+    ended = await store.update(done.record.model_copy(update={"state": RoomState.ENDED}), done.revision)
+    assert await _ttl_header(nc, "ornina-live") is None
+    assert await _ttl_header(nc, "ornina-done") is not None
+    # Still a compare-and-set: a stale revision loses.
+    with pytest.raises(Conflict):
+        await store.update(ended.record, done.revision)
+    # JetStream announces nothing when a message expires (no delete marker): look, within a bound.
+    async with asyncio.timeout(15):
+        while await store.get("ornina-done") is not None:  # noqa: ASYNC110 (there is no event)
+            await asyncio.sleep(0.2)
+    assert (await store.get("ornina-live")) == live
+    # The room name is free again: a new incarnation starts a fresh record.
+    assert await store.create(RoomRecord(room="ornina-done")) is not None
+
+
+async def test_a_bucket_without_ttl_support_keeps_terminal_records(
+    nc: NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    js = nc.jetstream()
+    # The rooms bucket as a server or client from before per-message TTLs would have made it.
+    await js.add_stream(
+        StreamConfig(
+            name=STREAM,
+            subjects=[f"$KV.{subjects.ROOMS_BUCKET}.>"],
+            allow_rollup_hdrs=True,
+            deny_delete=True,
+            max_msgs_per_subject=1,
+            storage=StorageType.FILE,
+            allow_msg_ttl=False,
+        )
+    )
+    store = RoomStore(await open_bucket(js), js, terminal_ttl_s=1.0)
+    created = await store.create(RoomRecord(room="ornina-old-bucket"))
+    assert created is not None
+    with caplog.at_level(logging.WARNING, logger="orchestrator.store"):
+        failed = await store.update(
+            created.record.model_copy(update={"state": RoomState.FAILED}), created.revision
+        )
+    assert "does not allow per-message TTLs" in caplog.text
+    assert (await store.get("ornina-old-bucket")) == failed
+    assert await _ttl_header(nc, "ornina-old-bucket") is None
