@@ -19,11 +19,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 import numpy as np
@@ -35,7 +35,7 @@ from nats.aio.client import Client as NATS
 from orchestrator.devstack.livekit_server import LiveKitServer, find_livekit_server
 from orchestrator.devstack.nats_server import NatsServer, find_nats_server
 from orchestrator.devstack.ports import free_tcp_port
-from orchestrator.devstack.process import ServerProcess, ServerStartError
+from orchestrator.devstack.process import ServerProcess, start_with_fresh_ports
 from shared import subjects
 from shared.codec import encode
 from shared.messages import PoolHeartbeat
@@ -46,7 +46,6 @@ SWITCHBOARD = str(Path(sys.executable).parent / "switchboard")
 AGENT = "ornina-avatar-agent"
 # The listener's threshold, as in the tests: speech is far above it, decoded silence far below.
 AUDIBLE_RMS = 0.01
-_S = TypeVar("_S", NatsServer, LiveKitServer)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,23 +113,9 @@ def now_iso() -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _start_with_fresh_ports(make: Callable[[int], _S], attempts: int = 3) -> _S:
-    """Free ports are picked, then bound by the server a moment later: on a busy shared machine
-    another process can take one in between. Try again with new ports (a new server object)."""
-    for attempt in range(attempts):
-        server = make(attempt)
-        try:
-            server.start()
-            return server
-        except ServerStartError as err:
-            if "address already in use" not in str(err) or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
 @contextlib.contextmanager
 def nats_server(work: Path, name: str = "nats") -> Iterator[NatsServer]:
-    server = _start_with_fresh_ports(lambda n: NatsServer(work / f"{name}-{n}", name=name))
+    server = start_with_fresh_ports(lambda n: NatsServer(work / f"{name}-{n}", name=name))
     try:
         yield server
     finally:
@@ -139,7 +124,7 @@ def nats_server(work: Path, name: str = "nats") -> Iterator[NatsServer]:
 
 @contextlib.contextmanager
 def livekit_server(work: Path, name: str = "livekit") -> Iterator[LiveKitServer]:
-    server = _start_with_fresh_ports(
+    server = start_with_fresh_ports(
         lambda n: LiveKitServer(work / f"{name}-{n}", name=name, log_level="warn")
     )
     try:

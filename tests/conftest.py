@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from orchestrator.devstack.livekit_server import LiveKitServer
 from orchestrator.devstack.nats_server import NatsServer
-from orchestrator.devstack.process import MissingBinaryError
+from orchestrator.devstack.process import MissingBinaryError, start_with_fresh_ports
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -41,9 +41,8 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats")
     try:
-        server.start()
+        server = start_with_fresh_ports(lambda n: NatsServer(tmp_path / f"nats-{n}"))
     except MissingBinaryError as exc:
         pytest.fail(str(exc), pytrace=False)
     yield server
@@ -54,9 +53,9 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
     """One livekit-server for the session (tests use distinct room names); tests that need their
     own configuration (webhooks, faults) start a LiveKitServer of their own."""
-    server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
+    root = tmp_path_factory.mktemp("livekit")
     try:
-        server.start()
+        server = start_with_fresh_ports(lambda n: LiveKitServer(root / str(n)))
     except MissingBinaryError as exc:
         pytest.fail(str(exc), pytrace=False)
     yield server

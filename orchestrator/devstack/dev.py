@@ -37,7 +37,7 @@ from orchestrator.devstack.listener import RoomListener
 from orchestrator.devstack.livekit_server import LiveKitServer, find_livekit_server
 from orchestrator.devstack.nats_server import NatsServer
 from orchestrator.devstack.ports import free_tcp_port
-from orchestrator.devstack.process import MissingBinaryError, ServerProcess
+from orchestrator.devstack.process import MissingBinaryError, ServerProcess, start_with_fresh_ports
 from orchestrator.ops.live import LiveView
 from orchestrator.ops.status import render
 from orchestrator.records import RoomRecord, RoomState
@@ -86,14 +86,18 @@ class DevStack:
 
     async def start_servers(self, ingest_port: int) -> None:
         await asyncio.to_thread(ensure_livekit_server, self.say)
-        self.nats = NatsServer(self.data_dir / "nats")
-        self.livekit = LiveKitServer(
-            self.data_dir / "livekit", webhook_urls=[f"http://127.0.0.1:{ingest_port}/webhook"]
-        )
-        nats, livekit = self.nats, self.livekit
+        webhook = f"http://127.0.0.1:{ingest_port}/webhook"
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(asyncio.to_thread(nats.start))
-            tg.create_task(asyncio.to_thread(livekit.start))
+            nats_started = tg.create_task(
+                asyncio.to_thread(start_with_fresh_ports, lambda n: NatsServer(self.data_dir / f"nats-{n}"))
+            )
+            livekit_started = tg.create_task(
+                asyncio.to_thread(
+                    start_with_fresh_ports,
+                    lambda n: LiveKitServer(self.data_dir / f"livekit-{n}", webhook_urls=[webhook]),
+                )
+            )
+        self.nats, self.livekit = nats, livekit = nats_started.result(), livekit_started.result()
         self.say(f"nats-server {nats.url}, livekit-server {livekit.ws_url}", "green")
 
     def start_jaeger(self) -> JaegerServer | None:

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 
 class MissingBinaryError(RuntimeError):
@@ -101,3 +102,25 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+class _Startable(Protocol):
+    def start(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Startable)
+
+
+def start_with_fresh_ports(make: Callable[[int], _S], attempts: int = 3) -> _S:
+    """``make(attempt)`` a server and start it; when a port it was given got taken in between (the
+    ports are picked free, then bound a moment later, and on a busy machine an outgoing connection
+    can land on one), make a new one with new ports and try again."""
+    for attempt in range(attempts):
+        server = make(attempt)
+        try:
+            server.start()
+            return server
+        except ServerStartError as err:
+            if "address already in use" not in str(err) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")

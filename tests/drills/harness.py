@@ -37,7 +37,7 @@ from nats.js.kv import KeyValue
 from orchestrator.devstack.livekit_server import LiveKitServer
 from orchestrator.devstack.nats_server import NatsServer
 from orchestrator.devstack.ports import free_tcp_port
-from orchestrator.devstack.process import ServerProcess
+from orchestrator.devstack.process import ServerProcess, start_with_fresh_ports
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.store import RoomStore, open_bucket
 from shared import bus
@@ -242,10 +242,15 @@ class Stack:
             for node in self.nodes:
                 await asyncio.to_thread(node.wait_ready, 30.0)
         else:
-            self.nodes = [NatsServer(self.root / "nats", extra_config=self.nats_extra)]
-            await asyncio.to_thread(self.nodes[0].start)
-        self.livekit = LiveKitServer(self.root / "livekit")
-        await asyncio.to_thread(self.livekit.start)
+            node = await asyncio.to_thread(
+                start_with_fresh_ports,
+                # The same directory every time: drill 7 puts accounts.conf there.
+                lambda _: NatsServer(self.root / "nats", extra_config=self.nats_extra),
+            )
+            self.nodes = [node]
+        self.livekit = await asyncio.to_thread(
+            start_with_fresh_ports, lambda n: LiveKitServer(self.root / f"livekit-{n}")
+        )
         self.secrets.append(self.livekit.api_secret)
         self.lk = lkapi.LiveKitAPI(self.livekit.http_url, self.livekit.api_key, self.livekit.api_secret)
         await self.connect_client()
