@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from opentelemetry import trace
@@ -35,7 +35,7 @@ from orchestrator.override import OVERRIDE_KEY, DispatchOverride, read_override
 from orchestrator.pools import PoolRegistry
 from orchestrator.records import HOLDING, IN_FLIGHT, RoomRecord, RoomState
 from orchestrator.rules import match_rule
-from orchestrator.scheduler import ScheduleRequest, Topology, decision_seed, schedule
+from orchestrator.scheduler import Decision, ScheduleRequest, Topology, decision_seed, schedule
 from orchestrator.store import Conflict, RoomStore, Versioned
 from orchestrator.transitions import note, transition
 from shared.config import SwitchboardConfig
@@ -526,16 +526,30 @@ class Controller:
             if rec.override_pool and rec.attempt == 0:
                 # A pinned manual dispatch decides the first placement; failover is normal.
                 pools = [p for p in pools if p.pool == rec.override_pool]
-            decision = schedule(
-                ScheduleRequest(
-                    room=rec.room, agent=rec.agent, region=rec.home_region, excluded=frozenset(rec.excluded)
-                ),
-                pools,
-                reserved,
-                self.topology,
-                seed=self._next_seed(rec),
-                strategy=self.cfg.strategy,
-            )
+            request = ScheduleRequest(room=rec.room, agent=rec.agent, region=rec.home_region)
+            seed = self._next_seed(rec)
+
+            def place(excluded: list[str]) -> Decision:
+                return schedule(
+                    replace(request, excluded=frozenset(excluded)),
+                    pools,
+                    reserved,
+                    self.topology,
+                    seed=seed,
+                    strategy=self.cfg.strategy,
+                )
+
+            decision = place(rec.excluded)
+            detail = decision.reason
+            if decision.pool is None and rec.excluded and (again := place([])).pool is not None:
+                # Every pool that could take the room has failed it once. Under a burst that means
+                # slow (its agents queue to connect), not broken: try the best of them again rather
+                # than fail with attempts left (max_attempts bounds it). Seen in the 200-room drills.
+                decision = again
+                detail = (
+                    f"every fit pool had failed this room once ({', '.join(rec.excluded)}); "
+                    f"attempt {rec.attempt + 1} of {self.cfg.max_attempts} tries again: {again.reason}"
+                )
             summary = decision.to_dict()
             span.set_attribute("switchboard.decision.pool", decision.pool or "")
             span.set_attribute("switchboard.decision.candidates", len(decision.candidates))
@@ -575,7 +589,7 @@ class Controller:
                 S.DISPATCHING,
                 now=now,
                 event="decision",
-                detail=decision.reason,
+                detail=detail,
                 data=summary,
                 attempt=attempt,
                 pool=decision.pool,

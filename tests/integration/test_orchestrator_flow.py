@@ -128,6 +128,30 @@ async def test_join_timeout_redispatches_elsewhere_and_deletes_the_old_dispatch(
     await b.stop()
 
 
+async def test_when_every_pool_has_failed_the_room_once_it_tries_the_best_again(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer
+) -> None:
+    js = nc.jetstream()
+    a, b = FakePool(nc, "eu-central-a", "eu-central"), FakePool(nc, "eu-central-b", "eu-central")
+    await a.start()
+    await b.start()
+    async with running_orchestrator(
+        make_settings(nats_server, livekit_server), make_config(join_deadline_s=1, max_attempts=4)
+    ):
+        kv = await open_bucket(js)
+        await bus.publish_room_created(js, RoomCreated(room="ornina-slow", region="eu-central"))
+        # Nobody joins anywhere: attempt 1 and 2 time out on each pool, attempt 3 goes back.
+        rec = await wait_until(kv, "ornina-slow", lambda r: r.attempt == 3, "a third attempt")
+        assert rec.state not in (S.FAILED, S.WAITING_FOR_POOL), rec.history[-1]
+        assert sorted(rec.excluded) == ["eu-central-a", "eu-central-b"]
+        assert any("every fit pool had failed this room once" in h.detail for h in rec.history)
+        # max_attempts still bounds it.
+        rec = await wait_for_record(kv, "ornina-slow", {S.FAILED}, within=30)
+        assert rec.reason == "max_attempts" and rec.attempt == 4
+    await a.stop()
+    await b.stop()
+
+
 async def test_dead_pool_moves_its_speaking_rooms(
     nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, livekit_api: lkapi.LiveKitAPI
 ) -> None:
