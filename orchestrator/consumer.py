@@ -9,9 +9,8 @@ dead-letter subject with the reason in a header and terminated, so it never bloc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -22,6 +21,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
+from orchestrator.alongside import alongside
 from shared import subjects
 from shared.codec import ContractError, decode
 from shared.messages import Message
@@ -37,7 +37,7 @@ class ConsumerSpec:
     stream: str
     durable: str
     # Short, so the events a crashed replica had pulled come back to the others quickly; a live
-    # replica keeps each message it works on with in_progress() (see _working_on).
+    # replica keeps each message it works on with in_progress() (see _keep_working).
     ack_wait_s: float = 10.0
     max_deliver: int = 6
     max_ack_pending: int = 2000
@@ -95,27 +95,15 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
 Handler = Callable[[M, Msg], Awaitable[None]]
 
 
-@contextlib.asynccontextmanager
-async def _working_on(msg: Msg, every_s: float) -> AsyncIterator[None]:
-    """Tell JetStream we still work on ``msg`` every ``every_s`` while the block runs, so a slow
-    LiveKit never gets the message redelivered to another replica mid-dispatch."""
-
-    async def touch() -> None:
-        while True:
-            await asyncio.sleep(every_s)
-            try:
-                await msg.in_progress()
-            except Exception as err:  # connection away: the redelivery is harmless (records dedupe)
-                log.debug("in_progress failed: %r", err)
-
-    # Created and awaited in this scope (a TaskGroup would wrap the handler's error in a group).
-    task = asyncio.create_task(touch(), name="in_progress")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+async def _keep_working(msg: Msg, every_s: float) -> None:
+    """Tell JetStream we still work on ``msg`` every ``every_s`` (run alongside its handler), so a
+    slow LiveKit never gets the message redelivered to another replica mid-dispatch."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await msg.in_progress()
+        except Exception as err:  # connection away: the redelivery is harmless (records dedupe)
+            log.debug("in_progress failed: %r", err)
 
 
 class MessagePump:
@@ -210,7 +198,7 @@ class MessagePump:
                     await self._reject(msg, err.reason, str(err))
                     return
                 try:
-                    async with _working_on(msg, self.spec.ack_wait_s / 3):
+                    async with alongside(_keep_working(msg, self.spec.ack_wait_s / 3), "in_progress"):
                         await self.handler(message, msg)
                 except Exception as exc:
                     span.record_exception(exc)

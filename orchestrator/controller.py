@@ -27,12 +27,13 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
+from orchestrator.alongside import alongside
 from orchestrator.dispatcher import create_dispatch
 from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.override import OVERRIDE_KEY, DispatchOverride, read_override
-from orchestrator.pools import PoolRegistry
+from orchestrator.pools import PoolRegistry, PoolView
 from orchestrator.records import HOLDING, IN_FLIGHT, RoomRecord, RoomState
 from orchestrator.rules import match_rule
 from orchestrator.scheduler import Decision, ScheduleRequest, Topology, decision_seed, schedule
@@ -67,6 +68,11 @@ class Clocks:
 
     wall: Callable[[], float] = time.time
     mono: Callable[[], float] = time.monotonic
+
+
+def _gone(view: PoolView | None) -> bool:
+    """A pool the registry does not know (any more) or hears nothing from: its rooms fail over."""
+    return view is None or view.liveness == "dead"
 
 
 class Controller:
@@ -201,10 +207,8 @@ class Controller:
                     work.append((rec.room, None))
                 continue
             cause: str | None = None
-            if rec.state in HOLDING and rec.pool is not None:
-                view = pools.get(rec.pool)
-                if view is None or view.liveness == "dead":
-                    cause = "pool_dead"
+            if rec.state in HOLDING and rec.pool is not None and _gone(pools.get(rec.pool)):
+                cause = "pool_dead"
             if cause is None and rec.deadline is not None and rec.deadline <= now:
                 cause = {S.DISPATCHED: "join_timeout", S.JOINED: "no_voice"}.get(rec.state)
             if (
@@ -409,8 +413,7 @@ class Controller:
             log.info("heartbeats heard again: pool liveness is judged again")
 
     def _pool_dead(self, pool: str | None) -> bool:
-        view = self.registry.view(pool, self.clocks.mono()) if pool else None
-        return view is None or view.liveness == "dead"
+        return _gone(self.registry.view(pool, self.clocks.mono()) if pool else None)
 
     async def _guarded_redispatch(self, room: str, cause: str) -> None:
         async with self._unless_busy(room) as current:
@@ -645,7 +648,7 @@ class Controller:
                 # The look-first runs inside the retry budget: a LiveKit blip during it is retried
                 # like any other call, not counted as a whole failed round. The lease is renewed
                 # for as long as this replica works on the call, and only that long.
-                async with self._keep_lease(lease):
+                async with alongside(self._renew_lease(lease), "lease_renewal"):
                     result = await create_dispatch(
                         self.gateway,
                         room=rec.room,
@@ -722,32 +725,19 @@ class Controller:
     # helpers
     # ------------------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _keep_lease(self, lease: _Lease) -> AsyncIterator[None]:
-        """Renew ``lease`` every third of its length while the block runs (a live owner keeps its
-        room however slow LiveKit is; a dead one stops renewing and loses it within ``lease_s``)."""
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.lease_s / 3)
-                current = lease.current
-                renewed = current.record.model_copy(update={"lease_until": self.clocks.wall() + self.lease_s})
-                try:
-                    lease.current = self._seen(await self.store.update(renewed, current.revision))
-                except Conflict:
-                    return  # someone else wrote the record: our final CAS will tell us what happened
-                except Exception as err:  # NATS away: keep trying until the block ends
-                    log.warning("lease renewal for %s failed: %r", current.record.room, err)
-
-        # A plain task, created and awaited in this scope: a TaskGroup here would wrap the block's
-        # LiveKitCallError in an ExceptionGroup.
-        task = asyncio.create_task(renew(), name="lease_renewal")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def _renew_lease(self, lease: _Lease) -> None:
+        """Renew ``lease`` every third of its length (run alongside a slow step: a live owner keeps
+        its room however slow LiveKit is; a dead one stops renewing and loses it within ``lease_s``)."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            current = lease.current
+            renewed = current.record.model_copy(update={"lease_until": self.clocks.wall() + self.lease_s})
+            try:
+                lease.current = self._seen(await self.store.update(renewed, current.revision))
+            except Conflict:
+                return  # someone else wrote the record: our final CAS will tell us what happened
+            except Exception as err:  # NATS away: keep trying until the block ends
+                log.warning("lease renewal for %s failed: %r", current.record.room, err)
 
     def _to_redispatching(
         self, rec: RoomRecord, now: float, cause: str, why: str | None, *, exclude: bool

@@ -99,7 +99,7 @@ class OrchestratorService:
             kv = await open_bucket(js, replicas)
             for spec in (ROOMS_CONSUMER, STATUS_CONSUMER):
                 await ensure_consumer(js, spec)
-            store = RoomStore(kv, js, self.config.orchestrator.terminal_record_ttl_s or None)
+            store = RoomStore(kv, js, self.config.orchestrator.terminal_record_ttl_s)
             async with LiveKitGateway(self.settings.livekit) as gateway:
                 controller = Controller(
                     store=store,

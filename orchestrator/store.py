@@ -71,7 +71,7 @@ async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
 class RoomStore:
     """``terminal_ttl_s``: a record written in a terminal state (ended, failed, ignored) expires
     from the bucket that long after, by JetStream's per-message TTL — nothing has to sweep for it,
-    and a later write of the room (a new incarnation) starts a fresh, TTL-free message. ``None``
+    and a later write of the room (a new incarnation) starts a fresh, TTL-free message. ``None`` or 0
     keeps terminal records for good (``explain`` can show them until then)."""
 
     def __init__(

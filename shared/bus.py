@@ -42,12 +42,9 @@ async def connect(settings: NatsSettings, name: str, on_state: StateCallback | N
     attempts x 2 s). We try ``startup_attempts`` times, 1 s apart, and raise a clear error; once
     connected, the client reconnects without limit and replays subscriptions.
     """
-    last_error: list[BaseException] = []
-
     errors_seen: list[BaseException] = []
 
     async def error_cb(exc: Exception) -> None:
-        last_error[:] = [exc]
         errors_seen.append(exc)
         log.warning("nats: %s", _describe(exc))
 
@@ -87,7 +84,7 @@ async def connect(settings: NatsSettings, name: str, on_state: StateCallback | N
             await nc.close()
         # An authorization violation says what to fix; a reset that follows it says nothing.
         auth = [e for e in errors_seen if "authorization violation" in str(e).lower()]
-        cause = auth[0] if auth else (last_error[0] if last_error else exc)
+        cause = auth[0] if auth else (errors_seen[-1] if errors_seen else exc)
         raise NatsUnavailableError(
             f"cannot connect to NATS at {', '.join(_redact_url(u) for u in settings.servers)} after "
             f"{settings.startup_attempts} attempts: {_describe(cause)}"

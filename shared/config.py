@@ -68,6 +68,10 @@ class OrchestratorConfig(_Strict):
     # How long a room's record stays in KV after it ended, failed or was ignored (for `explain`);
     # JetStream expires it then. 0 keeps records for good.
     terminal_record_ttl_s: float = Field(default=7 * 24 * 3600.0, ge=0)
+    seed: int | None = None
+    # How the scheduler picks inside a region tier: power-of-two-choices over headroom (spreads a
+    # burst) or always the most headroom (herds; kept for comparison, see bench/).
+    strategy: Literal["p2c", "least_loaded"] = "p2c"
 
     @field_validator("terminal_record_ttl_s")
     @classmethod
@@ -75,11 +79,6 @@ class OrchestratorConfig(_Strict):
         if 0 < value < 1:
             raise ValueError("must be 0 (keep records) or at least 1 second (JetStream's smallest TTL)")
         return value
-
-    seed: int | None = None
-    # How the scheduler picks inside a region tier: power-of-two-choices over headroom (spreads a
-    # burst) or always the most headroom (herds; kept for comparison, see bench/).
-    strategy: Literal["p2c", "least_loaded"] = "p2c"
 
 
 class WorkerConfig(_Strict):

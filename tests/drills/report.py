@@ -52,7 +52,7 @@ def render(results: list[dict[str, Any]], wall: str, command: str = "make drills
             wall=wall,
             command=command,
             table_head=TABLE_HEAD,
-        )
+        ).rstrip("\n")  # the rows follow the table head directly
     ]
     for r in results:
         rec = f"{r['recovery_p50_s']} / {r['recovery_max_s']}" if r.get("recovery_p50_s") is not None else "-"
@@ -69,7 +69,7 @@ def render(results: list[dict[str, Any]], wall: str, command: str = "make drills
         for key, value in r.get("extra", {}).items():
             lines.append(f"- `{key}`: `{json.dumps(value)}`")
         lines.append("")
-    return "\n".join(lines).replace("|\n\n|", "|\n|") + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
