@@ -17,5 +17,5 @@ drills:
 
 bench:
 	scripts/setup
-	.venv/bin/uv pip install --quiet --python .venv/bin/python -e '.[dev,bench]'
+	UV_PROJECT_ENVIRONMENT=.venv .venv/bin/uv sync --quiet --locked --inexact --compile-bytecode --extra dev --extra bench
 	.venv/bin/python -m bench

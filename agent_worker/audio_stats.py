@@ -1,4 +1,4 @@
-"""Is a published audio track really sending sound? Read from the track's own WebRTC stats.
+"""Is an audio track really carrying sound? Read from the track's own WebRTC stats.
 
 libwebrtc keeps, per local audio source, ``total_audio_energy`` (the integral of the squared
 audio level, level in 0..1 of full scale) and ``total_samples_duration``; the outbound RTP stream
@@ -6,6 +6,12 @@ counts ``bytes_sent``. Between two readings, ``Δenergy / Δduration`` is the me
 what the encoder actually received, and growing ``bytes_sent`` shows packets leaving. Digital
 silence has zero energy while still sending (small) packets, so energy, not bytes, tells sound
 from silence. Both are measured below the agent's code, so any agent gets the same verdict.
+
+A subscribed remote audio track has the same pair on its inbound RTP stream, measured on the
+decoded audio, with ``bytes_received``: that is how audio an avatar publishes on the agent's
+behalf is judged (:func:`read_received_sample`). livekit rtc's audio device pulls every
+subscribed audio track, so the counters grow without anyone reading frames (verified on livekit
+rtc 1.1.21: a 0.3-peak tone received adds 0.09 energy per second, digital silence 0).
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ DEFAULT_LEVEL_THRESHOLD = 0.01
 
 
 @dataclass(frozen=True)
-class AudioSendSample:
+class AudioSample:
+    """One reading of an audio stream: energy and duration of its audio, and the RTP bytes that
+    carried it (sent for a local track, received for a remote one)."""
+
     energy: float
     duration: float
-    bytes_sent: int
+    rtp_bytes: int
 
 
-def read_sample(stats: Iterable[Any]) -> AudioSendSample | None:
+def read_sample(stats: Iterable[Any]) -> AudioSample | None:
     """Pick the media-source and outbound-RTP counters out of ``LocalAudioTrack.get_stats()``."""
     energy = duration = None
     bytes_sent = 0
@@ -40,17 +49,36 @@ def read_sample(stats: Iterable[Any]) -> AudioSendSample | None:
             bytes_sent += entry.outbound_rtp.sent.bytes_sent
     if energy is None or duration is None:
         return None
-    return AudioSendSample(energy=energy, duration=duration, bytes_sent=bytes_sent)
+    return AudioSample(energy=energy, duration=duration, rtp_bytes=bytes_sent)
 
 
-def level_between(before: AudioSendSample, after: AudioSendSample) -> float:
-    """Root-mean-square audio level (0..1) of what was sent between two samples; 0 if nothing was."""
+def read_received_sample(stats: Iterable[Any]) -> AudioSample | None:
+    """Pick the inbound-RTP audio counters out of ``RemoteAudioTrack.get_stats()`` (none before the
+    first packets arrived)."""
+    found = False
+    energy = duration = 0.0
+    bytes_received = 0
+    for entry in stats:
+        if entry.WhichOneof("stats") == "inbound_rtp" and entry.inbound_rtp.stream.kind == "audio":
+            inbound = entry.inbound_rtp.inbound
+            found = True
+            energy += inbound.total_audio_energy
+            duration += inbound.total_samples_duration
+            bytes_received += inbound.bytes_received
+    if not found:
+        return None
+    return AudioSample(energy=energy, duration=duration, rtp_bytes=bytes_received)
+
+
+def level_between(before: AudioSample, after: AudioSample) -> float:
+    """Root-mean-square audio level (0..1) of what was sent (or received) between two samples; 0 if
+    no packets carried it."""
     d_duration = after.duration - before.duration
     d_energy = after.energy - before.energy
-    if d_duration <= 0 or d_energy <= 0 or after.bytes_sent <= before.bytes_sent:
+    if d_duration <= 0 or d_energy <= 0 or after.rtp_bytes <= before.rtp_bytes:
         return 0.0
     return math.sqrt(d_energy / d_duration)
 
 
-def is_audible(before: AudioSendSample, after: AudioSendSample, threshold: float) -> bool:
+def is_audible(before: AudioSample, after: AudioSample, threshold: float) -> bool:
     return level_between(before, after) >= threshold

@@ -6,15 +6,14 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from agent_worker.entrypoints import EntrypointError, load_entrypoint
-from agent_worker.options import ExecutorKind, OptionsError, WorkerOptions, resolve_options
-from shared.config import ConfigError, SwitchboardConfig, load_config
-from shared.logs import configure_logging, log_context
-from shared.settings import Settings
+if TYPE_CHECKING:
+    from agent_worker.options import ExecutorKind, WorkerOptions
+    from shared.config import SwitchboardConfig
+    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 _ENV = "SWITCHBOARD_WORKER_"
@@ -35,7 +34,15 @@ def worker(
         str | None,
         typer.Option(
             envvar=_ENV + "ENTRYPOINT",
-            help="Your livekit-agents entrypoint, package.module:function (default: the speaking agent)",
+            help="Your livekit-agents agent: package.module:attr naming an async entrypoint, an "
+            "AgentServer or a WorkerOptions (default: the speaking agent)",
+        ),
+    ] = None,
+    prewarm: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_ENV + "PREWARM",
+            help="Your livekit-agents prewarm (setup_fnc), package.module:function, filling proc.userdata",
         ),
     ] = None,
     executor: Annotated[
@@ -75,6 +82,15 @@ def worker(
     uvloop: Annotated[bool, typer.Option(envvar=_ENV + "UVLOOP", help="Run on uvloop")] = True,
 ) -> None:
     """Run one worker process of an agent pool (livekit-agents under the pool's agent_name)."""
+    # Imported here, not above: every other `switchboard` command (`--help`, `status`) imports this
+    # module to declare the options, and must not pay for pydantic models or livekit-agents.
+    from agent_worker.entrypoints import EntrypointError, describe, resolve_agent
+    from agent_worker.options import OptionsError, resolve_options
+    from agent_worker.prewarm import prewarm_at_start
+    from shared.config import ConfigError
+    from shared.logs import configure_logging, log_context
+    from shared.settings import Settings
+
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.secrets())
     if executor not in ("thread", "process"):
@@ -88,6 +104,7 @@ def worker(
             pool=pool,
             capacity=capacity,
             entrypoint=entrypoint,
+            prewarm=prewarm,
             executor=executor_kind,
             idle_executors=idle_executors,
             drain_grace_s=drain_grace,
@@ -98,7 +115,10 @@ def worker(
             heartbeat_interval_s=heartbeat_interval,
             loop_monitor_ms=loop_monitor_ms,
         )
-        load_entrypoint(opts.entrypoint)  # fail at start, not on the first dispatch
+        # Fail at start, not on the first dispatch: load the user's agent and run its prewarm.
+        level, line = describe(resolve_agent(opts.entrypoint, opts.prewarm), opts.agent_name, opts.executor)
+        log.log(level, line)
+        prewarm_at_start(opts.entrypoint, opts.prewarm, opts.executor)
     except (OptionsError, ConfigError, EntrypointError) as exc:
         _fail(str(exc))
     with log_context(pool=opts.pool, worker=opts.worker_id):
@@ -106,6 +126,8 @@ def worker(
 
 
 def _read_config(path: Path, *, explicit: bool) -> SwitchboardConfig:
+    from shared.config import SwitchboardConfig, load_config
+
     if not path.exists() and not explicit:
         log.info("no config file at %s: options come from the command line and environment", path)
         return SwitchboardConfig()

@@ -75,10 +75,5 @@ class NatsLink:
         self.state = state
 
     async def aclose(self) -> None:
-        if self._client is not None and not self._client.is_closed:
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await self._client.drain()
-            except Exception as exc:
-                log.warning("NATS did not drain cleanly: %s", exc)
-                await self._client.close()
+        if self._client is not None:
+            await bus.close(self._client, CLOSE_TIMEOUT_S)

@@ -34,8 +34,11 @@ class WorkerOptions(BaseModel):
     version: Annotated[str, StringConstraints(max_length=64)]
     drain_grace_s: Annotated[float, Field(ge=0)] = 30.0
     allow_remote_kill: bool = False
-    # "module:function" of a livekit-agents entrypoint; None runs the default speaking agent.
+    # "module:attr" of the user's agent: an async entrypoint, a livekit-agents AgentServer or
+    # WorkerOptions (agent_worker.entrypoints); None runs the default speaking agent.
     entrypoint: str | None = None
+    # "module:function" of a livekit-agents prewarm (setup_fnc); replaces the declaration's own.
+    prewarm: str | None = None
     # Thread executor by default: on a 2-core host a process per job costs a cold start of
     # seconds and ~10 MB private + a forkserver (see docs and scripts/measure-worker).
     executor: ExecutorKind = "thread"

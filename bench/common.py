@@ -1,8 +1,9 @@
 """What every benchmark section shares: servers and processes on loopback, stand-in pools, a
 listener that timestamps what it hears, percentiles, and the machine description.
 
-Everything binds 127.0.0.1. Every process is started in its own process group (ServerProcess) and
-stopped by the section that started it, in a ``finally``.
+The processes, stand-in pools and the listener are devstack's (the kit the tests use too), with
+the bench's settings. Everything binds 127.0.0.1. Every process is started in its own process
+group (ServerProcess) and stopped by the section that started it, in a ``finally``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,20 +32,21 @@ from livekit import api as lkapi
 from livekit import rtc
 from nats.aio.client import Client as NATS
 
-from orchestrator.devstack.livekit_server import LiveKitServer, find_livekit_server
-from orchestrator.devstack.nats_server import NatsServer, find_nats_server
-from orchestrator.devstack.ports import free_tcp_port
-from orchestrator.devstack.process import ServerProcess, start_with_fresh_ports
-from shared import subjects
-from shared.codec import encode
-from shared.messages import PoolHeartbeat
+from devstack import orchestrator_process, standin_pool, worker_process
+from devstack.listener import AUDIBLE_RMS, CONNECT_TIMEOUT_S, RoomListener
+from devstack.livekit_server import LiveKitServer, find_livekit_server
+from devstack.nats_server import NatsServer, find_nats_server
+from devstack.ports import free_tcp_port
+from devstack.probe import http_ok
+from devstack.process import ServerProcess, running
+from orchestrator.service import OrchestratorService
+from shared.config import SwitchboardConfig
+from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 SWITCHBOARD = str(Path(sys.executable).parent / "switchboard")
 AGENT = "ornina-avatar-agent"
-# The listener's threshold, as in the tests: speech is far above it, decoded silence far below.
-AUDIBLE_RMS = 0.01
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,24 +114,12 @@ def now_iso() -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def nats_server(work: Path, name: str = "nats") -> Iterator[NatsServer]:
-    server = start_with_fresh_ports(lambda n: NatsServer(work / f"{name}-{n}", name=name))
-    try:
-        yield server
-    finally:
-        server.stop()
+def nats_server(work: Path, name: str = "nats") -> contextlib.AbstractContextManager[NatsServer]:
+    return running(lambda n: NatsServer(work / f"{name}-{n}", name=name))
 
 
-@contextlib.contextmanager
-def livekit_server(work: Path, name: str = "livekit") -> Iterator[LiveKitServer]:
-    server = start_with_fresh_ports(
-        lambda n: LiveKitServer(work / f"{name}-{n}", name=name, log_level="warn")
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
+def livekit_server(work: Path, name: str = "livekit") -> contextlib.AbstractContextManager[LiveKitServer]:
+    return running(lambda n: LiveKitServer(work / f"{name}-{n}", name=name, log_level="warn"))
 
 
 @contextlib.asynccontextmanager
@@ -153,16 +142,6 @@ async def livekit_api(lk: LiveKitServer) -> AsyncIterator[lkapi.LiveKitAPI]:
         await api.aclose()
 
 
-def http_status(url: str, timeout: float = 0.5) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as err:
-        return int(err.code)
-    except (urllib.error.URLError, OSError):
-        return 0
-
-
 def http_json(url: str, timeout: float = 5.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
@@ -171,6 +150,17 @@ def http_json(url: str, timeout: float = 5.0) -> Any:
 # ------------------------------------------------------------------------------------------------
 # configuration and processes
 # ------------------------------------------------------------------------------------------------
+
+
+# Orchestrator timings for sections whose pools are stand-ins (no worker joins, nobody speaks): the
+# join/voice/assignment deadlines never fire, so only the dispatch path is measured.
+STANDIN_TIMINGS: dict[str, object] = {
+    "heartbeat_interval_s": 1.0,
+    "assign_check_s": 3600,
+    "join_deadline_s": 3600,
+    "voice_deadline_s": 3600,
+    "no_pool_deadline_s": 3600,
+}
 
 
 def config_dict(match: str = "ornina-*", **orchestrator: object) -> dict[str, Any]:
@@ -190,47 +180,11 @@ def write_config(path: Path, match: str = "ornina-*", **orchestrator: object) ->
 
 
 @dataclass
-class Orchestrator:
-    """`switchboard orchestrator --config` as a subprocess in its own process group."""
+class Orchestrator(orchestrator_process.OrchestratorProcess):
+    """devstack's `switchboard orchestrator` subprocess, logging at INFO (text) as in production."""
 
-    workdir: Path
-    config: Path
-    nats_url: str
-    livekit_url: str
-    api_key: str
-    api_secret: str
-    name: str = "orchestrator"
-    log_level: str = "INFO"
-    http_port: int = field(default_factory=free_tcp_port)
-    process: ServerProcess | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        env = {
-            "NATS_URL": self.nats_url,
-            "NATS_STARTUP_ATTEMPTS": "3",
-            "LIVEKIT_URL": self.livekit_url,
-            "LIVEKIT_API_KEY": self.api_key,
-            "LIVEKIT_API_SECRET": self.api_secret,
-            "SWITCHBOARD_HTTP_PORT": str(self.http_port),
-            "SWITCHBOARD_LOG_LEVEL": self.log_level,
-            "PYTHONPATH": str(REPO),
-        }
-        argv = [SWITCHBOARD, "orchestrator", "--config", str(self.config)]
-        self.process = ServerProcess(self.name, argv, self.workdir / f"{self.name}.log", env=env)
-        self.process.start()
-        self.process.wait_ready(self.ready, timeout)
-
-    def ready(self) -> bool:
-        return http_status(f"http://127.0.0.1:{self.http_port}/readyz") == 200
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None and self.process.pid is not None
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop(timeout=15.0)
+    log_level: str | None = "INFO"
+    extra_env: dict[str, str] = field(default_factory=lambda: {"PYTHONPATH": str(REPO)})
 
 
 def group_memory_kb(pgid: int) -> tuple[int, int, int]:
@@ -265,50 +219,36 @@ def cpu_seconds(pid: int) -> float:
 
 
 @dataclass
-class StandInPool:
-    """A pool's heartbeats on real NATS, as its workers would send them (no LiveKit worker behind it)."""
+class StandInPool(standin_pool.StandInPool):
+    """devstack's heartbeating stand-in pool (no LiveKit worker behind it), with room for any load."""
 
-    nc: NATS
-    pool: str
-    region: str = "eu-central"
     capacity: int = 100_000
-    interval: float = 1.0
-    _task: asyncio.Task[None] | None = None
-    _seq: int = 0
+    version: str = "bench"
 
-    async def beat(self) -> None:
-        self._seq += 1
-        hb = PoolHeartbeat(
-            pool=self.pool,
-            agent=AGENT,
-            region=self.region,
-            agent_name=subjects.pool_agent_name(AGENT, self.pool),
-            worker=f"{self.pool}-w1",
-            capacity=self.capacity,
-            active=0,
-            load=0.0,
-            version="bench",
-            seq=self._seq,
-            at=datetime.now(UTC),
-        )
-        await self.nc.publish(subjects.pool_heartbeat(self.pool), encode(hb))
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.beat()
-
-    async def start(self) -> None:
-        await self.beat()
-        await self.nc.flush()
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+@contextlib.asynccontextmanager
+async def in_process_orchestrator(
+    settings: Settings, config: SwitchboardConfig, pools: list[StandInPool]
+) -> AsyncIterator[OrchestratorService]:
+    """The stand-in ``pools`` beating, then an orchestrator replica in this process (so its spans
+    and room index can be read directly), ready within 20 s; both stopped when the block ends."""
+    for pool in pools:
+        await pool.start()
+    service = OrchestratorService(settings, config)
+    task = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(20):
+            while not service.readiness.ready:
+                if task.done():
+                    task.result()  # it failed to start: its error, not a timeout
+                await asyncio.sleep(0.05)
+        yield service
+    finally:
+        service.request_stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 20)
+        for pool in pools:
+            await pool.stop()
 
 
 @dataclass
@@ -329,7 +269,7 @@ class StandIn:
             "twirp-standin", argv, self.workdir / "twirp-standin.log", env={"PYTHONPATH": str(REPO)}
         )
         self.process.start()
-        self.process.wait_ready(lambda: http_status(self.url + "/_bench/ping") == 200, 20)
+        self.process.wait_ready(lambda: http_ok(self.url + "/_bench/ping"), 20)
 
     def arrivals(self, prefix: str) -> dict[str, int]:
         """Room -> arrival time (ns, wall clock) of its first CreateDispatch."""
@@ -346,33 +286,21 @@ class StandIn:
 # ------------------------------------------------------------------------------------------------
 
 
-class TimedListener:
-    """A user in the room (LiveKit rtc SDK): when agents join (server's joined_at and when we saw
-    them), and the wall time of the first audible frame (RMS >= 0.01) from each participant."""
+class TimedListener(RoomListener):
+    """A user in the room (devstack's listener) that times: when agents join (server's joined_at
+    and when we saw them), and the wall time of the first audible frame (RMS >= AUDIBLE_RMS) from
+    each participant. ``heard`` is set at the first audible frame."""
 
     def __init__(self, lk: LiveKitServer, room: str, identity: str = "listener") -> None:
-        self._lk = lk
-        self.room_name = room
-        self._identity = identity
-        self.room = rtc.Room()
+        super().__init__(lk, room, identity)
         self.agent_seen: dict[str, float] = {}  # identity -> wall time we learnt of it
         self.agent_joined_ms: dict[str, int] = {}  # identity -> server's joined_at (ms)
         self.first_audible: dict[str, float] = {}  # identity -> wall time of first audible frame
-        self.heard = asyncio.Event()
         self.agent_in = asyncio.Event()
-        self._readers: list[asyncio.Task[None]] = []
-
-    async def connect(self, within_s: float = 20.0) -> None:
-        token = (
-            lkapi.AccessToken(self._lk.api_key, self._lk.api_secret)
-            .with_identity(self._identity)
-            .with_grants(lkapi.VideoGrants(room_join=True, room=self.room_name))
-            .to_jwt()
-        )
-        self.room.on("track_subscribed", self._on_track)
         self.room.on("participant_connected", self._on_participant)
-        async with asyncio.timeout(within_s):
-            await self.room.connect(self._lk.ws_url, token)
+
+    async def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        await super().connect(timeout_s)
         for participant in self.room.remote_participants.values():
             self._on_participant(participant)
 
@@ -385,33 +313,15 @@ class TimedListener:
             self.agent_joined_ms.setdefault(participant.identity, int(joined.timestamp() * 1000))
         self.agent_in.set()
 
-    def _on_track(self, track: rtc.Track, _pub: Any, participant: rtc.RemoteParticipant) -> None:
-        if track.kind == rtc.TrackKind.KIND_AUDIO:
-            stream = rtc.AudioStream(track)
-            self._readers.append(asyncio.create_task(self._read(stream, participant.identity)))
-
-    async def _read(self, stream: rtc.AudioStream, identity: str) -> None:
-        try:
-            async for event in stream:
-                samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64) / 32768.0
-                rms = math.sqrt(float(np.mean(samples**2))) if samples.size else 0.0
-                if rms >= AUDIBLE_RMS:
-                    self.first_audible.setdefault(identity, time.time())
-                    self.heard.set()
-                    # The first audible frame is all we time. Stop decoding (the subscription
-                    # stays, so the agent still has its listener): the instrument should not eat
-                    # the CPU the agents under test need on a 2-core machine.
-                    return
-        finally:
-            await stream.aclose()
-
-    async def close(self) -> None:
-        for reader in self._readers:
-            reader.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await self.room.disconnect()
+    def on_frame(self, identity: str, rms: float) -> bool:
+        if rms < AUDIBLE_RMS:
+            return True
+        self.first_audible.setdefault(identity, time.time())
+        self.heard.set()
+        # The first audible frame is all we time. Stop decoding (the subscription stays, so the
+        # agent still has its listener): the instrument should not eat the CPU the agents under
+        # test need on a 2-core machine.
+        return False
 
 
 def rounded(obj: Any, digits: int = 4) -> Any:
@@ -426,72 +336,14 @@ def rounded(obj: Any, digits: int = 4) -> Any:
 
 
 @dataclass
-class Worker:
-    """A pool worker process (``bench.worker_shim`` = ``switchboard worker`` plus the bench knobs),
-    in its own process group; ready once its /readyz says it is registered with LiveKit."""
+class Worker(worker_process.WorkerProcess):
+    """devstack's pool worker process, run through ``bench.worker_shim`` (= ``switchboard worker``
+    plus the bench knobs), with a short drain so sections end quickly."""
 
-    lk: LiveKitServer
-    nats_url: str
-    workdir: Path
-    pool: str
-    region: str = "eu-central"
     agent: str = AGENT
     capacity: int = 4
-    env: dict[str, str] = field(default_factory=dict)
-    health_port: int = field(default_factory=free_tcp_port)
-    process: ServerProcess | None = None
-
-    def start(self, timeout: float = 90.0) -> None:
-        argv = [
-            PYTHON,
-            "-m",
-            "bench.worker_shim",
-            "worker",
-            "--agent",
-            self.agent,
-            "--region",
-            self.region,
-            "--pool",
-            self.pool,
-            "--capacity",
-            str(self.capacity),
-            "--health-port",
-            str(self.health_port),
-        ]
-        env = {
-            "NATS_URL": self.nats_url,
-            "NATS_STARTUP_ATTEMPTS": "3",
-            "LIVEKIT_URL": self.lk.ws_url,
-            "LIVEKIT_API_KEY": self.lk.api_key,
-            "LIVEKIT_API_SECRET": self.lk.api_secret,
-            "SWITCHBOARD_CONFIG": str(self.workdir / "absent-switchboard.yaml"),
-            "SWITCHBOARD_WORKER_DRAIN_GRACE_S": "2",
-            "PYTHONPATH": str(REPO),
-            **self.env,
-        }
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = ServerProcess(
-            f"worker-{self.pool}", argv, self.workdir / f"worker-{self.pool}.log", env=env
-        )
-        self.process.start()
-        self.process.wait_ready(
-            lambda: http_status(f"http://127.0.0.1:{self.health_port}/readyz") == 200, timeout
-        )
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None and self.process.pid is not None
-        return self.process.pid
-
-    def kill(self) -> None:
-        """SIGKILL to the whole group, as a host or pod dying would."""
-        if self.process is not None:
-            self.process.kill()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.proc is None:
-            return
-        self.process.stop(timeout=15.0)
-        # Job threads, espeak-ng and the like are in the group: make sure none is left.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.proc.pid, 9)
+    command: list[str] = field(default_factory=lambda: [PYTHON, "-m", "bench.worker_shim"])
+    nats_startup_attempts: int = 3
+    drain_grace_s: float = 2.0
+    register_timeout_s: float = 90.0
+    pythonpath: str | None = str(REPO)

@@ -101,7 +101,7 @@ async def run(work: Path, quick: bool = False) -> dict[str, Any]:
             "auto-baseline",
             agent="bench-baseline",
             capacity=4,
-            env={"BENCH_AUTO_DISPATCH_PREFIX": "cmp-auto-"},
+            extra_env={"BENCH_AUTO_DISPATCH_PREFIX": "cmp-auto-"},
         )
         orch = Orchestrator(work / "compare", config, ns.url, lk.http_url, lk.api_key, lk.api_secret)
         try:

@@ -71,16 +71,15 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
     with nats_server(work) as ns:
         # Two worker processes per pool, as a pool is deployed: LiveKit spreads the pool's jobs over them.
         per_doomed, per_survivor = -(-rooms // WORKERS_PER_POOL), -(-(rooms + 2) // WORKERS_PER_POOL)
-        doomed = [
-            Worker(
-                lk, ns.url, work / f"doomed-{k}", "eu-central-a", "eu-central", capacity=per_doomed, env=env
-            )
-            for k in range(WORKERS_PER_POOL)
-        ]
-        survivor = [
-            Worker(lk, ns.url, work / f"survivor-{k}", "us-east-a", "us-east", capacity=per_survivor, env=env)
-            for k in range(WORKERS_PER_POOL)
-        ]
+
+        def pool_workers(tag: str, pool: str, region: str, capacity: int) -> list[Worker]:
+            return [
+                Worker(lk, ns.url, work / f"{tag}-{k}", pool, region=region, capacity=capacity, extra_env=env)
+                for k in range(WORKERS_PER_POOL)
+            ]
+
+        doomed = pool_workers("doomed", "eu-central-a", "eu-central", per_doomed)
+        survivor = pool_workers("survivor", "us-east-a", "us-east", per_survivor)
         workers = [*doomed, *survivor]
         orch = Orchestrator(work, config, ns.url, lk.http_url, lk.api_key, lk.api_secret)
         listeners = [TimedListener(lk, name) for name in names]

@@ -30,9 +30,18 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 
-from bench.common import REPO, StandIn, StandInPool, config_dict, nats_client, nats_server, summary
+from bench.common import (
+    REPO,
+    STANDIN_TIMINGS,
+    StandIn,
+    StandInPool,
+    config_dict,
+    in_process_orchestrator,
+    nats_client,
+    nats_server,
+    summary,
+)
 from bench.publisher import FLOOR_STREAM, FLOOR_SUBJECT
-from orchestrator.service import OrchestratorService
 from shared.config import parse_config
 from shared.settings import LiveKitSettings, NatsSettings, Settings
 from shared.telemetry import setup_telemetry
@@ -226,74 +235,53 @@ async def run(work: Path, quick: bool = False) -> dict[str, Any]:
                     request_timeout_s=5.0,
                 ),
             )
-            config = parse_config(
-                config_dict(
-                    match="ov*",
-                    heartbeat_interval_s=1.0,
-                    assign_check_s=3600,
-                    join_deadline_s=3600,
-                    voice_deadline_s=3600,
-                    no_pool_deadline_s=3600,
-                )
-            )
-            async with nats_client(ns.url) as nc:
-                pools = [StandInPool(nc, "eu-central-a"), StandInPool(nc, "eu-central-b")]
-                for pool in pools:
-                    await pool.start()
-                service = OrchestratorService(settings, config)
-                task = asyncio.create_task(service.run())
-                try:
-                    ready = await _wait_for(lambda: service.readiness.ready or task.done(), 20)
-                    if task.done():
-                        task.result()
-                    if not ready:
-                        raise RuntimeError(f"orchestrator not ready: {service.readiness}")
-                    rows = []
-                    for rate, seconds in rates:
-                        count = max(10, int(rate * seconds))
-                        prefix = f"ov{rate}-"
-                        pub = await run_publisher(
-                            ns.url, "rooms", rate, count, prefix, work / f"rooms-{rate}.json"
-                        )
-                        t0 = {k: int(v) for k, v in pub["t0_ns"].items()}
-                        await _wait_for(lambda t0=t0: all(k in rec.dispatch for k in t0), 20)
-                        arrivals = await asyncio.to_thread(standin.arrivals, prefix)
-                        total = _ms(rec.dispatch, t0)
-                        pickup = _ms(rec.pickup, t0)
-                        inside = [
-                            (rec.dispatch[k] - rec.pickup[k]) / 1e6
-                            for k in t0
-                            if k in rec.dispatch and k in rec.pickup
-                        ]
-                        rows.append(
-                            {
-                                "rate": rate,
-                                "count": count,
-                                "achieved_rate": pub["achieved_rate"],
-                                "late_starts": pub["late_starts"],
-                                "errors": pub["error_count"],
-                                "missing": sum(1 for k in t0 if k not in rec.dispatch),
-                                "event_to_create_dispatch_ms": summary(total),
-                                "event_to_pickup_ms": summary(pickup),
-                                "pickup_to_create_dispatch_ms": summary(inside),
-                                "event_to_standin_arrival_ms": summary(_ms(arrivals, t0)),
-                                "samples_ms": total,
-                                "live_rooms_after": len(service.index),
-                            }
-                        )
-                        s = rows[-1]["event_to_create_dispatch_ms"]
-                        print(
-                            f"  orchestrator {rate:>3}/s: event→CreateDispatch p50 {s['p50']:.2f} ms "
-                            f"p99 {s['p99']:.2f} ms (n={s['n']})",
-                            flush=True,
-                        )
-                    result["rates"] = rows
-                finally:
-                    service.request_stop()
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(task, 20)
-                    for pool in pools:
-                        await pool.stop()
+            config = parse_config(config_dict(match="ov*", **STANDIN_TIMINGS))
+            async with (
+                nats_client(ns.url) as nc,
+                in_process_orchestrator(
+                    settings, config, [StandInPool(nc, "eu-central-a"), StandInPool(nc, "eu-central-b")]
+                ) as service,
+            ):
+                rows = []
+                for rate, seconds in rates:
+                    count = max(10, int(rate * seconds))
+                    prefix = f"ov{rate}-"
+                    pub = await run_publisher(
+                        ns.url, "rooms", rate, count, prefix, work / f"rooms-{rate}.json"
+                    )
+                    t0 = {k: int(v) for k, v in pub["t0_ns"].items()}
+                    await _wait_for(lambda t0=t0: all(k in rec.dispatch for k in t0), 20)
+                    arrivals = await asyncio.to_thread(standin.arrivals, prefix)
+                    total = _ms(rec.dispatch, t0)
+                    pickup = _ms(rec.pickup, t0)
+                    inside = [
+                        (rec.dispatch[k] - rec.pickup[k]) / 1e6
+                        for k in t0
+                        if k in rec.dispatch and k in rec.pickup
+                    ]
+                    rows.append(
+                        {
+                            "rate": rate,
+                            "count": count,
+                            "achieved_rate": pub["achieved_rate"],
+                            "late_starts": pub["late_starts"],
+                            "errors": pub["error_count"],
+                            "missing": sum(1 for k in t0 if k not in rec.dispatch),
+                            "event_to_create_dispatch_ms": summary(total),
+                            "event_to_pickup_ms": summary(pickup),
+                            "pickup_to_create_dispatch_ms": summary(inside),
+                            "event_to_standin_arrival_ms": summary(_ms(arrivals, t0)),
+                            "samples_ms": total,
+                            "live_rooms_after": len(service.index),
+                        }
+                    )
+                    s = rows[-1]["event_to_create_dispatch_ms"]
+                    print(
+                        f"  orchestrator {rate:>3}/s: event→CreateDispatch p50 {s['p50']:.2f} ms "
+                        f"p99 {s['p99']:.2f} ms (n={s['n']})",
+                        flush=True,
+                    )
+                result["rates"] = rows
         finally:
             standin.stop()
     return result

@@ -625,13 +625,11 @@ def _t_spread(s: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "The pure scheduler with the same reservations never overfills a pool; the orchestrator does. "
-            "Why: one replica decides up to 64 rooms concurrently (the consumer's concurrency), and "
-            "`Controller._place` reads the reservations from the room index (`index.reserved()`), then "
-            "schedules, then awaits the CAS write that records the choice — the index learns of a "
-            "placement only after that KV round trip, so rooms decided meanwhile do not see each "
-            "other's reservations. A reservation taken synchronously at decision time (e.g. "
-            "`orchestrator/reservations.py`, which exists but is not used by the controller) would close "
-            "that window.",
+            "One replica decides up to 64 rooms concurrently (the consumer's concurrency); "
+            "`Controller._place` takes a hold in the room index (`RoomIndex.hold`) before awaiting the "
+            "CAS write that records its choice, and `RoomIndex.reserved` counts a placed room until a "
+            "heartbeat lists its dispatch: look for a decision that does not see another's hold or "
+            "reservation.",
         ]
     lines += [
         "",

@@ -23,6 +23,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from bench.common import (
+    STANDIN_TIMINGS,
     Orchestrator,
     StandIn,
     StandInPool,
@@ -41,15 +42,7 @@ _SECRET = "bench-standin-secret-0123456789abcdef"
 async def one(work: Path, backend: str, replicas: int, rooms: int) -> dict[str, Any]:
     tag = f"{backend}-{replicas}"
     work = work / tag
-    config = write_config(
-        work / "switchboard.yaml",
-        match="so-*",
-        heartbeat_interval_s=1.0,
-        assign_check_s=3600,
-        join_deadline_s=3600,
-        voice_deadline_s=3600,
-        no_pool_deadline_s=3600,
-    )
+    config = write_config(work / "switchboard.yaml", match="so-*", **STANDIN_TIMINGS)
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(nats_server(work))
         if backend == "livekit":

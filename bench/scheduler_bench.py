@@ -31,9 +31,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.pools import Liveness, PoolView
-from orchestrator.reservations import Reservations
-from orchestrator.scheduler import STRATEGIES, PoolIndex, ScheduleRequest, Strategy, Topology, schedule
+from bench.reservations import Reservations
+from orchestrator.scheduler import (
+    STRATEGIES,
+    Liveness,
+    PoolIndex,
+    PoolView,
+    ScheduleRequest,
+    Strategy,
+    Topology,
+    schedule,
+)
 
 REGIONS = ("eu-central", "eu-west", "us-east", "us-west", "ap-south")
 AGENTS = ("ornina", "support", "sales", "concierge")

@@ -23,11 +23,26 @@ from typing import Any
 
 from livekit import api as lkapi
 
-from bench.common import AGENT, StandInPool, config_dict, livekit_server, nats_client, nats_server
-from orchestrator.pools import PoolView
+from bench.common import (
+    AGENT,
+    STANDIN_TIMINGS,
+    StandInPool,
+    config_dict,
+    in_process_orchestrator,
+    livekit_server,
+    nats_client,
+    nats_server,
+)
 from orchestrator.records import RoomState
-from orchestrator.scheduler import PoolIndex, ScheduleRequest, Strategy, Topology, decision_seed, schedule
-from orchestrator.service import OrchestratorService
+from orchestrator.scheduler import (
+    PoolIndex,
+    PoolView,
+    ScheduleRequest,
+    Strategy,
+    Topology,
+    decision_seed,
+    schedule,
+)
 from shared import bus
 from shared.config import parse_config
 from shared.messages import RoomCreated
@@ -102,29 +117,10 @@ async def trial(
                 url=lk_url, api_key=api_key, api_secret=api_secret, request_timeout_s=5.0
             ),
         )
-        config = parse_config(
-            config_dict(
-                match="spread-*",
-                heartbeat_interval_s=1.0,
-                assign_check_s=3600,
-                join_deadline_s=3600,
-                voice_deadline_s=3600,
-                no_pool_deadline_s=3600,
-                strategy=strategy,
-            )
-        )
+        config = parse_config(config_dict(match="spread-*", **STANDIN_TIMINGS, strategy=strategy))
         async with nats_client(ns.url) as nc:
             pools = [StandInPool(nc, p, capacity=cap, interval=1.0) for p, cap in CAPACITIES.items()]
-            for pool in pools:
-                await pool.start()
-            service = OrchestratorService(settings, config)
-            task = asyncio.create_task(service.run())
-            try:
-                async with asyncio.timeout(20):
-                    while not service.readiness.ready:
-                        if task.done():
-                            task.result()
-                        await asyncio.sleep(0.05)
+            async with in_process_orchestrator(settings, config, pools) as service:
                 js = nc.jetstream()
                 rooms = [f"spread-{strategy}-{n}-{i}" for i in range(ROOMS)]
                 t0 = time.monotonic()
@@ -160,12 +156,6 @@ async def trial(
                     }
                 )
                 return stats
-            finally:
-                service.request_stop()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 20)
-                for pool in pools:
-                    await pool.stop()
 
 
 async def run(work: Path, quick: bool = False) -> dict[str, Any]:

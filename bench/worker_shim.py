@@ -51,7 +51,7 @@ def main() -> None:
     prefix = os.environ.get("BENCH_AUTO_DISPATCH_PREFIX")
     if prefix:
         _patch_auto_dispatch(prefix)
-    from orchestrator.cli import main as switchboard
+    from switchboard.cli import main as switchboard
 
     sys.argv[0] = "switchboard"
     switchboard()

@@ -29,14 +29,15 @@ from opentelemetry.trace import Span, SpanKind
 
 from orchestrator.alongside import alongside
 from orchestrator.dispatcher import create_dispatch
+from orchestrator.home_region import home_region, region_hint
 from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.override import OVERRIDE_KEY, DispatchOverride, read_override
-from orchestrator.pools import PoolRegistry, PoolView
+from orchestrator.pools import FORGET_AFTER_S, PoolRegistry
 from orchestrator.records import HOLDING, IN_FLIGHT, RoomRecord, RoomState
 from orchestrator.rules import match_rule
-from orchestrator.scheduler import Decision, ScheduleRequest, Topology, decision_seed, schedule
+from orchestrator.scheduler import Decision, PoolView, ScheduleRequest, Topology, decision_seed, schedule
 from orchestrator.store import Conflict, RoomStore, Versioned
 from orchestrator.transitions import note, transition
 from shared.config import SwitchboardConfig
@@ -114,11 +115,10 @@ class Controller:
         override = read_override(event.metadata)
         user_meta = {k: v for k, v in event.metadata.items() if k != OVERRIDE_KEY} if event.metadata else None
         metadata = json.dumps(user_meta, separators=(",", ":")) if user_meta is not None else None
-        region = event.region or _metadata_region(event.metadata)
         record = RoomRecord(
             room=event.room,
             sid=event.sid,
-            home_region=region,
+            home_region=home_region(event.region, event.metadata, self.topology),
             user_metadata=metadata,
             received_at=now,
             event_at=event.created_at.timestamp() if event.created_at else None,
@@ -135,7 +135,7 @@ class Controller:
             now=now,
             event="received",
             detail=f"{what} (sid {event.sid or '-'})",
-            data={"region_hint": region},
+            data={"region_hint": region_hint(event.region, event.metadata)},
         )
         async with self._lock(event.room):
             created = await self.store.create(record)
@@ -191,12 +191,14 @@ class Controller:
 
     async def sweep(self, concurrency: int = 32) -> None:
         """Timers, expired leases, dead pools, rooms waiting for a pool: one pass over the index.
+        Workers long silent are forgotten first (see :meth:`_forget_silent_workers`).
 
         Work runs concurrently (bounded), so one slow LiveKit call does not hold up every room.
         """
         now = self.clocks.wall()
         mono = self.clocks.mono()
         self._say_if_unheard(mono)
+        self._forget_silent_workers(mono)
         pools = {p.pool: p for p in self.registry.snapshot(mono)}
         work: list[tuple[str, str | None]] = []
         for versioned in self.index.live():
@@ -412,6 +414,20 @@ class Controller:
             self._unheard_warned = False
             log.info("heartbeats heard again: pool liveness is judged again")
 
+    def _forget_silent_workers(self, mono: float) -> None:
+        """Prune the pool registry: worker ids change with every deploy, and without this every
+        worker ever heard would stay in memory. Only workers silent for :data:`FORGET_AFTER_S` of
+        hearing go — long dead by then, their rooms moved — and a forgotten pool counts as gone
+        (:func:`_gone`), so no liveness judgement changes."""
+        forgotten = self.registry.prune(mono, FORGET_AFTER_S)
+        if forgotten:
+            log.info(
+                "forgot %d worker(s) silent for %.0fs or more: %s",
+                len(forgotten),
+                FORGET_AFTER_S,
+                ", ".join(forgotten),
+            )
+
     def _pool_dead(self, pool: str | None) -> bool:
         return _gone(self.registry.view(pool, self.clocks.mono()) if pool else None)
 
@@ -481,6 +497,8 @@ class Controller:
         with self._span("schedule", rec) as span:
             if rec.state == S.REDISPATCHING:
                 await self._remove_agent(rec, reason=rec.reason or "redispatch")
+            # home_region is resolved on receipt; resolving it again at the rule step is a no-op
+            # for those records and keeps records from older builds (the raw hint) right.
             if rec.rule is None and rec.override_agent:
                 rec = note(
                     rec.model_copy(
@@ -660,7 +678,7 @@ class Controller:
                         metrics=self.metrics,
                         maybe_landed=look_first,
                     )
-                dispatch_id, tries = result.dispatch_id, result.tries
+                dispatch_id, tries, found = result.dispatch_id, result.tries, result.found_existing
             except LiveKitCallError as err:
                 current, rec = lease.current, lease.current.record
                 now = self.clocks.wall()
@@ -706,13 +724,24 @@ class Controller:
                 return None
         current, rec = lease.current, lease.current.record
         now = self.clocks.wall()
+        took = f"after {tries} tr{'y' if tries == 1 else 'ies'}"
+        # Found, not created: an earlier ambiguous try (or the replica this step was taken over
+        # from) did land. `explain` says so, since no CreateDispatch of this round succeeded.
+        detail = (
+            f"found dispatch {rec.agent_name} of this attempt already in LiveKit {took}"
+            if found
+            else f"CreateDispatch {rec.agent_name} ok {took}"
+        )
+        data: dict[str, Any] = {"dispatch_id": dispatch_id, "pool": rec.pool}
+        if found:
+            data["found_existing"] = True
         new = transition(
             rec,
             S.DISPATCHED,
             now=now,
             event="dispatched",
-            detail=f"CreateDispatch {rec.agent_name} ok after {tries} tr{'y' if tries == 1 else 'ies'}",
-            data={"dispatch_id": dispatch_id, "pool": rec.pool},
+            detail=detail,
+            data=data,
             dispatch_id=dispatch_id,
             dispatched_at=now,
             deadline=now + self.cfg.join_deadline_s,
@@ -912,8 +941,3 @@ def _span_attrs(rec: RoomRecord) -> dict[str, str | int]:
 def _trace_fields() -> dict[str, str | None]:
     carrier: dict[str, Any] = inject_into({})
     return {"traceparent": carrier.get("traceparent"), "tracestate": carrier.get("tracestate") or None}
-
-
-def _metadata_region(metadata: dict[str, Any] | None) -> str | None:
-    region = (metadata or {}).get("region")
-    return region if isinstance(region, str) and region else None

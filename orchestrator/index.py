@@ -26,7 +26,6 @@ class RoomIndex:
         # Dispatch ids some heartbeat has listed: from then on the job is counted in `active`
         # (or has ended), never as a reservation again — even before the record catches up.
         self._listed: set[str] = set()
-        self.synced = False
 
     def hold(self, room: str, pool: str) -> None:
         """Count ``room`` against ``pool`` from now, before the record saying so is written."""

@@ -151,13 +151,6 @@ class LiveKitGateway:
         rooms = await self._call("ListRooms", self.api.room.list_rooms(lk.ListRoomsRequest(names=[room])))
         return any(r.name == room for r in rooms.rooms)
 
-    async def agent_identities(self, room: str) -> list[str]:
-        """Identities of the agent participants LiveKit lists in the room (its truth, not ours)."""
-        resp = await self._call(
-            "ListParticipants", self.api.room.list_participants(lk.ListParticipantsRequest(room=room))
-        )
-        return [p.identity for p in resp.participants if p.kind == lk.ParticipantInfo.Kind.AGENT]
-
     async def check_credentials(self) -> None:
         """A harmless authenticated call (used by readiness and doctor)."""
         await self._call(

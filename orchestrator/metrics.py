@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from orchestrator.pools import PoolView
+from orchestrator.scheduler import PoolView
 
 _LIVENESS = {"alive": 1.0, "draining": 0.5, "dead": 0.0}
 

@@ -2,7 +2,8 @@
 
 A pool is the set of worker processes sharing one pool id (one LiveKit ``agent_name``, one region,
 one agent). Each worker beats about once a second; the registry keeps the latest beat per worker
-and folds the live ones into a :class:`PoolView` per pool.
+and folds the live ones into the scheduler's :class:`~orchestrator.scheduler.model.PoolView` per
+pool.
 
 Pure bookkeeping: the caller passes ``now`` (monotonic seconds) into every time-dependent call, so
 liveness transitions are unit-testable with plain numbers.
@@ -12,40 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
+from orchestrator.scheduler.model import Liveness, PoolView
 from shared.config import PinnedPool
-from shared.messages import PoolHeartbeat
+from shared.messages import PoolHeartbeat, PoolSummary
 from shared.subjects import pool_agent_name
 
-Liveness = Literal["alive", "draining", "dead"]
-
-
-@dataclass(frozen=True, slots=True)
-class PoolView:
-    """One pool as the scheduler sees it at one instant.
-
-    ``capacity`` and ``active`` are sums over live workers (draining ones included, so ``status``
-    shows the jobs still running there). ``open_slots`` is what the scheduler may still fill: the
-    sum of ``max(0, capacity - active)`` over live workers that are *not* draining — a draining
-    worker's spare capacity is not real, and one overloaded worker does not hide another's room
-    (LiveKit picks the worker). ``None`` means ``capacity - active`` (handy for hand-made views).
-    """
-
-    pool: str
-    agent: str
-    region: str
-    agent_name: str
-    workers: int
-    capacity: int
-    active: int
-    load: float
-    draining: bool
-    liveness: Liveness
-    # Seconds since the last beat from any worker of the pool; None: never heard from (pinned).
-    age_s: float | None
-    jobs: frozenset[str] = frozenset()
-    open_slots: int | None = None
+# Hearing silence after which the orchestrator's sweep forgets a worker (PoolRegistry.prune): long
+# after its pool was judged dead and its rooms moved, short enough that worker ids of past deploys
+# do not pile up.
+FORGET_AFTER_S = 600.0
 
 
 @dataclass(slots=True)
@@ -96,9 +73,6 @@ class PoolRegistry:
         self._identity: dict[str, _Identity] = {}
         self._pinned: set[str] = set()
         self._operator_drained: set[str] = set()
-        # Pools that had a live beat since they were last reported by newly_dead(): a pool is
-        # reported once per death, including one that lived and died between two calls.
-        self._armed: set[str] = set()
         for pin in pinned:
             self._pinned.add(pin.id)
             self._identity[pin.id] = _Identity(pin.agent, pin.region, pool_agent_name(pin.agent, pin.id))
@@ -112,17 +86,21 @@ class PoolRegistry:
         self._workers.setdefault(hb.pool, {})[hb.worker] = _Worker(hb, now, self._hearing)
         # The pool's identity follows its newest beat: a redeployed pool may legitimately move.
         self._identity[hb.pool] = _Identity(hb.agent, hb.region, hb.agent_name)
-        self._armed.add(hb.pool)
 
     def forget_worker(self, pool: str, worker: str) -> bool:
-        """Drop one worker (it said goodbye, or an operator removed it). True if it was known."""
+        """Drop one worker. True if it was known.
+
+        Once a pool's last worker is gone the pool is forgotten too (its view is None, which the
+        controller treats like a dead pool), operator drain included: a replica started since never
+        knew that drain either. A pinned pool keeps its identity and shows as dead.
+        """
         workers = self._workers.get(pool)
         if workers is None or workers.pop(worker, None) is None:
             return False
         if not workers:
             del self._workers[pool]
+            self._operator_drained.discard(pool)
             if pool not in self._pinned:
-                # Keep it "armed": its rooms still need failover, which newly_dead() reports.
                 self._identity.pop(pool, None)
         return True
 
@@ -130,6 +108,8 @@ class PoolRegistry:
         """Forget workers silent for ``forget_after_s`` (≥ the dead limit); returns ``pool/worker``.
 
         Pod names change on every deploy, so without pruning the registry would grow forever.
+        Silence is measured on the hearing clock, like death: a replica that hears nothing at all
+        forgets nobody.
         """
         limit = max(forget_after_s, self.dead_after_s)
         gone = [
@@ -145,9 +125,6 @@ class PoolRegistry:
     def mark_draining(self, pool: str) -> None:
         """Operator drain: schedule nothing new onto ``pool`` from now on, whatever it reports."""
         self._operator_drained.add(pool)
-
-    def unmark_draining(self, pool: str) -> None:
-        self._operator_drained.discard(pool)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -202,15 +179,38 @@ class PoolRegistry:
         views = (self.view(pool, now) for pool in sorted(self._identity))
         return [v for v in views if v is not None]
 
-    def newly_dead(self, now: float) -> list[str]:
-        """Pools that died since the last call (sorted): their rooms need failover.
 
-        Each death is reported once; a pool that beats again and dies again is reported again. A
-        pinned pool that never beat was never alive, so it is not reported.
-        """
-        dead = sorted(p for p in self._armed if not self._pool_alive(p, now))
-        self._armed.difference_update(dead)
-        return dead
+def summary(view: PoolView) -> PoolSummary:
+    """``view`` on the wire (a part of the pool census a replica answers with)."""
+    return PoolSummary(
+        pool=view.pool,
+        agent=view.agent,
+        region=view.region,
+        agent_name=view.agent_name,
+        workers=view.workers,
+        capacity=view.capacity,
+        active=view.active,
+        load=view.load,
+        draining=view.draining,
+        liveness=view.liveness,
+        age_s=view.age_s,
+        open_slots=view.open_slots,
+    )
 
-    def _pool_alive(self, pool: str, now: float) -> bool:
-        return any(self._alive(w, now) for w in self._workers.get(pool, {}).values())
+
+def view_of(s: PoolSummary) -> PoolView:
+    """A census entry back into the view ``status`` renders (jobs are not carried: not shown)."""
+    return PoolView(
+        pool=s.pool,
+        agent=s.agent,
+        region=s.region,
+        agent_name=s.agent_name,
+        workers=s.workers,
+        capacity=s.capacity,
+        active=s.active,
+        load=s.load,
+        draining=s.draining,
+        liveness=s.liveness,
+        age_s=s.age_s,
+        open_slots=s.open_slots,
+    )

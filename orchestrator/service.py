@@ -1,9 +1,10 @@
 """One orchestrator replica: wire NATS, KV, LiveKit and the controller, run its loops, stop cleanly.
 
-Loops (one TaskGroup, all cancelled together on SIGTERM/SIGINT):
+Loops (one TaskGroup, all cancelled together on SIGTERM/SIGINT; a stop in any phase, start-up
+included, ends the replica within :data:`STOP_BUDGET_S` whatever NATS and LiveKit are doing):
 - KV watch → the room index every replica keeps (timers and failover survive any replica);
 - room-event pump and status pump (shared durable pull consumers);
-- heartbeat subscription → pool registry;
+- heartbeat subscription → pool registry, which answers `switchboard status`'s pool census;
 - sweep: deadlines, dead pools, expired leases, rooms waiting for a pool.
 """
 
@@ -28,13 +29,13 @@ from orchestrator.controller import Controller
 from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.metrics import OrchestratorMetrics
-from orchestrator.pools import PoolRegistry
+from orchestrator.pools import PoolRegistry, summary
 from orchestrator.store import RoomStore, Versioned, open_bucket
 from shared import bus, subjects
-from shared.codec import ContractError, decode
+from shared.codec import ContractError, decode, encode
 from shared.config import SwitchboardConfig
 from shared.control import PoolCommand
-from shared.messages import AgentStatus, Message, PoolHeartbeat, RoomCreated, RoomEnded
+from shared.messages import AgentStatus, Message, PoolCensus, PoolHeartbeat, RoomCreated, RoomEnded
 from shared.probes import ProbeServer
 from shared.settings import Settings
 
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 
 ROOMS_CONSUMER = ConsumerSpec(stream=subjects.ROOMS_STREAM, durable=subjects.ORCHESTRATOR_CONSUMER)
 STATUS_CONSUMER = ConsumerSpec(stream=subjects.STATUS_STREAM, durable=subjects.ORCHESTRATOR_CONSUMER)
+# From a stop request to `run` returning: the loops' cancellation plus the NATS drain (a drain
+# gets most of it; a connection that is down is closed at once).
+STOP_BUDGET_S = 4.0
+NATS_CLOSE_S = 3.0
 
 
 def replica_id() -> str:
@@ -88,6 +93,30 @@ class OrchestratorService:
         self._stop.set()
 
     async def run(self) -> None:
+        """Serve until :meth:`request_stop`; then stop within :data:`STOP_BUDGET_S`.
+
+        The stop request cancels the work wherever it is, start-up included (a connect retrying
+        against a NATS that is gone, a stream call waiting for its answer); the work's own
+        ``finally`` blocks release what they hold."""
+        work = asyncio.create_task(self._serve(), name="orchestrator")
+        stop = asyncio.create_task(self._stop.wait(), name="stop_request")
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+                try:
+                    async with asyncio.timeout(STOP_BUDGET_S):
+                        await asyncio.wait({work})  # the cleanup in its finally blocks, bounded
+                except TimeoutError:
+                    log.warning("replica %s: clean-up took over %.0fs; leaving", self.replica, STOP_BUDGET_S)
+                    work.cancel()
+        if work.done() and not work.cancelled() and (failure := work.exception()) is not None:
+            raise failure
+        log.info("orchestrator replica %s stopped", self.replica)
+
+    async def _serve(self) -> None:
         async def on_nats_state(state: str) -> None:
             self.readiness.nats_connected = state == "connected"
 
@@ -124,17 +153,25 @@ class OrchestratorService:
                 statuses = MessagePump(
                     js, STATUS_CONSUMER, {subjects.ROOM_STATUS: AgentStatus}, self._status_handler(controller)
                 )
-                heartbeats = await nc.subscribe(subjects.POOL_HEARTBEAT_WILDCARD, cb=self._on_heartbeat)
-                controls = await nc.subscribe(subjects.POOL_CONTROL_WILDCARD, cb=self._on_control)
-                # Learn the pools before taking rooms: without one heartbeat period of warm-up a
-                # fresh replica would park its first rooms in waiting_for_pool for nothing.
-                await asyncio.sleep(self.config.orchestrator.heartbeat_interval_s * 1.5)
-                self._warn_unserved_rules()
-                log.info("orchestrator replica %s running", self.replica)
-                probes = ProbeServer(
-                    self._ready, self.prometheus, self.settings.http_host, self.settings.http_port
-                )
+                subs = [
+                    await nc.subscribe(subjects.POOL_HEARTBEAT_WILDCARD, cb=self._on_heartbeat),
+                    await nc.subscribe(subjects.POOL_CONTROL_WILDCARD, cb=self._on_control),
+                ]
                 try:
+                    # Learn the pools before taking rooms: without one heartbeat period of warm-up a
+                    # fresh replica would park its first rooms in waiting_for_pool for nothing.
+                    await asyncio.sleep(self.config.orchestrator.heartbeat_interval_s * 1.5)
+                    self._warn_unserved_rules()
+                    # Answer `status` only once the registry has heard the pools.
+                    subs.append(
+                        await nc.subscribe(
+                            subjects.POOL_CENSUS, queue=subjects.ORCHESTRATOR_QUEUE, cb=self._on_census
+                        )
+                    )
+                    log.info("orchestrator replica %s running", self.replica)
+                    probes = ProbeServer(
+                        self._ready, self.prometheus, self.settings.http_host, self.settings.http_port
+                    )
                     async with probes, asyncio.TaskGroup() as tg:
                         self.probe_port = probes.port
                         log.info(
@@ -148,22 +185,13 @@ class OrchestratorService:
                         tg.create_task(self._sweep(controller))
                         tg.create_task(self._check_livekit(gateway))
                         tg.create_task(self._track_binding(rooms, statuses))
-                        await self._stop.wait()
-                        raise _Stop
-                except* _Stop:
-                    pass
                 finally:
-                    await heartbeats.unsubscribe()
-                    await controls.unsubscribe()
+                    for sub in subs:
+                        with contextlib.suppress(Exception):  # a closed connection has none left
+                            await sub.unsubscribe()
         finally:
             self.readiness = Readiness()
-            try:
-                async with asyncio.timeout(5):
-                    await nc.drain()
-            except TimeoutError:
-                log.warning("NATS drain took over 5s; closing the connection")
-                await nc.close()
-            log.info("orchestrator replica %s stopped", self.replica)
+            await bus.close(nc, NATS_CLOSE_S)
 
     # -- handlers --------------------------------------------------------------------------------
 
@@ -221,6 +249,17 @@ class OrchestratorService:
             self.registry.mark_draining(pool)
             log.info("pool %s drained by operator (%s)", pool, command.reason or "no reason given")
 
+    async def _on_census(self, msg: Msg) -> None:
+        """`switchboard status` asks: the pools as this replica judges them, in one answer."""
+        views = self.registry.snapshot(time.monotonic())
+        try:
+            answer = encode(PoolCensus(replica=self.replica, pools=[summary(v) for v in views]))
+        except ContractError as err:  # too many pools for one message: status listens instead
+            log.warning("pool census not answered: %s", err)
+            return
+        with contextlib.suppress(Exception):  # the asker gave up or its connection is gone
+            await msg.respond(answer)
+
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
             hb = decode(PoolHeartbeat, msg.data)
@@ -272,10 +311,6 @@ class OrchestratorService:
         while True:
             self.readiness.consumers_bound = all(p.bound for p in pumps)
             await asyncio.sleep(0.5)
-
-
-class _Stop(Exception):
-    pass
 
 
 async def run_until_signalled(service: OrchestratorService) -> None:

@@ -49,7 +49,11 @@ async def connect(settings: NatsSettings, name: str, on_state: StateCallback | N
         log.warning("nats: %s", _describe(exc))
 
     async def disconnected_cb() -> None:
-        log.warning("nats: disconnected")
+        # Our own close() (a CLI command's normal end, a drained shutdown) is no news.
+        if nc.is_closed:
+            log.debug("nats: closed")
+        else:
+            log.warning("nats: disconnected")
         if on_state:
             await on_state("disconnected")
 
@@ -85,15 +89,40 @@ async def connect(settings: NatsSettings, name: str, on_state: StateCallback | N
         # An authorization violation says what to fix; a reset that follows it says nothing.
         auth = [e for e in errors_seen if "authorization violation" in str(e).lower()]
         cause = auth[0] if auth else (errors_seen[-1] if errors_seen else exc)
+        why = _describe(cause)
+        if auth:  # name what to check for this client's kind of credentials (variables, never values)
+            from shared.nats_credentials import refused_hint  # bcrypt, nkeys: only on this path
+
+            why = f"authorization violation: {refused_hint(settings)}"
         raise NatsUnavailableError(
             f"cannot connect to NATS at {', '.join(_redact_url(u) for u in settings.servers)} after "
-            f"{settings.startup_attempts} attempts: {_describe(cause)}"
+            f"{settings.startup_attempts} attempts: {why}"
         ) from None
     # Connected: from now on never give up reconnecting (nats-py reads this option on each loss).
     nc.options["max_reconnect_attempts"] = -1
     if on_state:
         await on_state("connected")
     return nc
+
+
+async def close(nc: NATS, timeout_s: float = 3.0) -> None:
+    """End a connection for good, within ``timeout_s``, whatever the server's state; never raises.
+
+    Connected: drain, so pending publishes and acks reach the server. Reconnecting or gone: just
+    close (nats-py's drain raises then, and a shutdown must not end in a traceback)."""
+    if nc.is_closed:
+        return
+    try:
+        async with asyncio.timeout(timeout_s):
+            if nc.is_connected:
+                try:
+                    await nc.drain()
+                    return
+                except Exception as exc:  # the server went away mid-drain: nothing left to flush
+                    log.debug("nats drain: %s", exc)
+            await nc.close()
+    except Exception as exc:  # a close stuck on a dead socket: the process is leaving anyway
+        log.debug("nats close: %s", exc)
 
 
 def _auth_options(settings: NatsSettings) -> dict[str, Any]:
@@ -121,7 +150,7 @@ def _auth_options(settings: NatsSettings) -> dict[str, Any]:
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if "authorization violation" in text.lower():
-        return "authorization violation (check NATS_USER / NATS_PASSWORD / NATS_CREDS_FILE)"
+        return "authorization violation (check NATS_USER/NATS_PASSWORD/NATS_NKEY_SEED_FILE/NATS_CREDS_FILE)"
     if "permissions violation for subscription" in text.lower() and "_inbox" in text.lower():
         return f"{text} (replies are refused: set NATS_INBOX_PREFIX to the prefix this user may read)"
     return text

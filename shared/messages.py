@@ -16,7 +16,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, Str
 RoomName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 PoolId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
-Region = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+REGION_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+Region = Annotated[str, StringConstraints(pattern=REGION_PATTERN)]
 Reason = Annotated[str, StringConstraints(max_length=1024)]
 
 
@@ -89,6 +90,36 @@ class PoolHeartbeat(Message):
     jobs: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=1000)] = Field(
         default_factory=list
     )
+
+
+class PoolSummary(BaseModel):
+    """One pool as an orchestrator replica judges it (liveness on its hearing clock); a part of
+    :class:`PoolCensus`."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    pool: PoolId
+    agent: Identifier
+    region: Region
+    agent_name: Identifier
+    workers: Annotated[int, Field(ge=0)]
+    capacity: Annotated[int, Field(ge=0)]
+    active: Annotated[int, Field(ge=0)]
+    load: Annotated[float, Field(ge=0.0)]
+    draining: bool
+    liveness: Literal["alive", "draining", "dead"]
+    age_s: float | None = None  # seconds since any worker of the pool beat; None: never heard
+    open_slots: Annotated[int, Field(ge=0)] | None = None
+
+
+class PoolCensus(Message):
+    """The pools as one orchestrator replica sees them: its answer on ``switchboard.orchestrator.pools``
+    (core NATS request/reply; one replica of the queue group answers). Lets ``switchboard status``
+    show the pools at once instead of listening to heartbeats for a window."""
+
+    v: Literal[1] = 1
+    replica: Identifier
+    pools: Annotated[list[PoolSummary], Field(max_length=10_000)]
 
 
 AgentState = Literal["joined", "voice", "left", "error"]

@@ -16,6 +16,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 ReadyCheck = Callable[[], tuple[bool, Mapping[str, object]]]
 
+# What supervisors may probe (deploy files are checked against these).
+PATHS = ("/healthz", "/readyz", "/metrics")
+
 
 class ProbeServer:
     def __init__(
@@ -33,9 +36,9 @@ class ProbeServer:
         app = web.Application()
         app.add_routes(
             [
-                web.get("/healthz", self._healthz),
-                web.get("/readyz", self._readyz),
-                web.get("/metrics", self._metrics),
+                web.get(PATHS[0], self._healthz),
+                web.get(PATHS[1], self._readyz),
+                web.get(PATHS[2], self._metrics),
             ]
         )
         self._runner = web.AppRunner(app, access_log=None)

@@ -23,6 +23,11 @@ POOL_HEARTBEAT_WILDCARD = f"{PREFIX}.pools.*.heartbeat"
 # Control messages to one pool's workers (core NATS): drain, and the drill's hard exit.
 POOL_CONTROL_WILDCARD = f"{PREFIX}.pools.*.control"
 
+# The pools as the orchestrator replicas judge them (core NATS request/reply, queue group
+# ORCHESTRATOR_QUEUE: one replica answers with a PoolCensus).
+POOL_CENSUS = f"{PREFIX}.orchestrator.pools"
+ORCHESTRATOR_QUEUE = "orchestrator"
+
 ROOMS_STREAM = "SWITCHBOARD_ROOMS"
 STATUS_STREAM = "SWITCHBOARD_STATUS"
 DEAD_LETTER_STREAM = "SWITCHBOARD_DEAD"

@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
-from orchestrator.devstack.process import MissingBinaryError, start_with_fresh_ports
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
+from devstack.process import MissingBinaryError, start_with_fresh_ports
 
 _EXPORTER = InMemorySpanExporter()
 

@@ -5,32 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
-from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
-from orchestrator.devstack.ports import free_tcp_port
-from orchestrator.devstack.process import ServerProcess
+from devstack import orchestrator_process, standin_pool
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
+from orchestrator.ops.watch import wait_for_room
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.service import OrchestratorService
-from orchestrator.store import room_key
-from shared import bus, subjects
-from shared.codec import encode
+from shared import bus
 from shared.config import SwitchboardConfig, parse_config
 from shared.dispatch_metadata import read_dispatch_metadata
-from shared.messages import AgentStatus, PoolHeartbeat
+from shared.messages import AgentStatus
 from shared.settings import LiveKitSettings, NatsSettings, Settings
 
 AGENT = "ornina-avatar-agent"
@@ -91,60 +85,13 @@ async def running_orchestrator(
 
 
 @dataclass
-class FakePool:
-    """Stands in for a pool's worker processes on the NATS side (heartbeats, status reports)."""
+class FakePool(standin_pool.StandInPool):
+    """Stands in for a pool's worker processes on the NATS side: devstack's heartbeating stand-in,
+    beating every 0.1 s, plus the status reports a worker would send."""
 
-    nc: NATS
-    pool: str
-    region: str
-    capacity: int = 4
-    active: int = 0
-    jobs: list[str] = field(default_factory=list)
-    draining: bool = False
     interval: float = 0.1
-    _task: asyncio.Task[None] | None = None
-    _seq: int = 0
-
-    @property
-    def agent_name(self) -> str:
-        return subjects.pool_agent_name(AGENT, self.pool)
-
-    async def beat(self) -> None:
-        self._seq += 1
-        hb = PoolHeartbeat(
-            pool=self.pool,
-            agent=AGENT,
-            region=self.region,
-            agent_name=self.agent_name,
-            worker=f"{self.pool}-w1",
-            capacity=self.capacity,
-            active=self.active,
-            load=min(1.0, self.active / self.capacity) if self.capacity else 1.0,
-            draining=self.draining,
-            version="test",
-            seq=self._seq,
-            at=datetime.now(UTC),
-            jobs=list(self.jobs),
-        )
-        await self.nc.publish(subjects.pool_heartbeat(self.pool), encode(hb))
-
-    async def _loop(self) -> None:
-        while True:
-            await self.beat()
-            await asyncio.sleep(self.interval)
-
-    async def start(self) -> None:
-        await self.beat()
-        await self.nc.flush()
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        """Stop beating, as a SIGKILLed pool would."""
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    agent: str = AGENT
+    version: str = "test"
 
     async def report(
         self,
@@ -169,7 +116,7 @@ class FakePool:
             dispatch_id=dispatch_id,
             attempt=attempt,
             pool=self.pool,
-            worker=f"{self.pool}-w1",
+            worker=self.worker,
             state=state,
             at=datetime.now(UTC),  # type: ignore[arg-type]
             identity=f"agent-{dispatch_id}",
@@ -189,79 +136,47 @@ async def wait_until(
     kv: KeyValue, room: str, predicate: Callable[[RoomRecord], bool], what: str, within: float = 15
 ) -> RoomRecord:
     """Watch the room's KV key until ``predicate(record)`` holds."""
-    watcher = await kv.watch(room_key(room))
-    last: RoomRecord | None = None
-    try:
-        async with asyncio.timeout(within):
-            async for entry in watcher:
-                if entry is None or not entry.value:
-                    continue
-                last = RoomRecord.model_validate_json(entry.value)
-                if predicate(last):
-                    return last
-    except TimeoutError:
+    watched = await wait_for_room(kv, room, predicate, within)
+    last = watched.record
+    if not watched.reached or last is None:
         raise AssertionError(
             f"room {room}: not {what} after {within}s; "
             f"last: {last.state.value if last else None} {_timeline(last)}"
-        ) from None
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    raise AssertionError("watch ended")
+        )
+    return last
 
 
 def _timeline(record: RoomRecord | None) -> list[tuple[str, str]]:
     return [(h.event, h.detail) for h in record.history] if record else []
 
 
-@dataclass
-class OrchestratorProcess:
-    """`switchboard orchestrator` as a real subprocess (its own process group), ready when /readyz is 200."""
+class OrchestratorProcess(orchestrator_process.OrchestratorProcess):
+    """devstack's orchestrator subprocess on the session's livekit-server, with ``config`` written
+    into ``workdir`` at start and JSON logs (tests read them with :meth:`log_text`)."""
 
-    workdir: Path
-    nats_url: str
-    livekit: LiveKitServer
-    config: SwitchboardConfig
-    extra_env: dict[str, str] = field(default_factory=dict)
-    http_port: int = field(default_factory=free_tcp_port)
-    name: str = "orchestrator"
-    process: ServerProcess | None = None
+    def __init__(
+        self,
+        workdir: Path,
+        nats_url: str,
+        livekit: LiveKitServer,
+        config: SwitchboardConfig,
+        extra_env: dict[str, str] | None = None,
+        name: str = "orchestrator",
+    ) -> None:
+        super().__init__(
+            workdir,
+            workdir / f"{name}.yaml",
+            nats_url,
+            livekit.http_url,
+            livekit.api_key,
+            livekit.api_secret,
+            name=name,
+            log_format="json",
+            extra_env=extra_env or {},
+        )
+        self.config = config
 
     def start(self, within: float = 30.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config_path = self.workdir / f"{self.name}.yaml"
-        config_path.write_text(yaml.safe_dump(self.config.model_dump(mode="json")))
-        env = {
-            "NATS_URL": self.nats_url,
-            "NATS_STARTUP_ATTEMPTS": "3",
-            "LIVEKIT_URL": self.livekit.http_url,
-            "LIVEKIT_API_KEY": self.livekit.api_key,
-            "LIVEKIT_API_SECRET": self.livekit.api_secret,
-            "SWITCHBOARD_CONFIG": str(config_path),
-            "SWITCHBOARD_HTTP_PORT": str(self.http_port),
-            "SWITCHBOARD_LOG_FORMAT": "json",
-            **self.extra_env,
-        }
-        argv = [str(Path(sys.executable).parent / "switchboard"), "orchestrator"]
-        self.process = ServerProcess(self.name, argv, self.workdir / f"{self.name}.log", env=env)
-        self.process.start()
-        self.process.wait_ready(lambda: self.probe("/readyz")[0] == 200, within)
-
-    def probe(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=1) as resp:
-                return int(resp.status), resp.read().decode()
-        except urllib.error.HTTPError as err:
-            return int(err.code), err.read().decode()
-        except (urllib.error.URLError, OSError):
-            return 0, ""
-
-    def log_text(self) -> str:
-        return (self.workdir / f"{self.name}.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop(timeout=15)
-
-    def kill(self) -> None:
-        if self.process:
-            self.process.kill()
+        self.config_path.write_text(yaml.safe_dump(self.config.model_dump(mode="json")))
+        super().start(within)

@@ -76,10 +76,7 @@ class IngestServer:
             await self._runner.cleanup()
             self._runner = None
         if self._nc is not None:
-            try:
-                await asyncio.wait_for(self._nc.drain(), 5)
-            except Exception as err:  # already closed / NATS gone: nothing left to flush
-                log.debug("nats drain on stop: %s", err)
+            await bus.close(self._nc)
             self._nc = None
 
 

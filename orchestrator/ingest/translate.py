@@ -2,13 +2,13 @@
 
 ``room_started`` → :class:`RoomCreated` (dedupe id = room sid, so LiveKit's retries and the second
 ``room_started`` that CreateDispatch's room auto-create fires are stored once); ``room_finished`` →
-:class:`RoomEnded`; anything else → ``None`` (ignored).
+:class:`RoomEnded`; anything else → ``None`` (ignored). The event's region is the room metadata's
+``region`` (:func:`orchestrator.home_region.region_hint`), else the ingest's region.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -16,11 +16,11 @@ from typing import TypeVar
 from livekit.protocol.webhook import WebhookEvent
 from pydantic import ValidationError
 
+from orchestrator.home_region import region_hint
 from shared.codec import describe_validation_error
 from shared.messages import RoomCreated, RoomEnded
 
 M = TypeVar("M", RoomCreated, RoomEnded)
-_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 class BadEvent(ValueError):
@@ -45,12 +45,12 @@ def translate(event: WebhookEvent, default_region: str) -> Translation:
 def _room_started(event: WebhookEvent, default_region: str) -> Translation:
     room = event.room
     metadata, note = parse_room_metadata(room.metadata)
-    region = default_region
-    hinted = (metadata or {}).get("region")
-    if isinstance(hinted, str) and _REGION.fullmatch(hinted):
-        region = hinted
-    elif hinted is not None:
-        note = "room metadata 'region' is not a valid region name; using the configured region"
+    # A webhook names no region of its own: the metadata's, else the one this ingest serves.
+    region = region_hint(None, metadata)
+    if region is None:
+        region = default_region
+        if (metadata or {}).get("region") is not None:
+            note = "room metadata 'region' is not a valid region name; using the configured region"
     created_ms = room.creation_time_ms or room.creation_time * 1000
     created_at = datetime.fromtimestamp(created_ms / 1000, UTC) if created_ms else None
     message = _build(

@@ -1,6 +1,9 @@
-"""Which pools and workers are alive, learned the way the orchestrator learns it: from heartbeats.
+"""Which pools and workers are alive.
 
-A CLI process has no history, so it listens for about 1.5 heartbeat intervals — long enough to hear
+First choice: ask the orchestrator replicas (:func:`ask_orchestrators`): one answers at once with
+the pools as it judges them, which is also what its scheduler acts on. Without an answer (no
+replica runs, or it is still warming up), learn it the way the orchestrator does, from heartbeats:
+a CLI process has no history, so it listens for about 1.5 heartbeat intervals — long enough to hear
 every live worker at least once — and folds what it heard into a :class:`PoolRegistry` (pinned
 pools from the config included, so a pool that never beat still shows up, as dead).
 """
@@ -12,17 +15,23 @@ import logging
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
-from orchestrator.pools import PoolRegistry, PoolView
+from orchestrator.pools import FORGET_AFTER_S, PoolRegistry, view_of
+from orchestrator.scheduler import PoolView
 from shared import subjects
 from shared.codec import ContractError, decode
 from shared.config import SwitchboardConfig
+from shared.messages import PoolCensus as CensusAnswer
 from shared.messages import PoolHeartbeat
 
 log = logging.getLogger(__name__)
 
 # Listening window in heartbeat intervals: every live worker beats at least once within it.
 LISTEN_INTERVALS = 1.5
+# How long a replica gets to answer the census request (it answers from memory, in milliseconds).
+ASK_TIMEOUT_S = 0.5
 
 
 class PoolCensus:
@@ -39,6 +48,14 @@ class PoolCensus:
         self._beats.setdefault(hb.pool, {})[hb.worker] = (hb, now)
 
     def views(self, now: float) -> list[PoolView]:
+        """The pools at ``now``. A long-running census (``status --watch``, ``dev``) forgets workers
+        silent for :data:`FORGET_AFTER_S` here, as the orchestrator's sweep does."""
+        for gone in self.registry.prune(now, FORGET_AFTER_S):
+            pool, worker = gone.split("/", 1)  # pool ids have no "/"
+            beats = self._beats.get(pool, {})
+            beats.pop(worker, None)
+            if not beats:
+                self._beats.pop(pool, None)
         return self.registry.snapshot(now)
 
     def workers_of(self, pool: str, now: float) -> list[PoolHeartbeat]:
@@ -71,3 +88,17 @@ async def take_census(nc: NATS, config: SwitchboardConfig, seconds: float | None
     census = PoolCensus(config)
     await listen(nc, census, seconds)
     return census
+
+
+async def ask_orchestrators(nc: NATS, timeout_s: float = ASK_TIMEOUT_S) -> tuple[str, list[PoolView]] | None:
+    """The pools as one orchestrator replica judges them, and which replica said so; None when no
+    replica answers in time (none runs, or one from before the census existed)."""
+    try:
+        reply = await nc.request(subjects.POOL_CENSUS, b"", timeout=timeout_s)
+        answer = decode(CensusAnswer, reply.data)
+    except (NoRespondersError, NatsTimeoutError, TimeoutError):
+        return None
+    except ContractError as err:
+        log.warning("ignored the orchestrator's pool census: %s", err)
+        return None
+    return answer.replica, [view_of(p) for p in answer.pools]

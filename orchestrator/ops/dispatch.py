@@ -2,7 +2,9 @@
 
 It publishes a RoomCreated on NATS — so the room is scheduled, traced, recorded and tracked like
 any other — after checking that the room has no live record (no double agent). The LiveKit room's
-sid and metadata are looked up when the room exists, so the event looks like the webhook's.
+sid and metadata are looked up when the room exists, so the event looks like the webhook's, and its
+region is the room's region hint as the controller reads it (``--region``, else the metadata's
+``region``: :func:`orchestrator.home_region.region_hint`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import re
 import socket
 import uuid
 from dataclasses import dataclass
@@ -18,14 +21,15 @@ from datetime import UTC, datetime
 from livekit import api as lk
 from nats.aio.client import Client as NATS
 
+from orchestrator.home_region import region_hint
 from orchestrator.ingest.translate import parse_room_metadata
 from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.ops.rooms import get_room, is_live, room_store
+from orchestrator.ops.watch import wait_for_room
 from orchestrator.override import DispatchOverride, with_override
 from orchestrator.records import RoomRecord, RoomState
-from orchestrator.store import room_key
 from shared import bus, subjects
-from shared.messages import RoomCreated
+from shared.messages import REGION_PATTERN, RoomCreated
 from shared.settings import LiveKitSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,22 @@ async def lookup_room(settings: LiveKitSettings, room: str) -> LiveKitRoom | Non
     return None
 
 
+def manual_event(
+    room: str, found: LiveKitRoom | None, override: DispatchOverride, region: str | None = None
+) -> RoomCreated:
+    """The RoomCreated a manual dispatch publishes: the room as LiveKit lists it (``found``), the
+    override in its metadata, and the region the controller would read from it — ``region`` when
+    the operator gave one, else the room metadata's."""
+    metadata, _ = parse_room_metadata(found.metadata if found else "")
+    return RoomCreated(
+        room=room,
+        sid=found.sid if found else None,
+        region=region_hint(region, metadata),
+        metadata=with_override(metadata, override),
+        created_at=datetime.now(UTC),
+    )
+
+
 async def manual_dispatch(
     nc: NATS,
     livekit: LiveKitSettings,
@@ -77,6 +97,10 @@ async def manual_dispatch(
     region: str | None = None,
     wait_s: float = 15.0,
 ) -> DispatchOutcome:
+    if region is not None and not re.fullmatch(REGION_PATTERN, region):
+        return DispatchOutcome(
+            False, f"region {region!r} is not a region name (lower-case letters, digits and '-')"
+        )
     js = nc.jetstream()
     existing = await get_room(js, room)
     if existing is not None and is_live(existing):
@@ -92,15 +116,8 @@ async def manual_dispatch(
     except Exception as err:  # LiveKit down or credentials wrong: the orchestrator will say more
         log.warning("could not look the room up in LiveKit (%s); dispatching without its sid", err)
         found = None
-    metadata, _ = parse_room_metadata(found.metadata if found else "")
     override = DispatchOverride(agent=agent, pool=pool, requested_by=_who(), reason="switchboard dispatch")
-    event = RoomCreated(
-        room=room,
-        sid=found.sid if found else None,
-        region=region,
-        metadata=with_override(metadata, override),
-        created_at=datetime.now(UTC),
-    )
+    event = manual_event(room, found, override, region)
     await bus.ensure_streams(js)
     # A fresh message id: the room sid may already sit in the dedupe window (a failed room retried
     # by hand is exactly the case this command exists for); the orchestrator's record dedupes.
@@ -127,23 +144,12 @@ async def _await_settled(nc: NATS, room: str, before: RoomRecord | None, wait_s:
     store = await room_store(nc.jetstream())
     if store is None:
         return None
-    latest = before
-    try:
-        async with asyncio.timeout(wait_s):
-            watcher = await store.kv.watch(room_key(room))
-            try:
-                async for entry in watcher:
-                    if entry is None or not entry.value:
-                        continue
-                    latest = RoomRecord.model_validate_json(entry.value)
-                    fresh = before is None or latest.received_at != before.received_at
-                    if fresh and latest.state in _SETTLED:
-                        return latest
-            finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]
-    except TimeoutError:
-        pass
-    return latest if latest is not before else None
+
+    def settled(record: RoomRecord) -> bool:
+        fresh = before is None or record.received_at != before.received_at
+        return fresh and record.state in _SETTLED
+
+    return (await wait_for_room(store.kv, room, settled, wait_s)).record
 
 
 def _who() -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.pools import PoolView
 from orchestrator.rules import validate_rules
+from orchestrator.scheduler import PoolView
 from shared import subjects
 from shared.config import Rule
+from shared.nats_credentials import CredentialProblem
 
 STREAMS = (subjects.ROOMS_STREAM, subjects.STATUS_STREAM, subjects.DEAD_LETTER_STREAM)
 CONSUMER_STREAMS = (subjects.ROOMS_STREAM, subjects.STATUS_STREAM)
@@ -57,10 +58,17 @@ class Facts:
     pools: Sequence[PoolView] | None = None
     rules: Sequence[Rule] = ()
     otlp: OtlpProbe | None = None  # None: no OTLP endpoint configured
+    # How this client authenticates, in words (never a secret); None: no credentials set.
+    nats_auth: str | None = None
+    # The servers answered "authorization violation": what to check (variables, never values).
+    nats_auth_refused: str | None = None
+    # Credentials found unusable without asking the servers (shared.nats_credentials).
+    credential_problems: Sequence[CredentialProblem] = ()
 
 
-def _needs_nats(name: str) -> CheckResult:
-    return CheckResult(name, None, "not checked: NATS is unreachable")
+def _needs_nats(name: str, f: Facts | None = None) -> CheckResult:
+    why = "NATS refused the credentials" if f is not None and f.nats_auth_refused else "NATS is unreachable"
+    return CheckResult(name, None, f"not checked: {why}")
 
 
 def check_config(f: Facts) -> list[CheckResult]:
@@ -82,21 +90,45 @@ def check_config(f: Facts) -> list[CheckResult]:
 
 
 def check_nats(f: Facts) -> list[CheckResult]:
+    if f.nats_auth_refused:
+        return [CheckResult("NATS reachable", True, f"{f.nats_url} answered (and refused the credentials)")]
     if f.nats_error:
         return [
             CheckResult(
                 "NATS reachable",
                 False,
                 f.nats_error,
-                "start nats-server (with -js) or set NATS_URL (and NATS_USER/NATS_PASSWORD/NATS_CREDS_FILE)",
+                "start nats-server (with -js) or set NATS_URL "
+                "(and NATS_USER/NATS_PASSWORD or NATS_NKEY_SEED_FILE)",
             )
         ]
     return [CheckResult("NATS reachable", True, f.nats_url)]
 
 
+def check_nats_credentials(f: Facts) -> list[CheckResult]:
+    """The servers' verdict on this client's credentials, then every credential found unusable here."""
+    results = []
+    if f.nats_auth_refused:
+        who = f.nats_auth or "a client without credentials"
+        results.append(
+            CheckResult(
+                "NATS credentials",
+                False,
+                f"authorization violation: the servers refused {who}",
+                f.nats_auth_refused,
+            )
+        )
+    elif f.nats_auth and not f.nats_error:
+        results.append(CheckResult("NATS credentials", True, f"accepted: {f.nats_auth}"))
+    results += [
+        CheckResult(f"credential {p.variable}", False, p.problem, p.fix) for p in f.credential_problems
+    ]
+    return results
+
+
 def check_jetstream(f: Facts) -> list[CheckResult]:
     if f.nats_error:
-        return [_needs_nats("JetStream enabled")]
+        return [_needs_nats("JetStream enabled", f)]
     if f.jetstream_error:
         return [
             CheckResult(
@@ -111,7 +143,7 @@ def check_jetstream(f: Facts) -> list[CheckResult]:
 
 def check_streams(f: Facts) -> list[CheckResult]:
     if f.nats_error or f.jetstream_error:
-        return [_needs_nats(f"stream {s}") for s in STREAMS]
+        return [_needs_nats(f"stream {s}", f) for s in STREAMS]
     fix = "start an orchestrator once (it creates streams, consumer and bucket), or create them as in docs"
     return [
         CheckResult(f"stream {s}", True, "present")
@@ -124,7 +156,7 @@ def check_streams(f: Facts) -> list[CheckResult]:
 def check_consumers(f: Facts) -> list[CheckResult]:
     names = [f"{s}/{subjects.ORCHESTRATOR_CONSUMER}" for s in CONSUMER_STREAMS]
     if f.nats_error or f.jetstream_error:
-        return [_needs_nats(f"consumer {n}") for n in names]
+        return [_needs_nats(f"consumer {n}", f) for n in names]
     return [
         CheckResult(f"consumer {n}", True, "present")
         if f.consumers.get(n)
@@ -141,7 +173,7 @@ def check_consumers(f: Facts) -> list[CheckResult]:
 def check_bucket(f: Facts) -> list[CheckResult]:
     name = f"KV bucket {subjects.ROOMS_BUCKET}"
     if f.nats_error or f.jetstream_error:
-        return [_needs_nats(name)]
+        return [_needs_nats(name, f)]
     if f.bucket:
         return [CheckResult(name, True, "present")]
     return [CheckResult(name, False, "missing", "start the orchestrator: switchboard orchestrator")]
@@ -183,7 +215,7 @@ def _live(pools: Sequence[PoolView]) -> list[PoolView]:
 
 def check_pools(f: Facts) -> list[CheckResult]:
     if f.pools is None:
-        return [_needs_nats("pools heartbeating")]
+        return [_needs_nats("pools heartbeating", f)]
     live = _live(f.pools)
     if not live:
         dead = ", ".join(p.pool for p in f.pools)
@@ -215,7 +247,7 @@ def check_pools(f: Facts) -> list[CheckResult]:
 
 def check_rules_have_pools(f: Facts) -> list[CheckResult]:
     if f.pools is None:
-        return [_needs_nats(f"rule {r.name} has a live pool") for r in f.rules]
+        return [_needs_nats(f"rule {r.name} has a live pool", f) for r in f.rules]
     results = []
     for rule in f.rules:
         name = f"rule {rule.name} has a live pool"
@@ -296,6 +328,7 @@ def check_otlp(f: Facts) -> list[CheckResult]:
 CHECKS: tuple[Callable[[Facts], list[CheckResult]], ...] = (
     check_config,
     check_nats,
+    check_nats_credentials,
     check_jetstream,
     check_streams,
     check_consumers,

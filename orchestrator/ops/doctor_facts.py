@@ -17,10 +17,11 @@ from orchestrator.livekit_gateway import LiveKitGateway, classify
 from orchestrator.ops.census import take_census
 from orchestrator.ops.doctor_checks import CONSUMER_STREAMS, STREAMS, Facts, LiveKitProbe, OtlpProbe
 from orchestrator.ops.session import nats_session
-from orchestrator.pools import PoolView
+from orchestrator.scheduler import PoolView
 from shared import subjects
 from shared.bus import NatsUnavailableError
 from shared.config import SwitchboardConfig
+from shared.nats_credentials import describe_auth, inspect_credentials, refused_hint
 from shared.settings import LiveKitSettings, Settings
 
 PROBE_TIMEOUT_S = 3.0
@@ -37,6 +38,8 @@ async def gather_facts(
         nats_task = tg.create_task(_nats_facts(settings, effective))
         livekit_task = tg.create_task(probe_livekit(settings.livekit))
         otlp_task = tg.create_task(probe_otlp(env))
+        # bcrypt checks take a moment each: off the loop.
+        credentials_task = tg.create_task(asyncio.to_thread(inspect_credentials, settings.nats, env))
     nf = nats_task.result()
     return Facts(
         nats_url=", ".join(_redact(u) for u in settings.nats.servers),
@@ -51,6 +54,9 @@ async def gather_facts(
         consumers=nf.consumers,
         bucket=nf.bucket,
         pools=nf.pools,
+        nats_auth=describe_auth(settings.nats),
+        nats_auth_refused=refused_hint(settings.nats) if nf.auth_refused else None,
+        credential_problems=credentials_task.result(),
     )
 
 
@@ -62,6 +68,7 @@ class NatsFacts:
     consumers: dict[str, bool] = field(default_factory=dict)
     bucket: bool | None = None
     pools: list[PoolView] | None = None
+    auth_refused: bool = False
 
 
 async def _nats_facts(settings: Settings, config: SwitchboardConfig) -> NatsFacts:
@@ -74,7 +81,7 @@ async def _nats_facts(settings: Settings, config: SwitchboardConfig) -> NatsFact
             facts.pools = census.result().views(asyncio.get_running_loop().time())
             return facts
     except NatsUnavailableError as err:
-        return NatsFacts(nats_error=str(err))
+        return NatsFacts(nats_error=str(err), auth_refused="authorization violation" in str(err).lower())
 
 
 async def _jetstream_facts(nc: NATS) -> NatsFacts:

@@ -2,28 +2,27 @@
 
 Affected rooms are those the KV records place on the pool with an agent in (or on its way into)
 the room: dispatched, joined, speaking. The pool is killed as a crash would kill it — in `dev` by
-SIGKILL to its worker process groups (PIDs from the dev state file), elsewhere by a ``PoolCommand
-exit`` on the pool's control subject (workers obey only with ``worker.allow_remote_kill``). Then
-each room is watched in KV until it is speaking again on another dispatch.
+SIGKILL to its worker process groups (a :data:`PoolKiller` made from the dev state file),
+elsewhere by a ``PoolCommand exit`` on the pool's control subject (workers obey only with
+``worker.allow_remote_kill``). Then each room is watched in KV until it speaks again on another
+dispatch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from orchestrator.devstack.dev_state import DevState
 from orchestrator.ops.rooms import read_rooms, room_store
+from orchestrator.ops.watch import room_watcher, watch_until
 from orchestrator.records import HOLDING, RoomRecord, RoomState
-from orchestrator.store import room_key
 from shared import subjects
 from shared.codec import encode
 from shared.control import PoolCommand
@@ -65,12 +64,17 @@ class NothingToDrill(RuntimeError):
     pass
 
 
+# Kills a pool's processes directly, as a crash would, and says how ("SIGKILL to 2 process groups").
+# `switchboard dev` supplies one from its state file; without one the pool is told over NATS.
+PoolKiller = Callable[[str], str]
+
+
 def affected_rooms(records: list[RoomRecord], pool: str) -> list[RoomRecord]:
     return [r for r in records if r.pool == pool and r.state in HOLDING]
 
 
 async def kill_pool_drill(
-    nc: NATS, pool: str, *, dev_state: DevState | None, deadline_s: float = 60.0
+    nc: NATS, pool: str, *, kill: PoolKiller | None, deadline_s: float = 60.0
 ) -> DrillReport:
     subject = subjects.pool_control(pool)  # validates the pool id
     js = nc.jetstream()
@@ -80,10 +84,10 @@ async def kill_pool_drill(
         raise NothingToDrill(f"no room has an agent on pool {pool} (dispatched, joined or speaking)")
     started = time.time()
     # Watch first, kill second: no transition can slip between the two.
-    watchers = {r.room: await store.kv.watch(room_key(r.room)) for r in rooms}
-    try:
-        if dev_state is not None:
-            method = _kill_dev_pool(dev_state, pool)
+    async with contextlib.AsyncExitStack() as stack:
+        watchers = {r.room: await stack.enter_async_context(room_watcher(store.kv, r.room)) for r in rooms}
+        if kill is not None:
+            method = kill(pool)
         else:
             command = PoolCommand(command="exit", reason="switchboard drill kill-pool")
             await nc.publish(subject, encode(command))
@@ -91,40 +95,17 @@ async def kill_pool_drill(
             method = "PoolCommand exit over NATS"
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(_await_recovery(watchers[r.room], r, started, deadline_s)) for r in rooms]
-    finally:
-        for watcher in watchers.values():
-            await watcher.stop()  # type: ignore[no-untyped-call]
     return DrillReport(pool, method, [t.result() for t in tasks])
-
-
-def _kill_dev_pool(state: DevState, pool: str) -> str:
-    pids = state.pools.get(pool)
-    if not pids:
-        raise NothingToDrill(
-            f"the dev stack has no worker processes for pool {pool} (has: {', '.join(state.pools)})"
-        )
-    for pid in pids:
-        # Each worker leads its own process group: whatever it started dies with it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    return f"SIGKILL to {len(pids)} worker process group(s) {pids}"
 
 
 async def _await_recovery(
     watcher: KeyValue.KeyWatcher, before: RoomRecord, started: float, deadline_s: float
 ) -> RoomRecovery:
-    latest = before
-    try:
-        async with asyncio.timeout(deadline_s):
-            async for entry in watcher:
-                if entry is None or not entry.value:
-                    continue
-                latest = RoomRecord.model_validate_json(entry.value)
-                if latest.state == RoomState.SPEAKING and latest.attempt > before.attempt:
-                    at = latest.voice_at or time.time()
-                    return RoomRecovery(
-                        before.room, max(0.0, at - started), latest.pool, latest.attempt, "speaking"
-                    )
-    except TimeoutError:
-        pass
+    watched = await watch_until(
+        watcher, lambda r: r.state == RoomState.SPEAKING and r.attempt > before.attempt, deadline_s
+    )
+    latest = watched.record or before
+    if watched.reached:
+        at = latest.voice_at or time.time()
+        return RoomRecovery(before.room, max(0.0, at - started), latest.pool, latest.attempt, "speaking")
     return RoomRecovery(before.room, None, latest.pool, latest.attempt, latest.state.value)

@@ -1,6 +1,7 @@
 """The async bodies of the operator commands: fetch, call the op, print. One function per command.
 
-They return the process exit code; :mod:`orchestrator.cli` parses options and runs them.
+They return the process exit code; :mod:`switchboard.cli` parses options and runs them. Each
+imports its op when it runs: `status` should not load LiveKit's API client for `doctor`.
 """
 
 from __future__ import annotations
@@ -10,27 +11,23 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from orchestrator.devstack.dev_state import read_state
-from orchestrator.ops.census import take_census
-from orchestrator.ops.doctor import print_results
-from orchestrator.ops.doctor_checks import exit_code, run_checks
-from orchestrator.ops.doctor_facts import gather_facts
-from orchestrator.ops.drain import drain_pool
-from orchestrator.ops.drill import DrillReport, NothingToDrill, kill_pool_drill
-from orchestrator.ops.explain import explain_record, explain_unknown
-from orchestrator.ops.live import LiveView
-from orchestrator.ops.rooms import get_room, read_rooms
 from orchestrator.ops.session import nats_session
-from orchestrator.ops.status import StatusSnapshot, render, to_json
 from shared.bus import NatsUnavailableError
-from shared.config import SwitchboardConfig
-from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from orchestrator.ops.drill import DrillReport, PoolKiller
+    from orchestrator.ops.live import LiveView
+    from orchestrator.scheduler import PoolView
+    from shared.config import SwitchboardConfig
+    from shared.settings import Settings
 
 
 def _nats_down(console: Console, err: Exception) -> int:
@@ -40,6 +37,10 @@ def _nats_down(console: Console, err: Exception) -> int:
 
 
 async def status(settings: Settings, config: SwitchboardConfig, *, as_json: bool, watch: bool) -> int:
+    from orchestrator.ops.live import LiveView
+    from orchestrator.ops.rooms import read_rooms
+    from orchestrator.ops.status import StatusSnapshot, render, to_json
+
     console = Console()
     if not console.is_terminal:
         console.width = 160  # a pipe or a log: do not squeeze the tables into 80 columns
@@ -48,9 +49,8 @@ async def status(settings: Settings, config: SwitchboardConfig, *, as_json: bool
             if watch:
                 await _watch(LiveView(nc, config), console)
                 return 0
-            census, rooms = await asyncio.gather(take_census(nc, config), read_rooms(nc.jetstream()))
-            now = asyncio.get_running_loop().time()
-            snapshot = StatusSnapshot(census.views(now), rooms, time.time())
+            (pools_from, pools), rooms = await asyncio.gather(_pools(nc, config), read_rooms(nc.jetstream()))
+            snapshot = StatusSnapshot(pools, rooms, time.time(), pools_from)
     except NatsUnavailableError as err:
         return _nats_down(console, err)
     if as_json:
@@ -60,7 +60,23 @@ async def status(settings: Settings, config: SwitchboardConfig, *, as_json: bool
     return 0
 
 
+async def _pools(nc: NATS, config: SwitchboardConfig) -> tuple[str, list[PoolView]]:
+    """An orchestrator's own view when one answers, else what 1.5 heartbeat intervals tell; and
+    which of the two it is."""
+    from orchestrator.ops.census import ask_orchestrators, take_census
+    from orchestrator.ops.status import HEARD
+
+    answered = await ask_orchestrators(nc)
+    if answered is not None:
+        replica, views = answered
+        return f"orchestrator {replica}", views
+    census = await take_census(nc, config)
+    return HEARD, census.views(asyncio.get_running_loop().time())
+
+
 async def _watch(live: LiveView, console: Console) -> None:
+    from orchestrator.ops.status import render
+
     async with asyncio.TaskGroup() as tg:
         runner = tg.create_task(live.run())
         # Let the first heartbeats and the KV snapshot arrive before the first frame.
@@ -75,6 +91,9 @@ async def _watch(live: LiveView, console: Console) -> None:
 
 
 async def explain(settings: Settings, config: SwitchboardConfig, room: str, trace_ui_url: str | None) -> int:
+    from orchestrator.ops.explain import explain_record, explain_unknown
+    from orchestrator.ops.rooms import get_room
+
     console = Console(highlight=False)
     try:
         async with nats_session(settings, "explain") as nc:
@@ -122,6 +141,8 @@ async def dispatch(
 
 
 async def drain(settings: Settings, config: SwitchboardConfig, pool: str) -> int:
+    from orchestrator.ops.drain import drain_pool
+
     console = Console(highlight=False)
     try:
         async with nats_session(settings, "drain") as nc:
@@ -143,18 +164,23 @@ async def drain(settings: Settings, config: SwitchboardConfig, pool: str) -> int
 
 
 async def doctor(settings: Settings, config: SwitchboardConfig | None, config_error: str | None) -> int:
+    from orchestrator.ops.doctor import print_results
+    from orchestrator.ops.doctor_checks import exit_code, run_checks
+    from orchestrator.ops.doctor_facts import gather_facts
+
     facts = await gather_facts(settings, config, dict(os.environ), config_error)
     results = run_checks(facts)
     print_results(Console(highlight=False), results)
     return exit_code(results)
 
 
-async def drill_kill_pool(settings: Settings, pool: str, dev_state: Path | None, deadline_s: float) -> int:
+async def drill_kill_pool(settings: Settings, pool: str, kill: PoolKiller | None, deadline_s: float) -> int:
+    from orchestrator.ops.drill import NothingToDrill, kill_pool_drill
+
     console = Console(highlight=False)
-    state = read_state(dev_state) if dev_state else None
     try:
         async with nats_session(settings, "drill") as nc:
-            report = await kill_pool_drill(nc, pool, dev_state=state, deadline_s=deadline_s)
+            report = await kill_pool_drill(nc, pool, kill=kill, deadline_s=deadline_s)
     except NatsUnavailableError as err:
         return _nats_down(console, err)
     except NothingToDrill as err:

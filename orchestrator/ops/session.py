@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 from nats.aio.client import Client as NATS
 
 from shared import bus
 from shared.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
@@ -27,7 +24,4 @@ async def nats_session(settings: Settings, name: str, attempts: int = 2) -> Asyn
     try:
         yield nc
     finally:
-        try:
-            await nc.drain()
-        except Exception as err:  # the server went away mid-command: nothing left to flush
-            log.debug("nats drain: %s", err)
+        await bus.close(nc)

@@ -11,12 +11,16 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.ops.rooms import by_state
-from orchestrator.pools import PoolView
 from orchestrator.records import TERMINAL, RoomRecord
+from orchestrator.scheduler import PoolView
 
 BAR_WIDTH = 12
 # Room rows listed in the table; the by-state summary always counts them all.
 MAX_ROOM_ROWS = 40
+
+
+# Where the pool table comes from: an orchestrator replica's own judgement, or the CLI's listening.
+HEARD = "heartbeats"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,11 +28,13 @@ class StatusSnapshot:
     pools: list[PoolView]
     rooms: list[RoomRecord]
     taken_at: float  # unix seconds
+    pools_from: str = HEARD  # "orchestrator <replica>", or HEARD
 
 
 def to_json(snapshot: StatusSnapshot) -> dict[str, Any]:
     return {
         "taken_at": snapshot.taken_at,
+        "pools_from": snapshot.pools_from,
         "pools": [pool_json(p) for p in snapshot.pools],
         "rooms_by_state": by_state(snapshot.rooms),
         "rooms": [room_json(r) for r in snapshot.rooms],
@@ -89,8 +95,9 @@ _STATE_STYLE = {
 }
 
 
-def pools_table(pools: list[PoolView]) -> Table:
-    table = Table(title="Pools", title_justify="left", expand=False)
+def pools_table(pools: list[PoolView], pools_from: str = HEARD) -> Table:
+    source = "heard from heartbeats" if pools_from == HEARD else f"as {pools_from} judges them"
+    table = Table(title=f"Pools ({source})", title_justify="left", expand=False)
     for col in (
         "pool",
         "region",
@@ -145,7 +152,9 @@ def rooms_table(rooms: list[RoomRecord], now: float) -> Table:
 
 
 def render(snapshot: StatusSnapshot) -> RenderableType:
-    return Group(pools_table(snapshot.pools), rooms_table(snapshot.rooms, snapshot.taken_at))
+    return Group(
+        pools_table(snapshot.pools, snapshot.pools_from), rooms_table(snapshot.rooms, snapshot.taken_at)
+    )
 
 
 def _since(at: float, now: float) -> str:

@@ -18,13 +18,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
-from orchestrator.pools import PoolView
 from orchestrator.scheduler.feasibility import PoolIndex
 from orchestrator.scheduler.model import (
     STRATEGIES,
     CandidateScore,
     Decision,
     Explanation,
+    Liveness,
+    PoolView,
     ScheduleRequest,
     Strategy,
 )
@@ -38,7 +39,9 @@ __all__ = [
     "CandidateScore",
     "Decision",
     "Explanation",
+    "Liveness",
     "PoolIndex",
+    "PoolView",
     "ScheduleRequest",
     "Strategy",
     "Topology",
@@ -60,8 +63,8 @@ def schedule(
 
     ``pools`` is a registry snapshot, or a :class:`PoolIndex` of one built with the same
     ``topology`` (much faster when many rooms are placed on one snapshot). ``reserved`` maps pool
-    id → slots held by dispatches not yet visible in heartbeats (``Reservations.counts()``); it is
-    read during the call only, never kept.
+    id → slots held by dispatches not yet visible in heartbeats (the orchestrator passes
+    ``RoomIndex.reserved``); it is read during the call only, never kept.
     """
     if isinstance(pools, PoolIndex):
         if pools.topology is not topology and pools.topology != topology:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from orchestrator.pools import PoolView
-from orchestrator.scheduler.model import CandidateScore
+from orchestrator.scheduler.model import CandidateScore, PoolView
 from orchestrator.scheduler.topology import Topology
 
 EXCLUDED = "excluded after failed attempt"

@@ -1,4 +1,5 @@
-"""The scheduler's plain data: what is asked, how each pool scored, what was decided.
+"""The scheduler's plain data: the pools it chooses from, what is asked, how each pool scored, what
+was decided.
 
 Frozen, slotted dataclasses with no validation of their own: the hot path builds thousands of them
 per second, and everything here is derived from already-validated messages and config.
@@ -13,15 +14,44 @@ from typing import Any, Literal
 
 Strategy = Literal["p2c", "least_loaded"]
 STRATEGIES: tuple[Strategy, ...] = ("p2c", "least_loaded")
+Liveness = Literal["alive", "draining", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """One pool as the scheduler sees it at one instant (the pool registry,
+    :mod:`orchestrator.pools`, folds worker heartbeats into these).
+
+    ``capacity`` and ``active`` are sums over live workers (draining ones included, so ``status``
+    shows the jobs still running there). ``open_slots`` is what the scheduler may still fill: the
+    sum of ``max(0, capacity - active)`` over live workers that are *not* draining — a draining
+    worker's spare capacity is not real, and one overloaded worker does not hide another's room
+    (LiveKit picks the worker). ``None`` means ``capacity - active`` (handy for hand-made views).
+    """
+
+    pool: str
+    agent: str
+    region: str
+    agent_name: str
+    workers: int
+    capacity: int
+    active: int
+    load: float
+    draining: bool
+    liveness: Liveness
+    # Seconds since the last beat from any worker of the pool; None: never heard from (pinned).
+    age_s: float | None
+    jobs: frozenset[str] = frozenset()
+    open_slots: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduleRequest:
     """One room to place.
 
-    ``agent`` comes from the matched rule; ``region`` is the home region the caller resolved (event
-    hint, else room metadata, else the config default — see :meth:`Topology.home_for`);
-    ``excluded`` are pools that already failed this room.
+    ``agent`` comes from the matched rule; ``region`` is the home region the caller resolved (the
+    event's region, else the room metadata's, else the config default — see
+    ``orchestrator.home_region``); ``excluded`` are pools that already failed this room.
     """
 
     room: str

@@ -9,13 +9,27 @@ last tier (k+1) — for callers that prefer any agent over none.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
-
-from shared.config import SwitchboardConfig
+from typing import Literal, Protocol
 
 Unlisted = Literal["never", "last"]
+
+
+class RegionSettings(Protocol):
+    @property
+    def neighbours(self) -> Sequence[str]: ...
+
+
+class TopologySettings(Protocol):
+    """What :meth:`Topology.from_config` reads: ``shared.config.SwitchboardConfig`` has it (the
+    scheduler depends on its own model only)."""
+
+    @property
+    def default_region(self) -> str: ...
+
+    @property
+    def regions(self) -> Mapping[str, RegionSettings]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +41,7 @@ class Topology:
     _tiers: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
-    def from_config(cls, cfg: SwitchboardConfig, unlisted: Unlisted = "never") -> Topology:
+    def from_config(cls, cfg: TopologySettings, unlisted: Unlisted = "never") -> Topology:
         neighbours = {region: _dedupe(rc.neighbours) for region, rc in cfg.regions.items()}
         return cls(cfg.default_region, neighbours, unlisted)
 
@@ -35,17 +49,14 @@ class Topology:
     def regions(self) -> frozenset[str]:
         return frozenset(self.neighbours) | {self.default_region}
 
-    def home_for(self, *hints: str | None) -> str:
-        """The first hint that is a known region, else the default region.
+    def home_for(self, hint: str | None) -> str:
+        """``hint`` when it is a known region, else the default region.
 
         An unknown hint (a typo, a region not in the config) would otherwise strand the room with
-        no reachable pool; falling back to the default is what the config promises.
+        no reachable pool; falling back to the default is what the config promises. Which hint a
+        room gives is :func:`orchestrator.home_region.region_hint`'s business.
         """
-        known = self.regions
-        for hint in hints:
-            if hint and hint in known:
-                return hint
-        return self.default_region
+        return hint if hint and hint in self.regions else self.default_region
 
     def tiers_for(self, home: str) -> Mapping[str, int]:
         """Region → tier for rooms homed in ``home`` (only reachable regions appear)."""

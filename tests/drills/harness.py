@@ -34,16 +34,16 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
-from orchestrator.devstack.ports import free_tcp_port
-from orchestrator.devstack.process import ServerProcess, start_with_fresh_ports
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
+from devstack.ports import free_tcp_port
+from devstack.process import ServerProcess, start_with_fresh_ports
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.store import RoomStore, open_bucket
 from shared import bus
 from shared.messages import RoomCreated
 from shared.settings import NatsSettings
-from tests.workerkit import SWITCHBOARD, Listener, WorkerProcess
+from tests.workerkit import SWITCHBOARD, Listener, WorkerProcess, agents_in_room
 
 AGENT = "ornina-avatar-agent"
 DRILL_ENTRYPOINT = "tests.drills.drill_agent:entrypoint"
@@ -480,9 +480,7 @@ class Stack:
 
     async def agents(self, room: str) -> list[Any]:
         assert self.lk is not None
-        async with asyncio.timeout(10):
-            listed = await self.lk.room.list_participants(lkapi.ListParticipantsRequest(room=room))
-        return [p for p in listed.participants if p.kind == lkapi.ParticipantInfo.Kind.AGENT]
+        return await agents_in_room(self.lk, room)
 
     async def agent_counts(self, rooms: Iterable[str]) -> dict[str, int]:
         limit = asyncio.Semaphore(16)

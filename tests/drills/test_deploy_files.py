@@ -14,6 +14,7 @@ kubeconform would need schemas from the network.)
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -26,7 +27,9 @@ import pytest
 import yaml
 from compose_spec import PyCompose  # type: ignore[import-untyped]
 
-from orchestrator.devstack.nats_server import find_nats_server
+from devstack.nats_server import find_nats_server
+from shared import probes
+from shared.nats_credentials import PASSWORD_USERS, hash_password, hash_variable
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = "1.37.0"
@@ -132,6 +135,27 @@ def test_kubernetes_manifests_are_production_shaped() -> None:
                     assert "valueFrom" in env, f"{env['name']} must come from a Secret"
 
 
+def test_kubernetes_probes_ask_what_the_processes_serve() -> None:
+    """A probe on a path nobody serves never gets ready (the workers once probed /health)."""
+    probed = []
+    for _, doc in _manifests():
+        for container in _containers(doc):
+            if not container.get("image", "").startswith("switchboard"):
+                continue
+            for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if kind in container:
+                    probed.append((doc["metadata"]["name"], kind, container[kind]["httpGet"]["path"]))
+    assert probed
+    wrong = [p for p in probed if p[2] not in probes.PATHS]
+    assert not wrong, f"probes on paths no process serves ({probes.PATHS}): {wrong}"
+    for _, doc in _manifests():
+        pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+        if any(c.get("image", "").startswith("switchboard") for c in pod.get("containers", [])):
+            # The image runs as uid 10001 (Dockerfile); the pod must agree, and let it read secrets.
+            assert pod["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
+            assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 10001
+
+
 def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     spec = doc.get("spec", {}).get("template", {}).get("spec", {})
     return list(spec.get("containers", []))
@@ -143,15 +167,17 @@ def test_nats_server_configs_are_valid(region: str, tmp_path: Path) -> None:
         shutil.copy(DEPLOY / "nats" / name, tmp_path / name)
     env = {
         "NATS_SERVER_NAME": f"nats-{region}-1",
-        "SWITCHBOARD_NATS_ORCHESTRATOR_PASSWORD": "x",
-        "SWITCHBOARD_NATS_INGEST_PASSWORD": "y",
-        "SWITCHBOARD_NATS_OPERATOR_PASSWORD": "z",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        # What the servers get: bcrypt hashes of the passwords (deploy/nats/accounts.conf).
+        **{hash_variable(user): hash_password(f"-{user}-0", cost=4) for user in PASSWORD_USERS},
         "SWITCHBOARD_NATS_WORKER_NKEY": nkeys.from_seed(
             nkeys.encode_seed(bytes(32), nkeys.PREFIX_BYTE_USER)
         ).public_key.decode(),
     }
+    # As deployed: check-credentials.sh first, which then runs nats-server.
+    check = DEPLOY / "nats" / "check-credentials.sh"
     done = subprocess.run(
-        [find_nats_server(), "-c", str(tmp_path / f"server-{region}.conf"), "-t"],
+        ["sh", str(check), find_nats_server(), "-c", str(tmp_path / f"server-{region}.conf"), "-t"],
         env=env,
         capture_output=True,
         text=True,

@@ -9,11 +9,14 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
+import string
+import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +24,27 @@ import aiohttp
 import nats
 import nkeys  # type: ignore[import-untyped]
 import pytest
+import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from livekit import api as lkapi
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from orchestrator.devstack.process import ServerProcess
+from devstack.nats_server import NatsServer
+from devstack.process import ServerProcess, start_with_fresh_ports
+from orchestrator.ops.census import ask_orchestrators
 from shared import bus, subjects
 from shared.codec import MAX_MESSAGE_BYTES, ContractError, decode
 from shared.messages import AgentStatus, Message, RoomCreated, RoomEnded
+from shared.nats_credentials import (
+    DEFAULT_COST,
+    PASSWORD_USERS,
+    WORKER_NKEY_VARIABLE,
+    hash_password,
+    hash_variable,
+    password_variable,
+)
 from shared.settings import NatsSettings
 from tests.drills.harness import DrillResult, Stack, drill_config, save_result, stack
 from tests.workerkit import SWITCHBOARD
@@ -272,9 +286,72 @@ DENIED_SUBSCRIBE = [
 ALLOWED_SUBSCRIBE = [("worker", "_INBOX_worker.>"), ("orchestrator", "_INBOX_orchestrator.>")]
 
 
+# Passwords shaped to trip nats-server's config parser. It reads `password: $VAR` by parsing the
+# variable's value as configuration, so with the password itself in the servers' environment (as
+# accounts.conf had it) most of these stop the server ("Expected a digit but got 'a'", "interface
+# conversion: interface {} is int64, not string", ...), some silently become another password
+# (" x ", "x}", "\"x\"", "$OTHER", a bcrypt-shaped one) and a few only look as if they would
+# (123abc, 1e5x, 0x1f, #x). The servers now get the $2a$ bcrypt hash instead, which the parser reads
+# back unchanged whatever the password: every shape must simply work. Each is made on purpose
+# (random parts, fixed shape), so every run of either variant covers every one of them.
+def awkward_passwords() -> dict[str, str]:
+    def tail() -> str:
+        return secrets.token_urlsafe(12)
+
+    def digits(n: int) -> str:
+        return "".join(secrets.choice(string.digits) for _ in range(n))
+
+    bcrypt_alphabet = "./" + string.ascii_letters + string.digits
+    month = secrets.choice("123456789")
+    return {
+        "leading -": f"-{tail()}",  # the one in the issue: "Expected a digit"
+        "negative integer": f"-{digits(14)}",
+        "integer": f"{secrets.choice('123456789')}{digits(13)}",
+        "integer beyond int64": digits(30),
+        "size suffix": f"{digits(10)}k",  # 1k is 1000 to the parser
+        "float": f"{digits(6)}.{digits(6)}",
+        "exponent": f"{digits(6)}e{digits(2)}",
+        "digits then letters": f"{digits(4)}e5x{tail()}",
+        "hex": f"0x{secrets.token_hex(8)}",
+        "ISO date": f"20{digits(2)}-0{month}-1{digits(1)}T1{digits(1)}:3{digits(1)}:4{digits(1)}Z",
+        "boolean": secrets.choice(["true", "False", "yes", "NO", "on", "off"]),
+        "spaces": f"{tail()} {tail()} {tail()}",
+        "padded": f" {tail()} ",
+        "line break": f"{tail()}\n{tail()}",
+        "comment": f"#{tail()}",
+        "slashes": f"//{tail()}",
+        "double quote": f'"{tail()}',
+        "quoted": f'"{tail()}"',
+        "single quote": f"'{tail()}",
+        "closing brace": f"{tail()}}}",
+        "opening brace": f"{{{tail()}",
+        "brackets": f"[{tail()}]",
+        "semicolon": f"{tail()};{tail()}",
+        "comma": f"{tail()},{tail()}",
+        "key separators": f"={tail()}:",
+        "backslash escapes": f"{tail()}\\t\\x{tail()}",
+        "variable reference": f"${WORKER_NKEY_VARIABLE}",  # the parser would substitute that variable
+        "bcrypt-looking": "$2a$11$" + "".join(secrets.choice(bcrypt_alphabet) for _ in range(53)),
+        "include": f"include {tail()}",
+        "non-ASCII": f"pässwörd-{tail()}-ü",
+        "72 bytes": (tail() * 8)[:72],  # as long as bcrypt reads
+    }
+
+
+# Which shapes the full stack runs with (orchestrator, ingest, operator), per drill size; every
+# shape also reaches a real nats-server on its own in both sizes (_every_shape_logs_in).
+STACK_SHAPES = {
+    "fast": ("leading -", "integer", "spaces"),
+    "full": ("size suffix", "quoted", "backslash escapes"),
+}
+CHECK_CREDENTIALS = REPO / "deploy" / "nats" / "check-credentials.sh"
+
+
 class Credentials:
-    def __init__(self, root: Path) -> None:
-        self.passwords = {u: secrets.token_urlsafe(24) for u in ("orchestrator", "ingest", "operator")}
+    def __init__(self, root: Path, passwords: dict[str, str] | None = None, cost: int = DEFAULT_COST) -> None:
+        self.passwords = passwords or {u: secrets.token_urlsafe(24) for u in PASSWORD_USERS}
+        # What the servers get: the hash of each password, never the password.
+        self.hashes = {u: hash_password(pw, cost) for u, pw in self.passwords.items()}
         seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
         self.worker_seed = seed.decode()
         self.worker_public = nkeys.from_seed(seed).public_key.decode()
@@ -284,9 +361,9 @@ class Credentials:
         self.seed_file.chmod(0o600)
 
     def server_env(self) -> dict[str, str]:
-        """What an operator puts in the server's environment (accounts.conf reads these)."""
-        env = {f"SWITCHBOARD_NATS_{user.upper()}_PASSWORD": pw for user, pw in self.passwords.items()}
-        env["SWITCHBOARD_NATS_WORKER_NKEY"] = self.worker_public
+        """What an operator puts in the servers' environment (accounts.conf reads these)."""
+        env = {hash_variable(user): hashed for user, hashed in self.hashes.items()}
+        env[WORKER_NKEY_VARIABLE] = self.worker_public
         return env
 
     def settings(self, url: str, who: str) -> dict[str, Any]:
@@ -295,7 +372,157 @@ class Credentials:
         return {"url": url, "user": who, "password": self.passwords[who]}
 
     def all(self) -> list[str]:
-        return [*self.passwords.values(), self.worker_seed]
+        return [*self.passwords.values(), *self.hashes.values(), self.worker_seed]
+
+
+@contextlib.contextmanager
+def server_environment(env: dict[str, str]) -> Iterator[None]:
+    """``env`` in this process's environment while a nats-server (which inherits it) starts, as in
+    production; gone again before any other process starts."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_credentials(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """deploy/nats/check-credentials.sh (what runs before nats-server) on ``env``, check only."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_NATS_")}
+    return subprocess.run(
+        ["sh", str(CHECK_CREDENTIALS)], env={**clean, **env}, capture_output=True, text=True, timeout=30
+    )
+
+
+async def _every_shape_logs_in(root: Path) -> dict[str, str]:
+    """Every awkward password against the real nats-server and the deployed accounts.conf, three at
+    a time (one per password user): shape -> "logged in", or what went wrong (never the value)."""
+    shapes = awkward_passwords()
+    names = list(shapes)
+    verdicts: dict[str, str] = {}
+    for n, first in enumerate(range(0, len(names), len(PASSWORD_USERS))):
+        group = names[first : first + len(PASSWORD_USERS)]
+        group += names[: len(PASSWORD_USERS) - len(group)]  # the last group filled up with the first shapes
+        creds = Credentials(
+            root / f"shapes-{n}", dict(zip(PASSWORD_USERS, (shapes[g] for g in group), strict=True)), 4
+        )
+        env = creds.server_env()
+        checked = await asyncio.to_thread(check_credentials, env)
+        if checked.returncode != 0:
+            verdicts.update({g: f"refused by check-credentials.sh: {checked.stderr.strip()}" for g in group})
+            continue
+
+        def make(attempt: int, n: int = n) -> NatsServer:
+            data = root / f"shapes-{n}" / f"nats-{attempt}"
+            data.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ACCOUNTS_CONF, data / "accounts.conf")
+            return NatsServer(data, extra_config='include "accounts.conf"')
+
+        with server_environment(env):
+            try:
+                server = await asyncio.to_thread(start_with_fresh_ports, make)
+            except Exception as err:
+                verdicts.update({g: f"nats-server did not start: {err}" for g in group})
+                continue
+        try:
+            for user, shape in zip(PASSWORD_USERS, group, strict=True):
+                verdicts.setdefault(shape, await _login(server.url, user, creds.passwords[user]))
+        finally:
+            await asyncio.to_thread(server.stop)
+        assert not [s for s in creds.all() if len(s) >= 8 and s.encode() in _logs(root / f"shapes-{n}")]
+    return verdicts
+
+
+async def _login(url: str, user: str, password: str) -> str:
+    try:
+        nc = await nats.connect(
+            url,
+            user=user,
+            password=password,
+            allow_reconnect=False,
+            connect_timeout=3,
+            max_reconnect_attempts=0,
+        )
+    except Exception as err:
+        return f"refused: {type(err).__name__} {err}"
+    await nc.close()
+    return "logged in"
+
+
+def _logs(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*.log")))
+
+
+def test_check_credentials_refuses_clearly_and_never_prints_a_value(tmp_path: Path) -> None:
+    """What runs before nats-server: every $2a$ hash of every shape passes; a password, a $2b$/$2y$
+    hash, a seed in place of the public key, or nothing is refused, naming the variable only."""
+    shapes = awkward_passwords()
+    good = Credentials(tmp_path, cost=4)
+    for shape, password in shapes.items():
+        env = {**good.server_env(), hash_variable("ingest"): hash_password(password, 4)}
+        assert check_credentials(env).returncode == 0, shape
+    other = hash_password("pw", 4)
+    wrong: list[tuple[str, str, str]] = [
+        *((shape, password, "is not a bcrypt hash") for shape, password in shapes.items()),
+        ("$2b$", "$2b$" + other[4:], "$2a$ in place of"),
+        ("$2y$", "$2y$" + other[4:], "$2a$ in place of"),
+        ("cut short", other[:-1], "not one"),
+        ("a line more", other + "\nx", "not one"),
+        ("empty", "", "is not set"),
+    ]
+    for shape, value, words in wrong:
+        if shape == "bcrypt-looking":
+            continue  # a password shaped like a hash is a hash to anything but bcrypt itself
+        env = {**good.server_env(), hash_variable("ingest"): value}
+        done = check_credentials(env)
+        assert done.returncode == 1, shape
+        assert hash_variable("ingest") in done.stderr and words in done.stderr, (shape, done.stderr)
+        assert len(value) < 8 or value not in done.stderr + done.stdout, shape
+    for value, words in ((good.worker_seed, "holds a seed"), ("UREPLACEWITHTHEPUBLICKEY", "not a public")):
+        done = check_credentials({**good.server_env(), WORKER_NKEY_VARIABLE: value})
+        assert done.returncode == 1 and words in done.stderr and value not in done.stderr
+    unset = check_credentials({})
+    assert unset.returncode == 1 and unset.stderr.count("is not set") == 4
+
+
+def test_deploy_files_agree_on_the_nats_credentials() -> None:
+    """accounts.conf, check-credentials.sh, the compose example env and the Kubernetes example
+    Secrets name the same variables; the servers' Secret holds no password and no seed."""
+    accounts = ACCOUNTS_CONF.read_text()
+    server_vars = set(re.findall(r"(?:password|nkey): \$(\w+)", accounts))
+    assert server_vars == {*(hash_variable(u) for u in PASSWORD_USERS), WORKER_NKEY_VARIABLE}
+    example = dict(
+        line.split("=", 1)
+        for line in (REPO / "deploy" / "compose" / "example.env").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert server_vars | {password_variable(u) for u in PASSWORD_USERS} <= set(example)
+    for name in server_vars - {WORKER_NKEY_VARIABLE}:
+        assert example[name].startswith("'") and example[name].endswith("'"), f"{name}: single-quote it"
+    docs = list(yaml.safe_load_all((REPO / "deploy" / "k8s" / "11-secrets.example.yaml").read_text()))
+    secrets_by_name = {d["metadata"]["name"]: set(d["stringData"]) for d in docs if d}
+    assert secrets_by_name["switchboard-nats-server"] == server_vars
+    assert secrets_by_name["switchboard-nats"] == {password_variable(u) for u in PASSWORD_USERS}
+    nats = next(
+        d
+        for d in yaml.safe_load_all((REPO / "deploy" / "k8s" / "20-nats.yaml").read_text())
+        if d["kind"] == "StatefulSet"
+    )
+    (container,) = nats["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "switchboard-nats-server"}}]
+    assert (
+        container["command"][-1] == "/etc/nats/check-credentials.sh" and container["args"][0] == "nats-server"
+    )
+    script = CHECK_CREDENTIALS.read_text()
+    assert f"for user in {' '.join(u.upper() for u in PASSWORD_USERS)}; do" in script
+    assert (
+        'name="SWITCHBOARD_NATS_${user}_PASSWORD_HASH"' in script and f"name={WORKER_NKEY_VARIABLE}" in script
+    )
 
 
 AUTH_SIZES = [
@@ -309,11 +536,22 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
     name, count = size
     result = DrillResult("7 NATS auth: least privilege, wrong credentials, no secret leaks", name)
     started = time.monotonic()
-    creds = Credentials(tmp_path)
+    # First every awkward password shape, each against a real nats-server of its own.
+    shapes = await _every_shape_logs_in(tmp_path / "shapes")
+    # Then the whole stack, its three password users on three of the shapes.
+    stack_shapes = dict(zip(PASSWORD_USERS, STACK_SHAPES[name], strict=True))
+    every = awkward_passwords()
+    creds = Credentials(tmp_path, {user: every[shape] for user, shape in stack_shapes.items()})
     rooms = [f"ornina-d7-{i}" for i in range(count)]
     result.notes.append(
         "every process authenticated with the deployed deploy/nats/accounts.conf: orchestrator, ingest "
-        "and operator (the drill's own client) by password, workers by nkey"
+        "and operator (the drill's own client) by password (the servers hold only its bcrypt hash), "
+        "workers by nkey"
+    )
+    result.notes.append(
+        "password_shapes: passwords nats-server's config parser misreads when they are in its "
+        "environment themselves, each made on purpose, each logged in with against a real nats-server "
+        "given only its $2a$ hash; stack_password_shapes: the shapes the whole stack ran on"
     )
     s = Stack(tmp_path, nats_extra='include "accounts.conf"')
     (tmp_path / "nats").mkdir(parents=True, exist_ok=True)
@@ -332,14 +570,11 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
     wrong = secrets.token_urlsafe(24)
     s.secrets.append(wrong)
     try:
-        # nats-server (started first, inheriting this environment) gets the credentials from its
+        # nats-server (started first, inheriting this environment) gets the hashes from its
         # environment, as in production; they are gone again before any other process starts.
-        os.environ.update(creds.server_env())
-        try:
+        assert check_credentials(creds.server_env()).returncode == 0
+        with server_environment(creds.server_env()):
             await s.start(drill_config())
-        finally:
-            for key in creds.server_env():
-                os.environ.pop(key, None)
         url = s.nats_url
         await s.start_pool(
             "eu-central-a",
@@ -375,6 +610,7 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
             for who, subject in ALLOWED_SUBSCRIBE
         }
         forged = await s.records(["ornina-forged"])
+        census = await _census_as_operator(url, creds)
 
         t0 = time.monotonic()
         try:
@@ -388,12 +624,28 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
         cli_code, cli_output, cli_s = await _orchestrator_with(
             s, {"NATS_USER": "orchestrator", "NATS_PASSWORD": wrong}
         )
+        doctor_code, doctor_output = await _doctor_with(
+            s,
+            {"NATS_USER": "orchestrator", "NATS_PASSWORD": wrong, "NATS_INBOX_PREFIX": "_INBOX_orchestrator"},
+        )
+        doctor_leaks = [f"secret #{i}" for i, x in enumerate(s.secrets) if len(x) >= 8 and x in doctor_output]
         result.extra.update(
             {
+                "password_shapes": shapes,
+                "stack_password_shapes": stack_shapes,
+                "wrong_password_doctor": {
+                    "exit": doctor_code,
+                    "lines": [
+                        ln.strip()
+                        for ln in doctor_output.splitlines()
+                        if "NATS credentials" in ln or "fix:" in ln
+                    ][:2],
+                },
                 "denied": denied,
                 "allowed": allowed,
                 "subscribe_denied": subscribe_denied,
                 "subscribe_allowed": subscribe_allowed,
+                "operator_pool_census": census,
                 "wrong_password_in_process": {"seconds": round(in_process_s, 2), "message": in_process_error},
                 "wrong_password_cli": {"exit": cli_code, "seconds": round(cli_s, 2), "last_line": cli_output},
             }
@@ -403,11 +655,17 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
     result.extra["secret_leaks"] = s.scan_secrets()
     result.duration_s = time.monotonic() - started
     save_result(result)
+    assert shapes and all(v == "logged in" for v in shapes.values()), shapes
+    assert set(shapes) == set(awkward_passwords()), "every shape reached a server"
+    assert doctor_code == 1 and "✘ NATS credentials" in doctor_output, doctor_output
+    assert hash_variable("orchestrator") in doctor_output and not doctor_leaks, doctor_output
     assert all(v.startswith("denied") for v in denied.values()), denied
     assert all(v == "allowed" for v in allowed.values()), allowed
     assert all(v.startswith("denied") for v in subscribe_denied.values()), subscribe_denied
     assert all(v == "allowed" for v in subscribe_allowed.values()), subscribe_allowed
     assert forged["ornina-forged"] is None
+    # `switchboard status` as the operator: the orchestrator may answer it, and only it.
+    assert census == {"eu-central-a": "alive"}, census
     assert "authorization violation" in in_process_error and in_process_s < 10
     assert cli_code not in (0, None) and cli_s < 20 and "authorization violation" in cli_output.lower()
     assert result.lost == 0 and result.live_at_end == result.rooms_sent, result.summary()
@@ -440,6 +698,25 @@ async def _as_user(url: str, creds: Credentials, who: str) -> AsyncIterator[tupl
         await nc.close()
 
 
+async def _census_as_operator(url: str, creds: Credentials) -> dict[str, str]:
+    """The pool census an orchestrator answers the operator with (allow_responses, the operator's
+    own inbox): pool -> liveness; empty when nobody answered."""
+    opts = creds.settings(url, "operator")
+    nc = await nats.connect(
+        url,
+        user=opts["user"],
+        password=opts["password"],
+        inbox_prefix="_INBOX_operator",
+        max_reconnect_attempts=1,
+        connect_timeout=2,
+    )
+    try:
+        answered = await ask_orchestrators(nc, timeout_s=5)
+    finally:
+        await nc.close()
+    return {v.pool: v.liveness for v in answered[1]} if answered else {}
+
+
 def _verdict(errors: list[str], what: str) -> str:
     violations = [e for e in errors if f"permissions violation for {what}" in e.lower()]
     return f"denied ({violations[0]})" if violations else "allowed"
@@ -457,6 +734,22 @@ async def _try_subscribe(url: str, creds: Credentials, who: str, subject: str) -
     async with _as_user(url, creds, who) as (nc, errors):
         await nc.subscribe(subject)
     return _verdict(errors, "subscription")
+
+
+async def _doctor_with(s: Any, env: dict[str, str]) -> tuple[int | None, str]:
+    """``switchboard doctor`` with these NATS credentials: its exit code and everything it printed."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "SWITCHBOARD_NATS_"))}
+    proc = await asyncio.create_subprocess_exec(
+        SWITCHBOARD,
+        "doctor",
+        "--config",
+        str(s.config_path),
+        env={**clean, **s.base_env(), "LIVEKIT_URL": s.livekit.http_url, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(errors="replace")
 
 
 async def _orchestrator_with(s: Any, env: dict[str, str]) -> tuple[int | None, str, float]:

@@ -7,7 +7,7 @@ ambiguous failure each try is ``room_exists`` + ``list_dispatch`` + ``create_dis
 3 x request_timeout_s). With LiveKit answering in 8 s (request timeout 10 s, dispatch deadline
 1 s, lease 6 s), a live owner is still waiting for its first answer when its lease runs out, and
 another replica's sweep would resume the same room and two replicas would act on it at once —
-unless the owner renews its lease while it works (``Controller._keep_lease``), which this checks.
+unless the owner renews its lease while it works (``Controller._renew_lease``), which this checks.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client as NATS
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
 from shared import bus

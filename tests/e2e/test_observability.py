@@ -15,10 +15,10 @@ import pytest
 from livekit import api as lkapi
 from nats.aio.client import Client as NATS
 
-from orchestrator.devstack.jaeger import JaegerServer
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
-from orchestrator.devstack.process import MissingBinaryError
+from devstack.jaeger import JaegerServer
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
+from devstack.process import MissingBinaryError
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
 from shared import bus

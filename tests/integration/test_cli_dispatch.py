@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client as NATS
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
 from orchestrator.ops.dispatch import manual_dispatch
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket

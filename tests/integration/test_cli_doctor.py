@@ -16,9 +16,9 @@ import pytest
 from nats.aio.client import Client as NATS
 from pydantic import SecretStr
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
-from orchestrator.devstack.ports import free_tcp_port
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
+from devstack.ports import free_tcp_port
 from orchestrator.ops.doctor_checks import exit_code, run_checks
 from orchestrator.ops.doctor_facts import gather_facts
 from shared.config import SwitchboardConfig, parse_config

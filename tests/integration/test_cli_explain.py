@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
 from orchestrator.ops.explain import explain_record, explain_unknown
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket

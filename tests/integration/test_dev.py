@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.devstack.dev import ALL_SPEAKING
+from devstack.dev import ALL_SPEAKING
 
 pytestmark = pytest.mark.integration
 SWITCHBOARD = str(Path(sys.executable).parent / "switchboard")

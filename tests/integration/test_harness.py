@@ -12,9 +12,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
-from orchestrator.devstack.process import MissingBinaryError
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
+from devstack.process import MissingBinaryError
 from shared import bus, subjects
 from shared.codec import decode
 from shared.messages import RoomCreated
@@ -129,7 +129,7 @@ async def test_core_nats_headers_carry_context_too(nc: NATS) -> None:
 
 
 async def test_bounded_connect_fails_fast_and_clearly_when_nats_is_down() -> None:
-    from orchestrator.devstack.ports import free_tcp_port
+    from devstack.ports import free_tcp_port
     from shared.settings import NatsSettings
 
     settings = NatsSettings(url=f"nats://127.0.0.1:{free_tcp_port()}", startup_attempts=2)

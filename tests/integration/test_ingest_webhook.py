@@ -22,9 +22,9 @@ from livekit import api as lkapi
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
-from orchestrator.devstack.ports import free_tcp_port
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
+from devstack.ports import free_tcp_port
 from orchestrator.ingest.server import IngestServer
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from orchestrator.devstack.nats_server import NatsServer
+from devstack.nats_server import NatsServer
 from shared import bus
 from shared.settings import NatsSettings
 

@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
 from shared import bus, subjects

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
 from shared import subjects
 from shared.codec import encode
 from shared.control import PoolCommand

@@ -8,7 +8,7 @@ from livekit import api as lkapi
 from nats.aio.client import Client as NATS
 from opentelemetry import trace
 
-from orchestrator.devstack.livekit_server import LiveKitServer
+from devstack.livekit_server import LiveKitServer
 from shared.tracecontext import extract_headers
 from tests.workerkit import (
     Listener,

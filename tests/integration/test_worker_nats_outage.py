@@ -9,8 +9,8 @@ from pathlib import Path
 import nats
 from livekit import api as lkapi
 
-from orchestrator.devstack.livekit_server import LiveKitServer
-from orchestrator.devstack.nats_server import NatsServer
+from devstack.livekit_server import LiveKitServer
+from devstack.nats_server import NatsServer
 from shared import bus, subjects
 from shared.codec import decode
 from shared.messages import AgentStatus

@@ -7,9 +7,11 @@ from dataclasses import replace
 import pytest
 
 from orchestrator.ops.doctor_checks import CheckResult, Facts, LiveKitProbe, OtlpProbe, exit_code, run_checks
-from orchestrator.pools import Liveness, PoolView
+from orchestrator.scheduler import Liveness, PoolView
 from shared import subjects
 from shared.config import Rule
+from shared.nats_credentials import CredentialProblem, refused_hint
+from shared.settings import NatsSettings
 
 AGENT = "ornina-avatar-agent"
 
@@ -139,6 +141,82 @@ def test_each_misconfiguration_is_named_with_a_fix(facts: Facts, failed: list[st
     assert exit_code(results) == 1
     text = " ".join(f"{r.detail} {r.fix}" for r in results if r.ok is False)
     assert words in text
+
+
+REFUSED = replace(
+    HEALTHY,
+    nats_error="cannot connect to NATS at nats://x:1 after 1 attempts: authorization violation",
+    nats_auth="user 'orchestrator' with NATS_PASSWORD",
+    nats_auth_refused=refused_hint(NatsSettings(user="orchestrator", password="wrong-password")),
+    streams={},
+    consumers={},
+    bucket=None,
+    pools=None,
+)
+
+
+@pytest.mark.parametrize(
+    ("facts", "failed", "words"),
+    [
+        # The servers answered, and refused: reachable, but the credentials are named, with the
+        # servers' variable to compare against.
+        (REFUSED, ["NATS credentials"], "SWITCHBOARD_NATS_ORCHESTRATOR_PASSWORD_HASH"),
+        (
+            replace(
+                REFUSED,
+                nats_auth="the nkey seed in NATS_NKEY_SEED_FILE (/run/secrets/worker.nk)",
+                nats_auth_refused=refused_hint(NatsSettings(nkey_seed_file="/run/secrets/worker.nk")),
+            ),
+            ["NATS credentials"],
+            "SWITCHBOARD_NATS_WORKER_NKEY",
+        ),
+        (
+            replace(
+                REFUSED,
+                nats_auth="user 'orchestrater' with NATS_PASSWORD",
+                nats_auth_refused=refused_hint(NatsSettings(user="orchestrater", password="wrong-password")),
+            ),
+            ["NATS credentials"],
+            "orchestrator, ingest, operator",
+        ),
+        # Found without asking the servers (e.g. doctor run with the deployment's env file).
+        (
+            replace(
+                HEALTHY,
+                credential_problems=[
+                    CredentialProblem(
+                        "SWITCHBOARD_NATS_INGEST_PASSWORD_HASH",
+                        "is a $2b$ bcrypt hash: nats-server reads only $2a$ hashes from its environment",
+                        "write the same hash with $2a$",
+                    )
+                ],
+            ),
+            ["credential SWITCHBOARD_NATS_INGEST_PASSWORD_HASH"],
+            "$2a$",
+        ),
+    ],
+)
+def test_credential_problems_name_the_variable(facts: Facts, failed: list[str], words: str) -> None:
+    results = run_checks(facts)
+    assert failing(results) == failed
+    assert exit_code(results) == 1
+    text = " ".join(f"{r.detail} {r.fix}" for r in results if r.ok is False)
+    assert words in text
+    assert "wrong-password" not in " ".join(f"{r.name} {r.detail} {r.fix}" for r in results)
+
+
+def test_refused_credentials_mark_dependent_checks_as_not_run_for_that_reason() -> None:
+    results = run_checks(REFUSED)
+    reachable = next(r for r in results if r.name == "NATS reachable")
+    assert reachable.ok is True and "refused" in reachable.detail
+    skipped = [r for r in results if r.ok is None]
+    assert skipped and all("refused the credentials" in r.detail for r in skipped)
+
+
+def test_accepted_credentials_are_shown_without_a_secret() -> None:
+    results = run_checks(replace(HEALTHY, nats_auth="user 'operator' with NATS_PASSWORD"))
+    (row,) = [r for r in results if r.name == "NATS credentials"]
+    assert row.ok is True and "operator" in row.detail and exit_code(results) == 0
 
 
 def test_nats_down_marks_dependent_checks_as_not_run() -> None:

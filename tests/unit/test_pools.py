@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from orchestrator.pools import PoolRegistry, PoolView
-from shared.config import PinnedPool
+from orchestrator.ops.census import PoolCensus
+from orchestrator.pools import FORGET_AFTER_S, PoolRegistry
+from orchestrator.scheduler import PoolView
+from shared.config import PinnedPool, SwitchboardConfig
 from shared.messages import PoolHeartbeat
 
 AT = datetime(2025, 1, 1, tzinfo=UTC)
@@ -111,13 +113,14 @@ def test_silence_of_everyone_kills_no_pool() -> None:
     assert view(reg, 60.0).liveness == "alive"
     assert view(reg, 60.0).age_s == pytest.approx(60.0)  # people still see the silence as it is
     assert reg.unheard_s(60.0) == pytest.approx(59.5)
-    assert reg.newly_dead(60.0) == []
+    assert view(reg, 60.0, "eu-b").liveness == "alive"
     # Hearing again: only the pool that stays silent dies, one dead limit of hearing later.
     reg.observe(beat("w1"), now=61.0)
-    assert reg.newly_dead(62.0) == []
+    assert view(reg, 62.0, "eu-b").liveness == "alive"
     reg.observe(beat("w1"), now=62.0)
     reg.observe(beat("w1"), now=63.0)
-    assert reg.newly_dead(63.0) == ["eu-b"]
+    assert view(reg, 63.0, "eu-b").liveness == "dead"
+    assert view(reg, 63.0).liveness == "alive"
 
 
 def test_a_starved_observer_catching_up_kills_no_pool() -> None:
@@ -126,7 +129,8 @@ def test_a_starved_observer_catching_up_kills_no_pool() -> None:
     hear(reg, until=10.0)
     reg.observe(beat("w1"), now=10.0)
     reg.observe(beat("w1", pool="eu-b"), now=10.0)
-    assert reg.newly_dead(13.5) == []  # the sweep runs first, before the queued beats
+    # The sweep runs first, before the queued beats.
+    assert view(reg, 13.5).liveness == view(reg, 13.5, "eu-b").liveness == "alive"
     reg.observe(beat("w1"), now=13.6)
     reg.observe(beat("w1", pool="eu-b"), now=13.6)
     assert view(reg, 13.6).liveness == view(reg, 13.6, "eu-b").liveness == "alive"
@@ -151,14 +155,14 @@ def test_overloaded_worker_does_not_hide_free_slots_of_another() -> None:
     assert only(reg, 0.0).open_slots == 4
 
 
-def test_operator_drain_takes_effect_at_once_and_can_be_undone() -> None:
+def test_operator_drain_takes_effect_at_once() -> None:
     reg = registry()
     reg.observe(beat("w1"), now=0.0)
     reg.mark_draining("eu-a")
     v = only(reg, 0.0)
     assert (v.liveness, v.draining, v.open_slots) == ("draining", True, 0)
-    reg.unmark_draining("eu-a")
-    assert only(reg, 0.0).liveness == "alive"
+    reg.observe(beat("w1"), now=1.0)  # whatever the workers say
+    assert only(reg, 1.0).liveness == "draining"
 
 
 def test_pinned_pool_is_dead_until_it_beats() -> None:
@@ -167,44 +171,29 @@ def test_pinned_pool_is_dead_until_it_beats() -> None:
     v = only(reg, 100.0)
     assert (v.pool, v.agent, v.region, v.agent_name) == ("us-a", "ornina", "us-east", "ornina.us-a")
     assert (v.liveness, v.workers, v.age_s) == ("dead", 0, None)
-    assert reg.newly_dead(100.0) == []  # never alive, so never "newly" dead
     reg.observe(beat("w1", pool="us-a", region="us-east"), now=101.0)
     assert only(reg, 101.0).liveness == "alive"
 
 
-def test_newly_dead_reports_each_death_once() -> None:
-    reg = registry()
-    reg.observe(beat("w1", pool="a"), now=0.0)
-    hear(reg, until=2.0)
-    reg.observe(beat("w1", pool="b"), now=2.0)
-    assert reg.newly_dead(2.0) == []
-    hear(reg, since=2.5, until=3.0)
-    assert reg.newly_dead(3.0) == ["a"]
-    hear(reg, since=3.5, until=4.0)
-    assert reg.newly_dead(4.0) == []
-    hear(reg, since=4.5, until=5.0)
-    assert reg.newly_dead(5.0) == ["b"]
-    # Revived and died again: reported again.
-    reg.observe(beat("w1", pool="a"), now=6.0)
-    assert reg.newly_dead(6.0) == []
-    hear(reg, since=6.0, until=9.0)
-    assert reg.newly_dead(9.0) == ["a"]
-
-
-def test_newly_dead_reports_a_pool_that_lived_and_died_between_calls() -> None:
+def test_forgetting_the_last_worker_removes_the_pool_and_its_operator_drain() -> None:
     reg = registry()
     reg.observe(beat("w1"), now=0.0)
-    hear(reg, until=10.0)
-    assert reg.newly_dead(10.0) == ["eu-a"]
-
-
-def test_forgetting_the_last_worker_kills_the_pool_and_removes_it() -> None:
-    reg = registry()
-    reg.observe(beat("w1"), now=0.0)
+    reg.mark_draining("eu-a")
     assert reg.forget_worker("eu-a", "w1") is True
     assert reg.forget_worker("eu-a", "w1") is False
-    assert reg.snapshot(0.0) == []
-    assert reg.newly_dead(0.0) == ["eu-a"]  # its rooms still need failover
+    assert reg.snapshot(0.0) == [] and reg.view("eu-a", 0.0) is None
+    # A pool that comes back under that id is a new deployment: this replica schedules onto it,
+    # as one started after the drain would.
+    reg.observe(beat("w2"), now=1.0)
+    assert view(reg, 1.0).liveness == "alive"
+
+
+def test_forgetting_a_pinned_pool_keeps_it_known_and_dead() -> None:
+    pin = PinnedPool(id="eu-a", agent="ornina", region="eu-central")
+    reg = PoolRegistry(1.0, 3, pinned=[pin])
+    reg.observe(beat("w1"), now=0.0)
+    assert reg.forget_worker("eu-a", "w1") is True
+    assert (view(reg, 0.0).liveness, view(reg, 0.0).workers) == ("dead", 0)
 
 
 def test_prune_forgets_long_silent_workers() -> None:
@@ -232,3 +221,21 @@ def test_invalid_timings_are_refused() -> None:
         PoolRegistry(0.0, 3)
     with pytest.raises(ValueError):
         PoolRegistry(1.0, 0)
+
+
+def test_prune_forgets_nobody_while_nothing_is_heard() -> None:
+    reg = registry()
+    reg.observe(beat("w1"), now=0.0)
+    assert reg.prune(now=10_000.0, forget_after_s=30.0) == []
+    assert view(reg, 10_000.0).liveness == "alive"
+
+
+def test_a_long_running_census_forgets_silent_workers_too() -> None:
+    census = PoolCensus(SwitchboardConfig())  # `status --watch` and `dev` keep one for hours
+    census.observe(beat("old"), now=0.0)
+    hear(census.registry, since=1.0, until=FORGET_AFTER_S - 1.0, step=1.0)
+    assert [v.pool for v in census.views(FORGET_AFTER_S - 1.0)] == ["eu-a", "zz-witness"]
+    hear(census.registry, since=FORGET_AFTER_S, until=FORGET_AFTER_S, step=1.0)
+    assert [v.pool for v in census.views(FORGET_AFTER_S)] == ["zz-witness"]
+    census.observe(beat("new"), now=FORGET_AFTER_S + 1.0)
+    assert [hb.worker for hb in census.workers_of("eu-a", FORGET_AFTER_S + 1.0)] == ["new"]

@@ -7,11 +7,12 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from orchestrator.pools import Liveness, PoolView
 from orchestrator.scheduler import (
     CandidateScore,
     Decision,
+    Liveness,
     PoolIndex,
+    PoolView,
     ScheduleRequest,
     Topology,
     decision_seed,
@@ -272,8 +273,8 @@ def test_topology_from_config() -> None:
     assert topo.tier_of("eu-west", "us-east") is None
     assert topo.tier_of("mars", "mars") == 0
     assert Topology.from_config(cfg, unlisted="last").tier_of("eu-west", "us-east") == 2
-    assert topo.home_for(None, "mars", "us-east") == "us-east"
-    assert topo.home_for("mars", None) == "eu-central"
+    assert topo.home_for("us-east") == "us-east"
+    assert topo.home_for("mars") == topo.home_for(None) == "eu-central"
 
 
 def test_decision_round_trips_through_json() -> None:

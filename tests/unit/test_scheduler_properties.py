@@ -8,8 +8,16 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.pools import Liveness, PoolView
-from orchestrator.scheduler import Decision, PoolIndex, ScheduleRequest, Strategy, Topology, schedule
+from orchestrator.scheduler import (
+    Decision,
+    Liveness,
+    PoolIndex,
+    PoolView,
+    ScheduleRequest,
+    Strategy,
+    Topology,
+    schedule,
+)
 
 REGIONS = ("eu", "us", "ap", "sa")
 TOPOLOGIES = (

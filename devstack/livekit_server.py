@@ -5,27 +5,18 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from orchestrator.devstack.ports import free_tcp_port, free_udp_port
-from orchestrator.devstack.process import MissingBinaryError, ServerProcess
+from devstack.ports import free_tcp_port, free_udp_port
+from devstack.probe import http_ok
+from devstack.process import LoopbackServer, MissingBinaryError, ServerProcess, cache_dir, find_binary
 
 LIVEKIT_SERVER_VERSION = "v1.13.5"
 INSTALL_HINT = (
     "scripts/install-livekit-server   (needs Go; builds livekit-server " + LIVEKIT_SERVER_VERSION + ")"
 )
-
-
-def cache_dir() -> Path:
-    explicit = os.environ.get("SWITCHBOARD_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "switchboard"
 
 
 def find_livekit_server() -> str:
@@ -37,16 +28,11 @@ def find_livekit_server() -> str:
             )
         return explicit
     cached = cache_dir() / "bin" / f"livekit-server-{LIVEKIT_SERVER_VERSION}"
-    if cached.exists():
-        return str(cached)
-    found = shutil.which("livekit-server")
-    if found:
-        return found
-    raise MissingBinaryError(f"livekit-server is not installed. Install it with: {INSTALL_HINT}")
+    return find_binary("livekit-server", INSTALL_HINT, cached)
 
 
 @dataclass
-class LiveKitServer:
+class LiveKitServer(LoopbackServer):
     data_dir: Path
     name: str = "livekit"
     port: int = field(default_factory=free_tcp_port)
@@ -61,6 +47,8 @@ class LiveKitServer:
     agents_target_load: float = 1.0
     log_level: str = "info"
     process: ServerProcess | None = None
+    # A graceful stop waits for rooms to close; the second signal makes it quick.
+    second_sigterm_after: ClassVar[float | None] = 0.5
 
     @property
     def http_url(self) -> str:
@@ -90,26 +78,9 @@ class LiveKitServer:
 
     def start(self, timeout: float = 30.0) -> None:
         binary = find_livekit_server()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         # The config holds the API secret: pass it through the environment, never on argv.
         env = {"LIVEKIT_CONFIG": json.dumps(self.config())}
-        argv = [binary, "--node-ip", "127.0.0.1"]
-        self.process = ServerProcess(self.name, argv, self.data_dir / f"{self.name}.log", env=env)
-        self.process.start()
-        self.process.wait_ready(self._healthy, timeout)
+        self.launch([binary, "--node-ip", "127.0.0.1"], self._healthy, timeout, env=env)
 
     def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.http_url + "/", timeout=0.5) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        # A graceful stop waits for rooms to close; the second signal makes it quick.
-        if self.process:
-            self.process.stop(force_after=0.5)
-
-    def kill(self) -> None:
-        if self.process:
-            self.process.kill()
+        return http_ok(self.http_url + "/")

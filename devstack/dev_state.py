@@ -6,11 +6,15 @@ of asking them over NATS. Written atomically; removed when `dev` stops.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+
+from orchestrator.ops.drill import NothingToDrill
 
 STATE_FILE = "dev-state.json"
 
@@ -40,3 +44,17 @@ def read_state(path: Path) -> DevState:
     if path.is_dir():
         path = path / STATE_FILE
     return DevState.model_validate(json.loads(path.read_text()))
+
+
+def kill_dev_pool(state: DevState, pool: str) -> str:
+    """SIGKILL the pool's worker process groups, as a crash would (the drill's :data:`PoolKiller`)."""
+    pids = state.pools.get(pool)
+    if not pids:
+        raise NothingToDrill(
+            f"the dev stack has no worker processes for pool {pool} (has: {', '.join(state.pools)})"
+        )
+    for pid in pids:
+        # Each worker leads its own process group: whatever it started dies with it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    return f"SIGKILL to {len(pids)} worker process group(s) {pids}"

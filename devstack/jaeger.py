@@ -13,24 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.devstack.livekit_server import cache_dir
-from orchestrator.devstack.ports import free_tcp_port
-from orchestrator.devstack.process import MissingBinaryError, ServerProcess
+from devstack.ports import free_tcp_port
+from devstack.probe import http_ok
+from devstack.process import LoopbackServer, ServerProcess, cache_dir, find_binary
 
 JAEGER_VERSION = "v1.76.0"
 INSTALL_HINT = "scripts/install-jaeger   (needs Go; builds Jaeger " + JAEGER_VERSION + ")"
 
 
 def find_jaeger() -> str:
+    # Only the pinned build: no jaeger from PATH.
     cached = cache_dir() / "bin" / f"jaeger-{JAEGER_VERSION}"
-    if cached.exists():
-        return str(cached)
-    raise MissingBinaryError(f"jaeger is not installed. Install it with: {INSTALL_HINT}")
+    return find_binary("jaeger", INSTALL_HINT, cached, search_path=False)
 
 
 @dataclass
-class JaegerServer:
+class JaegerServer(LoopbackServer):
     data_dir: Path
+    name: str = "jaeger"
     otlp_http_port: int = field(default_factory=free_tcp_port)
     query_port: int = field(default_factory=free_tcp_port)
     query_grpc_port: int = field(default_factory=free_tcp_port)
@@ -91,21 +91,11 @@ exporters:
 
     def start(self, timeout: float = 30.0) -> None:
         binary = find_jaeger()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = self.data_dir / "jaeger.yaml"
-        config.write_text(self.config_text())
-        self.process = ServerProcess(
-            "jaeger", [binary, "--config", str(config)], self.data_dir / "jaeger.log"
-        )
-        self.process.start()
-        self.process.wait_ready(self._ready, timeout)
+        config = self.write_config(f"{self.name}.yaml", self.config_text())
+        self.launch([binary, "--config", str(config)], self._ready, timeout)
 
     def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.query_url}/api/services", timeout=0.5) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"{self.query_url}/api/services")
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
         """The trace's spans, each with its process's ``serviceName`` folded in ([] if not found)."""
@@ -123,7 +113,3 @@ exporters:
                 span["serviceName"] = processes.get(span.get("processID"), {}).get("serviceName")
                 spans.append(span)
         return spans
-
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()

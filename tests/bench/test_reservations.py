@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.reservations import Reservations
+from bench.reservations import Reservations
 
 
 def test_reserve_counts_per_pool_and_is_idempotent() -> None:

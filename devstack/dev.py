@@ -17,10 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +27,17 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from orchestrator.devstack.dev_config import DEMO_AGENT, DEV_POOLS, demo_rooms, dev_config
-from orchestrator.devstack.dev_state import DevState, write_state
-from orchestrator.devstack.jaeger import JaegerServer, find_jaeger
-from orchestrator.devstack.listener import RoomListener
-from orchestrator.devstack.livekit_server import LiveKitServer, find_livekit_server
-from orchestrator.devstack.nats_server import NatsServer
-from orchestrator.devstack.ports import free_tcp_port
-from orchestrator.devstack.process import MissingBinaryError, ServerProcess, start_with_fresh_ports
+from devstack.commands import switchboard_command
+from devstack.dev_config import DEMO_AGENT, DEV_POOLS, demo_rooms, dev_config
+from devstack.dev_state import DevState, write_state
+from devstack.jaeger import JaegerServer, find_jaeger
+from devstack.listener import RoomListener
+from devstack.livekit_server import LiveKitServer, find_livekit_server
+from devstack.nats_server import NatsServer
+from devstack.ports import free_tcp_port
+from devstack.probe import http_ok
+from devstack.process import MissingBinaryError, ServerProcess, start_with_fresh_ports
+from devstack.worker_process import worker_args
 from orchestrator.ops.live import LiveView
 from orchestrator.ops.status import render
 from orchestrator.records import RoomRecord, RoomState
@@ -110,7 +110,11 @@ class DevStack:
             return None
         self.jaeger = JaegerServer(self.data_dir / "jaeger")
         self.jaeger.start()
-        self.say(f"traces: Jaeger UI at {self.jaeger.query_url} (service switchboard-orchestrator)", "green")
+        self.say(
+            f"traces: Jaeger UI at {self.jaeger.query_url} "
+            "(services switchboard-orchestrator, -worker, -ingest)",
+            "green",
+        )
         return self.jaeger
 
     def child_env(self, config_path: Path) -> dict[str, str]:
@@ -127,6 +131,8 @@ class DevStack:
                 {
                     "OTEL_EXPORTER_OTLP_ENDPOINT": self.jaeger.otlp_endpoint,
                     "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                    # Jaeger takes traces only; metrics stay on each process's /metrics.
+                    "OTEL_METRICS_EXPORTER": "none",
                 }
                 if self.jaeger
                 else {}
@@ -147,8 +153,7 @@ class DevStack:
         health: list[tuple[ServerProcess, str]] = [(ingest, f"http://127.0.0.1:{ingest_port}/healthz")]
         for p in DEV_POOLS:
             port = free_tcp_port()
-            argv = ["worker", "--agent", DEMO_AGENT, "--region", p.region, "--pool", p.pool]
-            argv += ["--capacity", str(self.options.capacity), "--health-port", str(port)]
+            argv = worker_args(DEMO_AGENT, p.region, p.pool, self.options.capacity, port)
             worker = self.spawn(f"worker-{p.pool}", argv, env)
             self.workers[p.pool] = [worker]
             health.append((worker, f"http://127.0.0.1:{port}/healthz"))
@@ -181,14 +186,11 @@ class DevStack:
 
     async def create_room(self, api: lk.LiveKitAPI, room: str, region: str) -> RoomListener:
         assert self.livekit
-        lkserver = self.livekit
         # Room metadata carries the region hint; creating the room fires room_started.
         req = lk.CreateRoomRequest(name=room, metadata=json.dumps({"region": region}), empty_timeout=300)
         async with asyncio.timeout(10):
             await api.room.create_room(req)
-        listener = RoomListener(
-            lkserver.ws_url, lkserver.api_key, lkserver.api_secret, room, f"listener-{room}"
-        )
+        listener = RoomListener(self.livekit, room, f"listener-{room}")
         await listener.connect()
         self.say(f"room {room} ({region}) created, listener joined")
         return listener
@@ -228,21 +230,6 @@ def _run_parallel(calls: list[Callable[[], None]]) -> None:
 
 def _shell_quote(value: str) -> str:
     return "'" + value.replace("'", "'\"'\"'") + "'"
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def switchboard_command() -> list[str]:
-    beside = Path(sys.executable).parent / "switchboard"
-    if beside.exists():
-        return [str(beside)]
-    return [sys.executable, "-c", "from orchestrator.cli import main; main()"]
 
 
 def install_script() -> Path | None:
@@ -357,9 +344,7 @@ async def _show(
             tasks = [tg.create_task(live.run()), tg.create_task(_supervise(stack, stop))]
             async with lk.LiveKitAPI(lkserver.http_url, lkserver.api_key, lkserver.api_secret) as api:
                 for room, region in demo_rooms(stack.options.rooms):
-                    listener = await stack.create_room(api, room, region)
-                    listeners.append(listener)
-                    tasks.append(tg.create_task(listener.listen()))
+                    listeners.append(await stack.create_room(api, room, region))
                     # One room at a time: the rooms go live one after the other on screen, and a
                     # worker never has two jobs connecting to LiveKit in the same instant (see
                     # docs: livekit rtc 1.1.21 can panic on concurrent connects in one process).

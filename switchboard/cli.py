@@ -1,20 +1,26 @@
 """`switchboard` — the one command: run the parts, and operate them.
 
-Each subcommand is a thin shell over a module that does the work, so the same code runs from
-the CLI, from `switchboard dev` and from the tests.
+The composition root: the only module that sees the orchestrator, the worker runtime and the dev
+stack together. Each subcommand is a thin shell over a module that does the work, so the same code
+runs from the CLI, from `switchboard dev` and from the tests, and each imports what it needs when it
+runs: `status` must not pay for livekit-agents.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+# Only the option declarations: the worker's runtime is imported when `worker` runs.
 from agent_worker.cli import worker as worker_command
-from shared.config import SwitchboardConfig
-from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.config import SwitchboardConfig
+    from shared.settings import Settings
 
 app = typer.Typer(
     name="switchboard",
@@ -64,6 +70,7 @@ def _settings_and_config(config: Path | None) -> tuple[Settings, SwitchboardConf
     """Settings from the environment; the config file, or its defaults when there is none (the
     operator commands work without one), exiting 2 when it exists but is invalid."""
     from orchestrator.runtime import load_config_or_exit, load_settings
+    from shared.config import SwitchboardConfig
 
     settings = load_settings(config)
     if not settings.config.exists():
@@ -95,6 +102,7 @@ def ingest(
     """Run the LiveKit webhook endpoint that turns room_started/room_finished into NATS events."""
     from orchestrator.ingest.server import IngestServer, run_until_signalled
     from orchestrator.runtime import load_config_or_exit, load_settings, run_async
+    from shared.config import SwitchboardConfig
     from shared.telemetry import setup_telemetry
 
     settings = load_settings(config)
@@ -127,7 +135,7 @@ def dev(
 
     from rich.console import Console
 
-    from orchestrator.devstack.dev import DevOptions, run_dev
+    from devstack.dev import DevOptions, run_dev
     from shared.logs import configure_logging
 
     configure_logging("WARNING", "text")
@@ -205,6 +213,31 @@ def doctor(config: ConfigOption = None) -> None:
     _run(runners.doctor(settings, cfg, error))
 
 
+@app.command("nats-hash")
+def nats_hash(
+    cost: Annotated[int, typer.Option(min=4, max=31, help="bcrypt cost")] = 11,
+) -> None:
+    """Print the $2a$ bcrypt hash of a password (read on stdin, asked for on a terminal) for the NATS
+    servers' SWITCHBOARD_NATS_<USER>_PASSWORD_HASH (deploy/nats/accounts.conf)."""
+    import getpass
+    import sys
+
+    from shared.nats_credentials import CredentialError, hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            typer.echo("switchboard nats-hash: the two passwords differ", err=True)
+            raise typer.Exit(code=1)
+    else:
+        password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    try:
+        typer.echo(hash_password(password, cost))
+    except CredentialError as err:
+        typer.echo(f"switchboard nats-hash: {err}", err=True)
+        raise typer.Exit(code=1) from None
+
+
 @drill_app.command("kill-pool")
 def drill_kill_pool(
     pool: str,
@@ -223,7 +256,13 @@ def drill_kill_pool(
     from orchestrator.ops import runners
 
     settings, _ = _settings_and_config(config)
-    _run(runners.drill_kill_pool(settings, pool, dev_state, deadline))
+    kill = None
+    if dev_state is not None:
+        from devstack.dev_state import kill_dev_pool, read_state
+
+        state = read_state(dev_state)
+        kill = functools.partial(kill_dev_pool, state)
+    _run(runners.drill_kill_pool(settings, pool, kill, deadline))
 
 
 def main() -> None:

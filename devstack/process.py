@@ -1,14 +1,20 @@
-"""A child server process: started with its log in a file, awaited until ready, always stopped."""
+"""A child server process: started with its log in a file, awaited until ready, always stopped.
+
+Also what the loopback server launchers (nats_server, livekit_server, jaeger) share: finding
+their binary, and :class:`LoopbackServer` (start into a data dir, stop, kill).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 
 class MissingBinaryError(RuntimeError):
@@ -104,11 +110,80 @@ class ServerProcess:
             return "(no log)"
 
 
+def cache_dir() -> Path:
+    """Where scripts/install-livekit-server and scripts/install-jaeger put the binaries they build."""
+    explicit = os.environ.get("SWITCHBOARD_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "switchboard"
+
+
+def find_binary(name: str, install_hint: str, *places: Path, search_path: bool = True) -> str:
+    """The first of ``places`` that exists, else ``name`` on PATH (unless ``search_path`` is off:
+    only the pinned build will do); MissingBinaryError naming the install command otherwise."""
+    for place in places:
+        if place.exists():
+            return str(place)
+    found = shutil.which(name) if search_path else None
+    if found:
+        return found
+    raise MissingBinaryError(f"{name} is not installed. Install it with: {install_hint}")
+
+
+class LoopbackServer:
+    """A server binary on 127.0.0.1 with its config and log in ``data_dir``, always stopped.
+
+    The launchers are dataclasses deriving from this; each declares ``name``, ``data_dir`` and
+    ``process`` as its fields and says how to start (argv, config, readiness probe).
+    """
+
+    name: str
+    data_dir: Path
+    process: ServerProcess | None
+    # A second SIGTERM this many seconds into a stop (None: one is enough); see ServerProcess.stop.
+    second_sigterm_after: ClassVar[float | None] = None
+
+    def write_config(self, filename: str, text: str) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / filename
+        path.write_text(text)
+        return path
+
+    def launch(
+        self,
+        argv: Sequence[str],
+        ready: Callable[[], bool],
+        timeout: float | None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """Start ``argv`` with its log at ``<data_dir>/<name>.log``; then wait until ``ready``
+        (``timeout`` None: do not wait, the caller waits later)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = ServerProcess(self.name, argv, self.data_dir / f"{self.name}.log", env=env)
+        self.process.start()
+        if timeout is not None:
+            self.process.wait_ready(ready, timeout)
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop(force_after=self.second_sigterm_after)
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.kill()
+
+
 class _Startable(Protocol):
     def start(self) -> None: ...
 
 
+class _Stoppable(_Startable, Protocol):
+    def stop(self) -> None: ...
+
+
 _S = TypeVar("_S", bound=_Startable)
+_T = TypeVar("_T", bound=_Stoppable)
 
 
 def start_with_fresh_ports(make: Callable[[int], _S], attempts: int = 3) -> _S:
@@ -124,3 +199,13 @@ def start_with_fresh_ports(make: Callable[[int], _S], attempts: int = 3) -> _S:
             if "address already in use" not in str(err) or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def running(make: Callable[[int], _T]) -> Iterator[_T]:
+    """:func:`start_with_fresh_ports`, and the server stopped when the block ends."""
+    server = start_with_fresh_ports(make)
+    try:
+        yield server
+    finally:
+        server.stop()

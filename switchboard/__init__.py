@@ -1,0 +1,1 @@
+"""The `switchboard` command: the composition root over orchestrator, agent_worker and devstack."""

@@ -1,0 +1,121 @@
+"""The controller's sweep prunes the pool registry: long-silent workers are forgotten, and the
+liveness judgements the sweep makes from the registry stay what they were."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+
+from orchestrator.controller import Clocks, Controller
+from orchestrator.index import RoomIndex
+from orchestrator.livekit_gateway import LiveKitGateway
+from orchestrator.pools import FORGET_AFTER_S, PoolRegistry
+from orchestrator.records import RoomRecord, RoomState
+from orchestrator.store import RoomStore, Versioned
+from shared.config import SwitchboardConfig
+from shared.messages import PoolHeartbeat
+
+
+def beat(pool: str, worker: str) -> PoolHeartbeat:
+    return PoolHeartbeat(
+        pool=pool,
+        agent="ornina",
+        region="eu-central",
+        agent_name=f"ornina.{pool}",
+        worker=worker,
+        capacity=4,
+        active=1,
+        load=0.25,
+        draining=False,
+        version="1",
+        at=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+
+
+class Sweeper:
+    """A controller on a hand-driven clock, with no KV and no LiveKit: with nothing to act on, the
+    sweep touches neither. Redispatch decisions are recorded instead of carried out."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.registry = PoolRegistry(heartbeat_interval_s=1.0, dead_after_missed_beats=3)
+        self.index = RoomIndex()
+        self.controller = Controller(
+            store=cast(RoomStore, None),
+            gateway=cast(LiveKitGateway, None),
+            config=SwitchboardConfig(),
+            registry=self.registry,
+            index=self.index,
+            replica="r1",
+            clocks=Clocks(wall=lambda: 1_000_000.0 + self.now, mono=lambda: self.now),
+        )
+        self.redispatched: list[tuple[str, str]] = []
+
+        async def redispatch(room: str, cause: str) -> None:
+            self.redispatched.append((room, cause))
+
+        cast(Any, self.controller)._guarded_redispatch = redispatch
+
+    def run_until(self, until: float, *beats: tuple[str, str]) -> None:
+        """Advance the clock to ``until`` one second at a time, ``beats`` arriving every second."""
+        while self.now < until:
+            self.now = min(until, self.now + 1.0)
+            for pool, worker in beats:
+                self.registry.observe(beat(pool, worker), self.now)
+        asyncio.run(self.controller.sweep())
+
+    def speaking_on(self, room: str, pool: str) -> None:
+        rec = RoomRecord(room=room, state=RoomState.SPEAKING, pool=pool, rule="r", agent="ornina")
+        self.index.apply(room, Versioned(rec, 1))
+
+
+def test_a_worker_that_stopped_beating_is_forgotten_after_the_horizon() -> None:
+    s = Sweeper()
+    s.registry.observe(beat("eu-a", "w-old"), 0.0)
+    s.speaking_on("room-a", "eu-a")
+    witness = ("eu-b", "w-b")  # another pool keeps beating: this replica hears
+
+    s.run_until(10.0, witness)
+    dead = s.registry.view("eu-a", s.now)
+    assert dead is not None and dead.liveness == "dead"  # dead, still remembered
+    assert s.redispatched == [("room-a", "pool_dead")]
+
+    s.run_until(FORGET_AFTER_S - 1.0, witness)
+    assert s.registry.view("eu-a", s.now) is not None
+    s.redispatched.clear()
+    s.run_until(FORGET_AFTER_S, witness)
+    assert s.registry.view("eu-a", s.now) is None  # forgotten by the sweep
+    assert [v.pool for v in s.registry.snapshot(s.now)] == ["eu-b"]
+    # Judged as before: the pool is gone, so a room still placed on it is failed over.
+    assert s.redispatched == [("room-a", "pool_dead")]
+    live = s.registry.view("eu-b", s.now)
+    assert live is not None and live.liveness == "alive" and live.workers == 1
+
+    # A forgotten worker that beats again is back at once.
+    s.registry.observe(beat("eu-a", "w-old"), s.now)
+    back = s.registry.view("eu-a", s.now)
+    assert back is not None and back.liveness == "alive"
+
+
+def test_a_deaf_replica_forgets_nobody_and_kills_nobody() -> None:
+    s = Sweeper()
+    s.registry.observe(beat("eu-a", "w1"), 0.0)
+    s.speaking_on("room-a", "eu-a")
+    s.run_until(FORGET_AFTER_S * 10)  # not one beat heard in all that time
+    view = s.registry.view("eu-a", s.now)
+    assert view is not None and view.liveness == "alive"
+    assert s.redispatched == []
+
+
+@pytest.mark.parametrize("silent_s", [FORGET_AFTER_S - 1.0, FORGET_AFTER_S])
+def test_one_of_two_workers_falling_silent_never_changes_the_pool_view(silent_s: float) -> None:
+    s = Sweeper()
+    s.registry.observe(beat("eu-a", "w-gone"), 0.0)
+    s.speaking_on("room-a", "eu-a")
+    s.run_until(silent_s, ("eu-a", "w-live"))
+    view = s.registry.view("eu-a", s.now)
+    assert view is not None and (view.liveness, view.workers, view.capacity) == ("alive", 1, 4)
+    assert s.redispatched == []
