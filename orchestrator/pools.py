@@ -11,6 +11,7 @@ liveness transitions are unit-testable with plain numbers.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -180,37 +181,15 @@ class PoolRegistry:
         return [v for v in views if v is not None]
 
 
+# What a census carries of a view: all but the job ids (the status table does not show them).
+_CARRIED = tuple(f.name for f in dataclasses.fields(PoolView) if f.name != "jobs")
+
+
 def summary(view: PoolView) -> PoolSummary:
     """``view`` on the wire (a part of the pool census a replica answers with)."""
-    return PoolSummary(
-        pool=view.pool,
-        agent=view.agent,
-        region=view.region,
-        agent_name=view.agent_name,
-        workers=view.workers,
-        capacity=view.capacity,
-        active=view.active,
-        load=view.load,
-        draining=view.draining,
-        liveness=view.liveness,
-        age_s=view.age_s,
-        open_slots=view.open_slots,
-    )
+    return PoolSummary(**{name: getattr(view, name) for name in _CARRIED})
 
 
 def view_of(s: PoolSummary) -> PoolView:
-    """A census entry back into the view ``status`` renders (jobs are not carried: not shown)."""
-    return PoolView(
-        pool=s.pool,
-        agent=s.agent,
-        region=s.region,
-        agent_name=s.agent_name,
-        workers=s.workers,
-        capacity=s.capacity,
-        active=s.active,
-        load=s.load,
-        draining=s.draining,
-        liveness=s.liveness,
-        age_s=s.age_s,
-        open_slots=s.open_slots,
-    )
+    """A census entry back into the view ``status`` renders."""
+    return PoolView(**s.model_dump())

@@ -35,7 +35,7 @@ from shared import bus, subjects
 from shared.codec import ContractError, decode, encode
 from shared.config import SwitchboardConfig
 from shared.control import PoolCommand
-from shared.messages import AgentStatus, Message, PoolCensus, PoolHeartbeat, RoomCreated, RoomEnded
+from shared.messages import AgentStatus, Message, PoolCensusReply, PoolHeartbeat, RoomCreated, RoomEnded
 from shared.probes import ProbeServer
 from shared.settings import Settings
 
@@ -253,7 +253,7 @@ class OrchestratorService:
         """`switchboard status` asks: the pools as this replica judges them, in one answer."""
         views = self.registry.snapshot(time.monotonic())
         try:
-            answer = encode(PoolCensus(replica=self.replica, pools=[summary(v) for v in views]))
+            answer = encode(PoolCensusReply(replica=self.replica, pools=[summary(v) for v in views]))
         except ContractError as err:  # too many pools for one message: status listens instead
             log.warning("pool census not answered: %s", err)
             return

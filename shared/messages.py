@@ -94,7 +94,7 @@ class PoolHeartbeat(Message):
 
 class PoolSummary(BaseModel):
     """One pool as an orchestrator replica judges it (liveness on its hearing clock); a part of
-    :class:`PoolCensus`."""
+    :class:`PoolCensusReply`."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
@@ -112,7 +112,7 @@ class PoolSummary(BaseModel):
     open_slots: Annotated[int, Field(ge=0)] | None = None
 
 
-class PoolCensus(Message):
+class PoolCensusReply(Message):
     """The pools as one orchestrator replica sees them: its answer on ``switchboard.orchestrator.pools``
     (core NATS request/reply; one replica of the queue group answers). Lets ``switchboard status``
     show the pools at once instead of listening to heartbeats for a window."""

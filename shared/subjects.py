@@ -24,7 +24,7 @@ POOL_HEARTBEAT_WILDCARD = f"{PREFIX}.pools.*.heartbeat"
 POOL_CONTROL_WILDCARD = f"{PREFIX}.pools.*.control"
 
 # The pools as the orchestrator replicas judge them (core NATS request/reply, queue group
-# ORCHESTRATOR_QUEUE: one replica answers with a PoolCensus).
+# ORCHESTRATOR_QUEUE: one replica answers with a PoolCensusReply).
 POOL_CENSUS = f"{PREFIX}.orchestrator.pools"
 ORCHESTRATOR_QUEUE = "orchestrator"
 

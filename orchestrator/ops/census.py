@@ -23,8 +23,7 @@ from orchestrator.scheduler import PoolView
 from shared import subjects
 from shared.codec import ContractError, decode
 from shared.config import SwitchboardConfig
-from shared.messages import PoolCensus as CensusAnswer
-from shared.messages import PoolHeartbeat
+from shared.messages import PoolCensusReply, PoolHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ async def ask_orchestrators(nc: NATS, timeout_s: float = ASK_TIMEOUT_S) -> tuple
     replica answers in time (none runs, or one from before the census existed)."""
     try:
         reply = await nc.request(subjects.POOL_CENSUS, b"", timeout=timeout_s)
-        answer = decode(CensusAnswer, reply.data)
+        answer = decode(PoolCensusReply, reply.data)
     except (NoRespondersError, NatsTimeoutError, TimeoutError):
         return None
     except ContractError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -239,3 +240,16 @@ def test_a_long_running_census_forgets_silent_workers_too() -> None:
     assert [v.pool for v in census.views(FORGET_AFTER_S)] == ["zz-witness"]
     census.observe(beat("new"), now=FORGET_AFTER_S + 1.0)
     assert [hb.worker for hb in census.workers_of("eu-a", FORGET_AFTER_S + 1.0)] == ["new"]
+
+
+def test_a_pool_census_carries_every_view_field_but_the_job_ids() -> None:
+    from orchestrator.pools import summary, view_of
+    from shared.codec import decode, encode
+    from shared.messages import PoolCensusReply
+
+    view = PoolView(
+        "eu-central-a", "agent", "eu-central", "agent.eu-central-a", 2, 8, 3, 0.375, False, "alive", 0.4
+    )
+    view = dataclasses.replace(view, jobs=frozenset({"AD_1"}), open_slots=5)
+    answer = decode(PoolCensusReply, encode(PoolCensusReply(replica="r1", pools=[summary(view)])))
+    assert view_of(answer.pools[0]) == dataclasses.replace(view, jobs=frozenset())
