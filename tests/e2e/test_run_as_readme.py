@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -172,6 +173,26 @@ async def test_parts_started_as_the_readme_shows_have_their_service_names_in_jae
     )
     record = await wait_for_record(kv, "ornina-readme-1", {RoomState.JOINED, RoomState.SPEAKING}, within=90)
     assert record.pool == "eu-central-a"
+
+    # An operator's command against the running parts: the orchestrator answers for the pools, and
+    # the command's own NATS close is no warning.
+    status = await asyncio.to_thread(
+        subprocess.run,
+        [SWITCHBOARD, "status", "--json"],
+        env={
+            **os.environ,
+            "NATS_URL": stack.env["NATS_URL"],
+            "SWITCHBOARD_CONFIG": stack.env["SWITCHBOARD_CONFIG"],
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "WARNING" not in status.stderr and "Traceback" not in status.stderr, status.stderr
+    seen = json.loads(status.stdout)
+    assert seen["pools_from"].startswith("orchestrator "), seen["pools_from"]
+    assert [(p["pool"], p["liveness"]) for p in seen["pools"]] == [("eu-central-a", "alive")]
 
     wanted = {"switchboard-orchestrator", "switchboard-worker"}
     services = await _await_services(jaeger, wanted, within_s=30)
