@@ -7,9 +7,10 @@ them (compare-and-set decides which one wins).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
-from orchestrator.records import RoomState
+from orchestrator.records import TERMINAL, RoomState
 from orchestrator.store import Versioned
 
 # Counted against a pool's headroom until its heartbeat lists the dispatch as a job.
@@ -26,6 +27,8 @@ class RoomIndex:
         # Dispatch ids some heartbeat has listed: from then on the job is counted in `active`
         # (or has ended), never as a reservation again — even before the record catches up.
         self._listed: set[str] = set()
+        # Live rooms per state, kept as records come and go (the rooms gauge reads it for free).
+        self._by_state: Counter[RoomState] = Counter()
 
     def hold(self, room: str, pool: str) -> None:
         """Count ``room`` against ``pool`` from now, before the record saying so is written."""
@@ -40,16 +43,27 @@ class RoomIndex:
         if held is not None and (versioned is None or versioned.record.pool == held):
             self._holds.pop(room)  # the written record now carries the reservation itself
         if versioned is None:
-            self._rooms.pop(room, None)
+            self._forget(room)
             return
         current = self._rooms.get(room)
         if current is not None and current.revision >= versioned.revision:
             return
         if versioned.record.terminal:
             # Terminal records stay in KV for `explain`, but nothing here needs them.
-            self._rooms.pop(room, None)
+            self._forget(room)
         else:
+            self._forget(room)
             self._rooms[room] = versioned
+            self._by_state[versioned.record.state] += 1
+
+    def _forget(self, room: str) -> None:
+        gone = self._rooms.pop(room, None)
+        if gone is not None:
+            self._by_state[gone.record.state] -= 1
+
+    def by_state(self) -> dict[str, int]:
+        """Live rooms per non-terminal state (its value), zeros included."""
+        return {state.value: self._by_state[state] for state in RoomState if state not in TERMINAL}
 
     def get(self, room: str) -> Versioned | None:
         return self._rooms.get(room)

@@ -3,6 +3,7 @@
 Histograms (seconds): room event → dispatched, → joined, → voice; CreateDispatch latency.
 Counters: dispatch outcomes, retries, redispatches by cause, rejected messages by reason.
 Gauges per pool: load, headroom, reserved, liveness — read from the registry and room index.
+Gauge per state: live rooms (every replica sees every room today: aggregate with max, not sum).
 """
 
 from __future__ import annotations
@@ -78,6 +79,21 @@ class OrchestratorMetrics:
         self._meter.create_observable_gauge("switchboard.pool.reserved", [reservations], unit="{job}")
         self._meter.create_observable_gauge(
             "switchboard.pool.liveness", [liveness], description="1 alive, 0.5 draining, 0 dead"
+        )
+
+
+    def observe_rooms(self, by_state: Callable[[], Mapping[str, int]]) -> None:
+        """Register the live-rooms gauge (``switchboard_rooms_live{switchboard_state}``), read from
+        the room index at collection time."""
+
+        def live(_: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(n, {"switchboard.state": state}) for state, n in by_state().items()]
+
+        self._meter.create_observable_gauge(
+            "switchboard.rooms.live",
+            [live],
+            unit="{room}",
+            description="Live rooms by state, as this replica's room index sees them",
         )
 
 

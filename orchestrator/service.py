@@ -139,6 +139,7 @@ class OrchestratorService:
                     replica=self.replica,
                     metrics=self.metrics,
                 )
+                self.metrics.observe_rooms(self.index.by_state)
                 self.metrics.observe_pools(
                     lambda: self.registry.snapshot(time.monotonic()),
                     lambda views: self.index.reserved({v.pool: v.jobs for v in views}),

@@ -45,7 +45,7 @@ from orchestrator.pools import PoolRegistry
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.scheduler import PoolView
 from orchestrator.service import OrchestratorService
-from orchestrator.store import RoomStore
+from orchestrator.store import RoomStore, Versioned
 from shared.config import SwitchboardConfig
 from shared.telemetry import LATENCY_BUCKETS
 
@@ -237,6 +237,9 @@ def exported() -> Exposition:
         age_s=0.5,
     )
     metrics.observe_pools(lambda: [view], lambda views: {v.pool: 1 for v in views})
+    index = RoomIndex()
+    index.apply("ornina-2", Versioned(RoomRecord(room="ornina-2", state=RoomState.WAITING_FOR_POOL), 1))
+    metrics.observe_rooms(index.by_state)
     opts = SimpleNamespace(pool="eu-central-a", region="eu-central", worker_id="w-1")
     worker_state = SimpleNamespace(
         opts=opts,

@@ -51,3 +51,17 @@ def test_a_job_once_listed_is_never_a_reservation_again() -> None:
     index.apply("a", _v("a", S.SPEAKING, "p", 1, "AD_a"))
     assert index.reserved({"p": frozenset({"AD_a"})}) == {}
     assert index.reserved({"p": frozenset()}) == {}
+
+
+def test_live_rooms_by_state_follow_every_change() -> None:
+    index = RoomIndex()
+    index.apply("a", _v("a", S.DISPATCHING, "p", 1))
+    index.apply("b", _v("b", S.WAITING_FOR_POOL, None, 2))
+    index.apply("a", _v("a", S.SPEAKING, "p", 3, "AD_a"))
+    index.apply("a", _v("a", S.JOINED, "p", 2))  # an older revision changes nothing
+    counts = index.by_state()
+    assert counts["speaking"] == 1 and counts["waiting_for_pool"] == 1 and counts["dispatching"] == 0
+    assert "ended" not in counts and sum(counts.values()) == 2
+    index.apply("a", _v("a", S.ENDED, "p", 4))
+    index.apply("b", None)  # expired or deleted
+    assert sum(index.by_state().values()) == 0
