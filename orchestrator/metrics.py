@@ -81,7 +81,6 @@ class OrchestratorMetrics:
             "switchboard.pool.liveness", [liveness], description="1 alive, 0.5 draining, 0 dead"
         )
 
-
     def observe_rooms(self, by_state: Callable[[], Mapping[str, int]]) -> None:
         """Register the live-rooms gauge (``switchboard_rooms_live{switchboard_state}``), read from
         the room index at collection time."""
