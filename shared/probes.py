@@ -44,15 +44,21 @@ class ProbeServer:
         self._runner = web.AppRunner(app, access_log=None)
         self.port = 0
 
-    async def __aenter__(self) -> ProbeServer:
+    async def start(self) -> None:
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
         # Port 0 asks the kernel: several processes on one host never collide.
         self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> ProbeServer:
+        await self.start()
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        await self._runner.cleanup()
+        await self.stop()
 
     async def _healthz(self, _: web.Request) -> web.Response:
         if self._alive is None:

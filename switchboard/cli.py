@@ -109,7 +109,8 @@ def ingest(
     cfg = load_config_or_exit(settings) if settings.config.exists() else SwitchboardConfig()
     telemetry = setup_telemetry("switchboard-ingest")
     try:
-        run_async(run_until_signalled(IngestServer(settings, cfg, host=host, port=port)))
+        server = IngestServer(settings, cfg, host=host, port=port, prometheus=telemetry.prometheus)
+        run_async(run_until_signalled(server))
     finally:
         telemetry.shutdown()
 

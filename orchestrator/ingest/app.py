@@ -25,6 +25,7 @@ from aiohttp import web
 from google.protobuf.json_format import ParseError
 from livekit import api as lk
 from livekit.protocol.webhook import WebhookEvent
+from opentelemetry.metrics import Meter
 
 from orchestrator.ingest.translate import BadEvent, translate
 from shared.codec import ContractError
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[RoomCreated | RoomEnded], Awaitable[None]]
 Ready = Callable[[], bool]
+# Counts one webhook: outcome (published, ignored, refused) and its event type or refusal reason.
+Count = Callable[[str, str], None]
 
 
 class Unavailable(RuntimeError):
@@ -51,10 +54,12 @@ class IngestOptions:
     publish_timeout_s: float = 3.0
 
 
-def build_app(options: IngestOptions, publish: Publish, ready: Ready) -> web.Application:
+def build_app(
+    options: IngestOptions, publish: Publish, ready: Ready, count: Count | None = None
+) -> web.Application:
     # client_max_size makes aiohttp refuse a larger body with 413 while reading it, before we hold it.
     app = web.Application(client_max_size=options.max_body_bytes)
-    handler = WebhookHandler(options, publish, ready)
+    handler = WebhookHandler(options, publish, ready, count or _uncounted)
     app.add_routes(
         [
             web.post(options.path, handler.handle),
@@ -69,11 +74,25 @@ async def _healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _uncounted(outcome: str, reason: str) -> None:
+    pass
+
+
+def webhook_counter(meter: Meter) -> Count:
+    """``switchboard_webhooks_total{outcome, reason}``: every webhook, by what became of it."""
+    webhooks = meter.create_counter(
+        "switchboard.webhooks",
+        description="LiveKit webhooks by outcome (published, ignored, refused) and event or reason",
+    )
+    return lambda outcome, reason: webhooks.add(1, {"outcome": outcome, "reason": reason})
+
+
 class WebhookHandler:
-    def __init__(self, options: IngestOptions, publish: Publish, ready: Ready) -> None:
+    def __init__(self, options: IngestOptions, publish: Publish, ready: Ready, count: Count) -> None:
         self._options = options
         self._publish = publish
         self._ready = ready
+        self._count = count
         self._receiver = lk.WebhookReceiver(lk.TokenVerifier(options.api_key, options.api_secret))
 
     async def readyz(self, _: web.Request) -> web.Response:
@@ -82,54 +101,56 @@ class WebhookHandler:
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > self._options.max_body_bytes:
-            return _refuse(413, "body too large", f"limit is {self._options.max_body_bytes} bytes")
+            return self._refuse(413, "body too large", f"limit is {self._options.max_body_bytes} bytes")
         auth = request.headers.get("Authorization", "")
         if not auth:
-            return _refuse(401, "missing signature", "no Authorization header")
+            return self._refuse(401, "missing signature", "no Authorization header")
         body = await request.read()  # raises HTTPRequestEntityTooLarge (413) past client_max_size
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
-            return _refuse(400, "malformed body", "not UTF-8")
+            return self._refuse(400, "malformed body", "not UTF-8")
         event = self._verify(text, auth)
         if isinstance(event, web.Response):
             return event
         try:
             translation = translate(event, self._options.default_region)
         except BadEvent as err:
-            return _refuse(400, "unusable event", str(err))
+            return self._refuse(400, "unusable event", str(err))
         message = translation.message
         if message is None:
             log.debug("webhook %s ignored", event.event or "(no event type)")
+            self._count("ignored", event.event or "none")
             return web.json_response({"status": "ignored", "event": event.event})
         with log_context(room=message.room):
             if translation.note:
                 log.warning("webhook %s: %s", event.event, translation.note)
             if not self._ready():
-                return _refuse(503, "NATS unavailable", "not connected; LiveKit will retry")
+                return self._refuse(503, "NATS unavailable", "not connected; LiveKit will retry")
             try:
                 async with asyncio.timeout(self._options.publish_timeout_s):
                     await self._publish(message)
             except ContractError as err:
-                return _refuse(400, "unusable event", str(err))
+                return self._refuse(400, "unusable event", str(err))
             except (TimeoutError, Unavailable) as err:
-                return _refuse(503, "NATS unavailable", str(err) or "publish timed out")
+                return self._refuse(503, "NATS unavailable", str(err) or "publish timed out")
             except Exception as err:  # nats-py raises a zoo of errors when the server goes away
-                return _refuse(503, "NATS unavailable", f"{type(err).__name__}: {err}")
+                return self._refuse(503, "NATS unavailable", f"{type(err).__name__}: {err}")
             log.info("webhook %s published as %s", event.event, type(message).__name__)
+            self._count("published", event.event)
         return web.json_response({"status": "published", "event": event.event})
 
     def _verify(self, text: str, auth: str) -> WebhookEvent | web.Response:
         try:
             return self._receiver.receive(text, auth)
         except ParseError:
-            return _refuse(400, "malformed body", "not a LiveKit webhook event")
+            return self._refuse(400, "malformed body", "not a LiveKit webhook event")
         except Exception as err:  # PyJWT errors, "hash mismatch", "sha256 was not found"
             # The reason names the check, never the token or the secret.
-            return _refuse(401, "bad signature", str(err)[:200] or type(err).__name__)
+            return self._refuse(401, "bad signature", str(err)[:200] or type(err).__name__)
 
-
-def _refuse(status: int, what: str, why: str) -> web.Response:
-    level = logging.WARNING if status != 503 else logging.ERROR
-    log.log(level, "webhook refused (%d %s): %s", status, what, why)
-    return web.json_response({"error": what, "detail": why}, status=status)
+    def _refuse(self, status: int, what: str, why: str) -> web.Response:
+        level = logging.WARNING if status != 503 else logging.ERROR
+        log.log(level, "webhook refused (%d %s): %s", status, what, why)
+        self._count("refused", what.replace(" ", "_"))
+        return web.json_response({"error": what, "detail": why}, status=status)

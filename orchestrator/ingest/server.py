@@ -1,6 +1,8 @@
 """`switchboard ingest` as an object: NATS connection, streams, the HTTP site, a clean stop.
 
-Used by the CLI, by `switchboard dev` and by the tests, so all three run the same code.
+Used by the CLI, by `switchboard dev` and by the tests, so all three run the same code. The webhook
+port faces LiveKit (often the internet) and serves only the webhook, /healthz and /readyz; the
+metrics are on the internal probe port (``SWITCHBOARD_HTTP_HOST``/``_PORT``), as for the orchestrator.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
+from opentelemetry import metrics
+from prometheus_client import CollectorRegistry
 
-from orchestrator.ingest.app import IngestOptions, Unavailable, build_app
+from orchestrator.ingest.app import IngestOptions, Unavailable, build_app, webhook_counter
 from shared import bus
 from shared.config import SwitchboardConfig
 from shared.messages import RoomCreated, RoomEnded
+from shared.probes import ProbeServer
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,9 +33,12 @@ class IngestServer:
     config: SwitchboardConfig
     host: str | None = None  # None: config.ingest.host
     port: int | None = None  # None: config.ingest.port; 0: a free port (see bound_port)
+    prometheus: CollectorRegistry | None = None  # None: no probe port (tests that need none)
     bound_port: int = 0
+    probe_port: int = 0
     _nc: NATS | None = None
     _runner: web.AppRunner | None = None
+    _probes: ProbeServer | None = None
 
     @property
     def url(self) -> str:
@@ -50,7 +58,8 @@ class IngestServer:
             max_body_bytes=cfg.max_body_bytes,
             publish_timeout_s=cfg.publish_timeout_s,
         )
-        app = build_app(options, self._publish, self._connected)
+        count = webhook_counter(metrics.get_meter("switchboard.ingest"))
+        app = build_app(options, self._publish, self._connected, count)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host = self.host or cfg.host
@@ -58,6 +67,15 @@ class IngestServer:
         await site.start()
         self.bound_port = int(self._runner.addresses[0][1])
         log.info("ingest listening on %s (webhook path %s)", f"http://{host}:{self.bound_port}", cfg.path)
+        if self.prometheus is not None:
+            http = self.settings
+            self._probes = ProbeServer(self._ready, self.prometheus, http.http_host, http.http_port)
+            await self._probes.start()
+            self.probe_port = self._probes.port
+            log.info("probes on http://%s:%d (/healthz /readyz /metrics)", http.http_host, self.probe_port)
+
+    def _ready(self) -> tuple[bool, dict[str, object]]:
+        return self._connected(), {"nats": "connected" if self._connected() else "unavailable"}
 
     def _connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
@@ -72,6 +90,9 @@ class IngestServer:
             await bus.publish_room_ended(js, message)
 
     async def stop(self) -> None:
+        if self._probes is not None:
+            await self._probes.stop()
+            self._probes = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -21,10 +21,13 @@ import pytest
 from livekit import api as lkapi
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.livekit_server import LiveKitServer
 from devstack.nats_server import NatsServer
 from devstack.ports import free_tcp_port
+from devstack.probe import http_ok
+from devstack.process import ServerProcess
 from orchestrator.ingest.server import IngestServer
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
@@ -32,7 +35,7 @@ from shared import subjects
 from shared.config import SwitchboardConfig, parse_config
 from shared.settings import LiveKitSettings, NatsSettings, Settings
 from tests.orchestratorkit import AGENT, make_config, make_settings, running_orchestrator, wait_for_record
-from tests.workerkit import Listener, WorkerProcess
+from tests.workerkit import SWITCHBOARD, Listener, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -193,3 +196,42 @@ async def test_nats_down_answers_503_so_livekit_retries(nats_server: NatsServer)
     finally:
         await client.close()
     assert info.state.messages == 1  # only the sentinel: the refused event was never stored
+
+
+async def test_the_ingest_counts_webhooks_on_its_internal_metrics_port(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """`switchboard ingest` as deployed: the webhook port answers LiveKit; /metrics is on
+    SWITCHBOARD_HTTP_PORT only, and counts what became of each webhook."""
+    webhook_port, probe_port = free_tcp_port(), free_tcp_port()
+    proc = ServerProcess(
+        "ingest",
+        [SWITCHBOARD, "ingest", "--port", str(webhook_port)],
+        tmp_path / "ingest.log",
+        env={
+            "NATS_URL": nats_server.url,
+            "LIVEKIT_API_KEY": KEY,
+            "LIVEKIT_API_SECRET": SECRET,
+            "SWITCHBOARD_CONFIG": str(tmp_path / "absent.yaml"),
+            "SWITCHBOARD_HTTP_PORT": str(probe_port),
+        },
+    )
+    proc.start()
+    try:
+        proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{probe_port}/readyz"), 30)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{webhook_port}/webhook", data=b"{}") as resp:
+                assert resp.status == 401  # no signature
+            async with http.get(f"http://127.0.0.1:{webhook_port}/metrics") as resp:
+                assert resp.status == 404  # nothing but the webhook and probes where LiveKit calls
+            async with http.get(f"http://127.0.0.1:{probe_port}/metrics") as resp:
+                text = await resp.text()
+        counted = {
+            (sample.labels["outcome"], sample.labels["reason"]): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "switchboard_webhooks_total"
+        }
+        assert counted == {("refused", "missing_signature"): 1.0}, text
+    finally:
+        proc.stop()

@@ -39,6 +39,7 @@ from devstack.process import MissingBinaryError, cache_dir, find_binary
 from orchestrator.controller import Controller
 from orchestrator.dispatcher import create_dispatch
 from orchestrator.index import RoomIndex
+from orchestrator.ingest.app import webhook_counter
 from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.pools import PoolRegistry
@@ -240,6 +241,10 @@ def exported() -> Exposition:
     index = RoomIndex()
     index.apply("ornina-2", Versioned(RoomRecord(room="ornina-2", state=RoomState.WAITING_FOR_POOL), 1))
     metrics.observe_rooms(index.by_state)
+    # The ingest's webhooks, as its handler counts them.
+    count = webhook_counter(provider.get_meter("switchboard.ingest"))
+    count("published", "room_started")
+    count("refused", "bad_signature")
     opts = SimpleNamespace(pool="eu-central-a", region="eu-central", worker_id="w-1")
     worker_state = SimpleNamespace(
         opts=opts,
@@ -520,9 +525,9 @@ def _listen_address(service: dict[str, Any]) -> tuple[str, int] | None:
     if command[:2] == ["switchboard", "worker"]:
         host = option("--health-host", "SWITCHBOARD_WORKER_HEALTH_HOST", "127.0.0.1")
         return host, int(option("--health-port", "SWITCHBOARD_WORKER_HEALTH_PORT", "0"))
-    if command[:2] == ["switchboard", "orchestrator"]:
+    if command[:2] in (["switchboard", "orchestrator"], ["switchboard", "ingest"]):
         return env.get("SWITCHBOARD_HTTP_HOST", "127.0.0.1"), int(env.get("SWITCHBOARD_HTTP_PORT", "0"))
-    return None  # the ingest serves no /metrics
+    return None
 
 
 def test_prometheus_scrapes_every_orchestrator_and_worker_where_it_listens() -> None:
@@ -546,5 +551,7 @@ def test_prometheus_scrapes_every_orchestrator_and_worker_where_it_listens() -> 
             f"{name}: /metrics on {host}:{port} is not reachable by Prometheus"
         )
         expected[name] = port
-    assert {"orchestrator-1", "orchestrator-2", "worker-eu-central-a", "worker-us-east-a"} <= set(expected)
+    assert {"orchestrator-1", "orchestrator-2", "ingest", "worker-eu-central-a", "worker-us-east-a"} <= set(
+        expected
+    )
     assert {k: v for k, v in scraped.items() if k in services} == expected
