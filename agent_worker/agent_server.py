@@ -20,7 +20,6 @@ from livekit.agents.job import JobAcceptArguments
 from agent_worker.entrypoints import RequestFnc, resolve_agent
 from agent_worker.job import JobRunner
 from agent_worker.options import WorkerOptions
-from agent_worker.prewarm import SHARED
 from shared.dispatch_metadata import read_dispatch_metadata
 from shared.settings import LiveKitSettings
 from shared.telemetry import setup_telemetry
@@ -182,16 +181,17 @@ class PrepareJobProcess:
 
     entrypoint: str | None = None
     prewarm: str | None = None
+    # Thread executor: what the prewarm made once at the worker's start (never pickled: threads
+    # share the process). Each job gets its own dict of the shared objects.
+    prewarmed: dict[Any, Any] | None = None
 
     def __call__(self, proc: JobProcess) -> None:
         prepare_job_process(proc)
-        prewarm = resolve_agent(self.entrypoint, self.prewarm).prewarm
-        if prewarm is None:
-            return
         if proc.executor_type == JobExecutorType.THREAD:
-            # Loaded once per worker process; each job gets its own dict of the shared objects.
-            proc.userdata.update(SHARED.userdata(self.entrypoint, self.prewarm))
-        else:
+            proc.userdata.update(self.prewarmed or {})
+            return
+        prewarm = resolve_agent(self.entrypoint, self.prewarm).prewarm
+        if prewarm is not None:
             prewarm(proc)
 
 
@@ -213,7 +213,12 @@ def prepare_job_process(proc: JobProcess) -> None:
         setup_telemetry("switchboard-worker", {"switchboard.job_process": str(os.getpid())})
 
 
-def build_agent_server(opts: WorkerOptions, livekit: LiveKitSettings, report_socket: str) -> AgentServer:
+def build_agent_server(
+    opts: WorkerOptions,
+    livekit: LiveKitSettings,
+    report_socket: str,
+    prewarmed: dict[Any, Any] | None = None,
+) -> AgentServer:
     override = os.environ.get("LIVEKIT_AGENT_NAME_OVERRIDE")
     if override and override != opts.agent_name:
         # livekit-agents would silently register under that name instead of the pool's.
@@ -237,7 +242,7 @@ def build_agent_server(opts: WorkerOptions, livekit: LiveKitSettings, report_soc
         # host never collide on 8081. Supervisors probe ours (agent_worker.health) instead.
         host="127.0.0.1",
         port=0,
-        setup_fnc=PrepareJobProcess(opts.entrypoint, opts.prewarm),
+        setup_fnc=PrepareJobProcess(opts.entrypoint, opts.prewarm, prewarmed),
         log_level="INFO",
     )
     # The user's agent (already checked at start); only its callbacks are taken, never its settings.

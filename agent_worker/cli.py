@@ -118,11 +118,11 @@ def worker(
         # Fail at start, not on the first dispatch: load the user's agent and run its prewarm.
         level, line = describe(resolve_agent(opts.entrypoint, opts.prewarm), opts.agent_name, opts.executor)
         log.log(level, line)
-        prewarm_at_start(opts.entrypoint, opts.prewarm, opts.executor)
+        prewarmed = prewarm_at_start(opts.entrypoint, opts.prewarm, opts.executor)
     except (OptionsError, ConfigError, EntrypointError) as exc:
         _fail(str(exc))
     with log_context(pool=opts.pool, worker=opts.worker_id):
-        _run(opts, lambda: _main(opts, settings))
+        _run(opts, lambda: _main(opts, settings, prewarmed))
 
 
 def _read_config(path: Path, *, explicit: bool) -> SwitchboardConfig:
@@ -134,10 +134,10 @@ def _read_config(path: Path, *, explicit: bool) -> SwitchboardConfig:
     return load_config(path)
 
 
-async def _main(opts: WorkerOptions, settings: Settings) -> None:
+async def _main(opts: WorkerOptions, settings: Settings, prewarmed: dict[Any, Any] | None) -> None:
     from agent_worker.runtime import run_worker  # livekit-agents is heavy: import after validation
 
-    await run_worker(opts, settings)
+    await run_worker(opts, settings, prewarmed)
 
 
 def _run(opts: WorkerOptions, main: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -23,7 +23,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 from typing import Any
 
 from livekit.agents import JobExecutorType, JobProcess
@@ -36,24 +35,6 @@ log = logging.getLogger(__name__)
 # fresh process also imports livekit-agents and the user's module first.
 CHECK_TIMEOUT_S = 90.0
 CHECK_FAILED = 2
-
-
-class SharedPrewarms:
-    """Prewarmed userdata, once per (entrypoint, prewarm) in this process, for job threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._userdata: dict[tuple[str | None, str | None], dict[Any, Any]] = {}
-
-    def userdata(self, entrypoint: str | None, prewarm: str | None) -> dict[Any, Any]:
-        key = (entrypoint, prewarm)
-        with self._lock:  # job threads start together: the first one runs it, the others wait
-            if key not in self._userdata:
-                self._userdata[key] = run_prewarm(resolve_agent(entrypoint, prewarm), JobExecutorType.THREAD)
-            return self._userdata[key]
-
-
-SHARED = SharedPrewarms()
 
 
 def run_prewarm(agent: UserAgent, executor: JobExecutorType) -> dict[Any, Any]:
@@ -70,15 +51,19 @@ def run_prewarm(agent: UserAgent, executor: JobExecutorType) -> dict[Any, Any]:
     return proc.userdata
 
 
-def prewarm_at_start(entrypoint: str | None, prewarm: str | None, executor: str) -> None:
-    """Before the worker registers: run (threads) or check (processes) the prewarm, if any."""
+def prewarm_at_start(entrypoint: str | None, prewarm: str | None, executor: str) -> dict[Any, Any] | None:
+    """Before the worker registers: run (threads) or check (processes) the prewarm, if any.
+
+    Threads: the userdata it made, which every job thread of this process starts from (the worker
+    hands it to :class:`agent_worker.agent_server.PrepareJobProcess`). Processes: None, as each job
+    process runs the prewarm itself."""
     agent = resolve_agent(entrypoint, prewarm)
     if agent.prewarm is None:
-        return
+        return None
     if executor == "thread":
-        SHARED.userdata(entrypoint, prewarm)
-    else:
-        check_in_fresh_process(entrypoint, prewarm)
+        return run_prewarm(agent, JobExecutorType.THREAD)
+    check_in_fresh_process(entrypoint, prewarm)
+    return None
 
 
 def check_in_fresh_process(entrypoint: str | None, prewarm: str | None) -> None:

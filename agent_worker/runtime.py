@@ -40,7 +40,9 @@ FLUSH_TIMEOUT_S = 5.0
 FORCED_EXIT_CODE = 130
 
 
-async def run_worker(opts: WorkerOptions, settings: Settings) -> None:
+async def run_worker(
+    opts: WorkerOptions, settings: Settings, prewarmed: dict[Any, Any] | None = None
+) -> None:
     telemetry = setup_telemetry(
         "switchboard-worker",
         {
@@ -50,19 +52,24 @@ async def run_worker(opts: WorkerOptions, settings: Settings) -> None:
         },
     )
     try:
-        await _run(opts, settings, telemetry.prometheus)
+        await _run(opts, settings, telemetry.prometheus, prewarmed)
     finally:
         telemetry.shutdown()  # flush spans on every exit, SIGTERM included
 
 
-async def _run(opts: WorkerOptions, settings: Settings, prometheus: CollectorRegistry) -> None:
+async def _run(
+    opts: WorkerOptions,
+    settings: Settings,
+    prometheus: CollectorRegistry,
+    prewarmed: dict[Any, Any] | None,
+) -> None:
     link = NatsLink(settings.nats, f"switchboard-worker {opts.worker_id}")
     queue = ReportQueue(opts.report_buffer)
     with tempfile.TemporaryDirectory(prefix="switchboard-worker-") as tmp:
         socket_path = Path(tmp) / "reports.sock"
         log.info(configure_loop_monitor(opts, os.environ))  # before livekit-agents starts executors
         reports = ReportServer(socket_path, queue.put)
-        server = build_agent_server(opts, settings.livekit, str(socket_path))
+        server = build_agent_server(opts, settings.livekit, str(socket_path), prewarmed)
         state = WorkerState(opts, server, queue, link)
         WorkerMetrics(metrics.get_meter("switchboard.agent_worker"), state)
         probes = ProbeServer(state.ready, prometheus, opts.health_host, opts.health_port, alive=state.health)

@@ -29,7 +29,7 @@ from agent_worker.entrypoints import (
     resolve_agent,
 )
 from agent_worker.options import WorkerOptions, resolve_options
-from agent_worker.prewarm import SharedPrewarms, prewarm_at_start
+from agent_worker.prewarm import prewarm_at_start
 from shared.config import SwitchboardConfig
 from shared.dispatch_metadata import attempt_key, build_dispatch_metadata
 from shared.messages import DispatchInfo
@@ -175,10 +175,10 @@ def _proc(executor: JobExecutorType) -> JobProcess:
     return JobProcess(executor_type=executor, user_arguments=None, http_proxy=None)
 
 
-def test_job_threads_share_one_prewarm_per_worker_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent_server, "SHARED", SharedPrewarms())
+def test_job_threads_share_one_prewarm_per_worker_process() -> None:
     declared_agents.PREWARM_CALLS.clear()
-    setup = PrepareJobProcess(f"{MOD}:server")
+    prewarmed = prewarm_at_start(f"{MOD}:server", None, "thread")
+    setup = PrepareJobProcess(f"{MOD}:server", prewarmed=prewarmed)
     first, second = _proc(JobExecutorType.THREAD), _proc(JobExecutorType.THREAD)
     setup(first)
     setup(second)
