@@ -90,7 +90,7 @@ def find_promtool() -> str:
     """The pinned build scripts/install-promtool leaves in the cache (as devstack finds jaeger): no
     promtool from PATH, whose PromQL may differ from the deployed Prometheus's."""
     version = promtool_version()
-    hint = f"scripts/setup   (or just scripts/install-promtool: needs Go, builds promtool {version} once)"
+    hint = f"scripts/install-promtool   (needs Go; builds promtool {version} once; scripts/test runs it)"
     try:
         return find_binary("promtool", hint, cache_dir() / "bin" / f"promtool-{version}", search_path=False)
     except MissingBinaryError as exc:
