@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # Listening window in heartbeat intervals: every live worker beats at least once within it.
 LISTEN_INTERVALS = 1.5
+# Where a pool list came from when no replica answered (``status --json``: ``pools_from``).
+HEARD = "heartbeats"
 # How long a replica gets to answer the census request (it answers from memory, in milliseconds).
 ASK_TIMEOUT_S = 0.5
 
@@ -101,3 +103,14 @@ async def ask_orchestrators(nc: NATS, timeout_s: float = ASK_TIMEOUT_S) -> tuple
         log.warning("ignored the orchestrator's pool census: %s", err)
         return None
     return answer.replica, [view_of(p) for p in answer.pools]
+
+
+async def current_pools(nc: NATS, config: SwitchboardConfig) -> tuple[str, list[PoolView]]:
+    """The pools now, and where that came from: an orchestrator replica's own view when one answers
+    ("orchestrator <replica>"), else what 1.5 heartbeat intervals tell (:data:`HEARD`)."""
+    answered = await ask_orchestrators(nc)
+    if answered is not None:
+        replica, views = answered
+        return f"orchestrator {replica}", views
+    census = await take_census(nc, config)
+    return HEARD, census.views(asyncio.get_running_loop().time())

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from orchestrator.livekit_gateway import LiveKitGateway, classify
-from orchestrator.ops.census import take_census
+from orchestrator.ops.census import current_pools
 from orchestrator.ops.doctor_checks import CONSUMER_STREAMS, STREAMS, Facts, LiveKitProbe, OtlpProbe
 from orchestrator.ops.session import nats_session
 from orchestrator.scheduler import PoolView
@@ -76,9 +76,9 @@ async def _nats_facts(settings: Settings, config: SwitchboardConfig) -> NatsFact
         async with nats_session(settings, "doctor", attempts=1) as nc:
             async with asyncio.TaskGroup() as tg:
                 js_task = tg.create_task(_jetstream_facts(nc))
-                census = tg.create_task(take_census(nc, config))
+                pools = tg.create_task(current_pools(nc, config))
             facts = js_task.result()
-            facts.pools = census.result().views(asyncio.get_running_loop().time())
+            facts.pools = pools.result()[1]
             return facts
     except NatsUnavailableError as err:
         return NatsFacts(nats_error=str(err), auth_refused="authorization violation" in str(err).lower())

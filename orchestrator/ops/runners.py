@@ -21,11 +21,8 @@ from orchestrator.ops.session import nats_session
 from shared.bus import NatsUnavailableError
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as NATS
-
     from orchestrator.ops.drill import DrillReport, PoolKiller
     from orchestrator.ops.live import LiveView
-    from orchestrator.scheduler import PoolView
     from shared.config import SwitchboardConfig
     from shared.settings import Settings
 
@@ -37,6 +34,7 @@ def _nats_down(console: Console, err: Exception) -> int:
 
 
 async def status(settings: Settings, config: SwitchboardConfig, *, as_json: bool, watch: bool) -> int:
+    from orchestrator.ops.census import current_pools
     from orchestrator.ops.live import LiveView
     from orchestrator.ops.rooms import read_rooms
     from orchestrator.ops.status import StatusSnapshot, render, to_json
@@ -49,7 +47,9 @@ async def status(settings: Settings, config: SwitchboardConfig, *, as_json: bool
             if watch:
                 await _watch(LiveView(nc, config), console)
                 return 0
-            (pools_from, pools), rooms = await asyncio.gather(_pools(nc, config), read_rooms(nc.jetstream()))
+            (pools_from, pools), rooms = await asyncio.gather(
+                current_pools(nc, config), read_rooms(nc.jetstream())
+            )
             snapshot = StatusSnapshot(pools, rooms, time.time(), pools_from)
     except NatsUnavailableError as err:
         return _nats_down(console, err)
@@ -58,20 +58,6 @@ async def status(settings: Settings, config: SwitchboardConfig, *, as_json: bool
     else:
         console.print(render(snapshot))
     return 0
-
-
-async def _pools(nc: NATS, config: SwitchboardConfig) -> tuple[str, list[PoolView]]:
-    """An orchestrator's own view when one answers, else what 1.5 heartbeat intervals tell; and
-    which of the two it is."""
-    from orchestrator.ops.census import ask_orchestrators, take_census
-    from orchestrator.ops.status import HEARD
-
-    answered = await ask_orchestrators(nc)
-    if answered is not None:
-        replica, views = answered
-        return f"orchestrator {replica}", views
-    census = await take_census(nc, config)
-    return HEARD, census.views(asyncio.get_running_loop().time())
 
 
 async def _watch(live: LiveView, console: Console) -> None:

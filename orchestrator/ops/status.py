@@ -10,6 +10,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.ops.census import HEARD
 from orchestrator.ops.rooms import by_state
 from orchestrator.records import TERMINAL, RoomRecord
 from orchestrator.scheduler import PoolView
@@ -19,16 +20,12 @@ BAR_WIDTH = 12
 MAX_ROOM_ROWS = 40
 
 
-# Where the pool table comes from: an orchestrator replica's own judgement, or the CLI's listening.
-HEARD = "heartbeats"
-
-
 @dataclass(frozen=True, slots=True)
 class StatusSnapshot:
     pools: list[PoolView]
     rooms: list[RoomRecord]
     taken_at: float  # unix seconds
-    pools_from: str = HEARD  # "orchestrator <replica>", or HEARD
+    pools_from: str = HEARD  # where the pools came from: "orchestrator <replica>", or HEARD
 
 
 def to_json(snapshot: StatusSnapshot) -> dict[str, Any]:
