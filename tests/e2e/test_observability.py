@@ -118,7 +118,9 @@ async def test_one_room_one_trace_across_orchestrator_and_worker_in_jaeger(
         tmp_path / "orch",
         nats_server.url,
         livekit_server,
-        make_config(heartbeat_interval_s=1.0, assign_check_s=8),
+        # Deadlines out of the way: this test is about the trace, not about how fast a cold worker
+        # speaks on a loaded machine (a redispatch would put a second job in the trace).
+        make_config(heartbeat_interval_s=1.0, assign_check_s=8, join_deadline_s=30, voice_deadline_s=30),
         extra_env=_otel_env(jaeger, "switchboard-orchestrator"),
     )
     orch.start()
@@ -142,10 +144,11 @@ async def test_one_room_one_trace_across_orchestrator_and_worker_in_jaeger(
         by_name = {str(s["operationName"]): s for s in spans}
         for name, service in REQUIRED.items():
             assert by_name[name]["serviceName"] == service, name
-        # The worker's job span is a child of the CreateDispatch span, across processes.
+        # The worker's job span is a child of a CreateDispatch span (one per try), across processes.
         job_refs = by_name["agent job"]["references"]
         assert isinstance(job_refs, list)
-        assert any(r["spanID"] == by_name["CreateDispatch"]["spanID"] for r in job_refs)
+        tries = {s["spanID"] for s in spans if s["operationName"] == "CreateDispatch"}
+        assert any(r["spanID"] in tries for r in job_refs)
         print(f"\ntrace {rec.trace_id}\n" + _tree(spans))
 
         # Metrics: the room's histograms have counts on the Prometheus endpoint.
