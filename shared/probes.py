@@ -16,8 +16,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 ReadyCheck = Callable[[], tuple[bool, Mapping[str, object]]]
 
+HEALTHZ, READYZ, METRICS = "/healthz", "/readyz", "/metrics"
 # What supervisors may probe (deploy files are checked against these).
-PATHS = ("/healthz", "/readyz", "/metrics")
+PATHS = (HEALTHZ, READYZ, METRICS)
 
 
 class ProbeServer:
@@ -36,9 +37,9 @@ class ProbeServer:
         app = web.Application()
         app.add_routes(
             [
-                web.get(PATHS[0], self._healthz),
-                web.get(PATHS[1], self._readyz),
-                web.get(PATHS[2], self._metrics),
+                web.get(HEALTHZ, self._healthz),
+                web.get(READYZ, self._readyz),
+                web.get(METRICS, self._metrics),
             ]
         )
         self._runner = web.AppRunner(app, access_log=None)
