@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from livekit import api as lk
+from nats.aio.client import Client as NATS
 from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
@@ -38,6 +39,7 @@ from devstack.ports import free_tcp_port
 from devstack.probe import http_ok
 from devstack.process import MissingBinaryError, ServerProcess, start_with_fresh_ports
 from devstack.worker_process import worker_args
+from orchestrator.ops.census import ask_orchestrators
 from orchestrator.ops.live import LiveView
 from orchestrator.ops.status import render
 from orchestrator.records import RoomRecord, RoomState
@@ -339,6 +341,7 @@ async def _show(
     rooms = [room for room, _ in demo_rooms(stack.options.rooms)]
     nc = await bus.connect(NatsSettings(url=stack.nats.url, startup_attempts=2), "switchboard-dev")
     try:
+        await _until_the_orchestrator_hears_the_pools(stack, nc)
         live = LiveView(nc, config)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(live.run()), tg.create_task(_supervise(stack, stop))]
@@ -400,6 +403,19 @@ async def _display(stack: DevStack, live: LiveView, stop: asyncio.Event) -> None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
                 await stop.wait()
+
+
+async def _until_the_orchestrator_hears_the_pools(stack: DevStack, nc: NATS) -> None:
+    """Rooms only once the orchestrator has heard every pool beat: a room arriving before would
+    wait for a pool, or go to the other region. Asked through the pool census; bounded."""
+    wanted = {p.pool for p in DEV_POOLS}
+    deadline = asyncio.get_running_loop().time() + WORKER_READY_TIMEOUT_S
+    while asyncio.get_running_loop().time() < deadline:
+        answered = await ask_orchestrators(nc, timeout_s=0.5)
+        if answered is not None and wanted <= {v.pool for v in answered[1] if v.liveness == "alive"}:
+            return
+        await asyncio.sleep(0.2)
+    stack.say("the orchestrator has not heard every pool yet; creating the rooms anyway", "yellow")
 
 
 async def _supervise(stack: DevStack, stop: asyncio.Event) -> None:

@@ -1,8 +1,11 @@
 """Durable pull consumers on JetStream: set up once, pulled by every replica, dead-lettered with a reason.
 
 One shared durable per stream spreads events over the replicas. A message is acked only after its
-handler returned (the state it caused is durable in KV); a handler error naks it with a growing
-delay; a message that cannot be decoded, or that failed ``max_deliver`` times, is copied to the
+handler returned (the state it caused is durable in KV). A handler failure naks it with a growing
+delay. Failures of infrastructure that comes back (KV/JetStream, NATS, LiveKit unavailable: see
+:func:`is_transient` and :class:`Retry`) are retried for as long as it takes: the server's
+``max_deliver`` is unlimited, so an outage never costs a valid event. Any other failure is poison:
+after ``poison_after`` deliveries the message, like one that cannot be decoded, is copied to the
 dead-letter subject with the reason in a header and terminated, so it never blocks the others.
 """
 
@@ -14,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -22,6 +26,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
 from orchestrator.alongside import alongside
+from orchestrator.livekit_gateway import LiveKitCallError
+from orchestrator.store import Conflict
 from shared import subjects
 from shared.codec import ContractError, decode
 from shared.messages import Message
@@ -32,6 +38,25 @@ _tracer = trace.get_tracer("switchboard.consumer")
 M = TypeVar("M", bound=Message)
 
 
+class Retry(Exception):
+    """Raise from a handler to say its failure is transient (``raise Retry("why") from err``): the
+    message is nak'ed with backoff and delivered again for as long as it takes, never dead-lettered.
+    For infrastructure that will come back and that :func:`is_transient` does not recognise; anything
+    else a handler raises counts as poison."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a handler's failure comes from infrastructure that will come back (retry forever)
+    rather than from the message itself (dead-letter it after ``poison_after`` deliveries)."""
+    if isinstance(exc, LiveKitCallError):
+        return not exc.permanent
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_transient(e) for e in exc.exceptions)
+    # nats.errors.Error covers nats.js.errors (KV, JetStream API); OSError covers ConnectionError
+    # and TimeoutError (asyncio's too).
+    return isinstance(exc, Retry | Conflict | TimeoutError | nats.errors.Error | OSError)
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
     stream: str
@@ -39,8 +64,19 @@ class ConsumerSpec:
     # Short, so the events a crashed replica had pulled come back to the others quickly; a live
     # replica keeps each message it works on with in_progress() (see _keep_working).
     ack_wait_s: float = 10.0
-    max_deliver: int = 6
+    # Unlimited: the pump decides when a message is dead-lettered. A server-side limit would drop
+    # valid events after an outage longer than the naks' backoff adds up to, and nothing replays them.
+    max_deliver: int = -1
     max_ack_pending: int = 2000
+    # Deliveries after which a message whose handler keeps failing (not transiently) is dead-lettered.
+    poison_after: int = 6
+    # Cap of the nak delay, so a message comes back within this long after an outage ends.
+    max_backoff_s: float = 30.0
+
+    def backoff_s(self, delivered: int) -> float:
+        """The nak delay after delivery ``delivered`` failed: 0.5 s doubling, capped."""
+        # The exponent is bounded: 2**n for a message delivered thousands of times overflows a float.
+        return min(0.5 * 2.0 ** min(max(delivered - 1, 0), 32), self.max_backoff_s)
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -82,14 +118,30 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
         )
 
 
-async def dead_letter(js: JetStreamContext, msg: Msg, reason: str) -> None:
-    """Keep the original bytes for an operator, with the reason, then stop redelivery."""
-    headers = {subjects.REJECT_REASON_HEADER: reason[:1000].replace("\r", " ").replace("\n", " ")}
+async def dead_letter(js: JetStreamContext, msg: Msg, reason: str, *, retry_in_s: float = 5.0) -> bool:
+    """Keep the original bytes for an operator, with the reason, then stop redelivery. Only once the
+    copy is stored is the message terminated: when the publish fails it is nak'ed to come back in
+    ``retry_in_s`` (and dead-lettered then), never dropped. Returns whether it was dead-lettered."""
+    meta = msg.metadata
+    headers = {
+        subjects.REJECT_REASON_HEADER: reason[:1000].replace("\r", " ").replace("\n", " "),
+        # A publish that timed out may still have landed: the retry must not store a second copy.
+        subjects.MSG_ID_HEADER: f"{meta.stream}.{meta.sequence.stream}",
+    }
     original = msg.subject.replace(".", "_")
     try:
         await js.publish(f"{subjects.DEAD_LETTER}.{original}", msg.data, headers=headers, timeout=5)
-    finally:
-        await msg.term()
+    except Exception as err:
+        log.warning(
+            "could not dead-letter message on %s (%r); it comes back in %.1fs", msg.subject, err, retry_in_s
+        )
+        try:
+            await msg.nak(delay=retry_in_s)
+        except Exception as nak_err:  # connection away: the server redelivers after ack_wait anyway
+            log.debug("nak failed: %r", nak_err)
+        return False
+    await msg.term()
+    return True
 
 
 Handler = Callable[[M, Msg], Awaitable[None]]
@@ -203,18 +255,7 @@ class MessagePump:
                 except Exception as exc:
                     span.record_exception(exc)
                     span.set_attribute("error.type", type(exc).__name__)
-                    delivered = msg.metadata.num_delivered
-                    if delivered >= self.spec.max_deliver:
-                        await self._reject(
-                            msg,
-                            "max_deliveries",
-                            f"handler failed {delivered} times, last: {type(exc).__name__}: {exc}",
-                        )
-                    else:
-                        log.warning(
-                            "handling %s failed (delivery %d): %s", msg.subject, delivered, exc, exc_info=exc
-                        )
-                        await msg.nak(delay=min(0.5 * 2**delivered, 10.0))
+                    await self._failed(msg, exc)
                     return
                 await msg.ack()
         except Exception:
@@ -222,8 +263,41 @@ class MessagePump:
         finally:
             self._slots.release()
 
-    async def _reject(self, msg: Msg, reason: str, detail: str) -> None:
+    async def _failed(self, msg: Msg, exc: Exception) -> None:
+        delivered = msg.metadata.num_delivered
+        delay = self.spec.backoff_s(delivered)
+        if is_transient(exc):
+            # Every pending message fails like this through an outage: log its first tries and then
+            # only now and then, not each message every max_backoff_s.
+            level = logging.WARNING if delivered <= 3 or delivered % 10 == 0 else logging.DEBUG
+            log.log(
+                level,
+                "handling %s failed transiently (delivery %d), retrying in %.1fs: %s: %s",
+                msg.subject,
+                delivered,
+                delay,
+                type(exc).__name__,
+                exc,
+            )
+            await msg.nak(delay=delay)
+        elif delivered >= self.spec.poison_after:
+            await self._reject(
+                msg,
+                "max_deliveries",
+                f"handler failed {delivered} times, last: {type(exc).__name__}: {exc}",
+                retry_in_s=delay,
+            )
+        else:
+            log.warning("handling %s failed (delivery %d): %s", msg.subject, delivered, exc, exc_info=exc)
+            await msg.nak(delay=delay)
+
+    async def _reject(self, msg: Msg, reason: str, detail: str, *, retry_in_s: float | None = None) -> None:
         log.warning("rejected message on %s: %s", msg.subject, detail, extra={"reason": reason})
-        if self._on_rejected:
+        if retry_in_s is None:
+            retry_in_s = self.spec.backoff_s(msg.metadata.num_delivered)
+        # Counted once it is stored: a failed copy comes back and is rejected again.
+        if (
+            await dead_letter(self.js, msg, f"{reason}: {detail}", retry_in_s=retry_in_s)
+            and self._on_rejected
+        ):
             self._on_rejected(msg.subject, reason)
-        await dead_letter(self.js, msg, f"{reason}: {detail}")

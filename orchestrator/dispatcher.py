@@ -1,9 +1,10 @@
 """CreateDispatch with bounded retries, each attempt a span, and no double dispatch on retry.
 
-Transient failures (unreachable, timeout, 5xx) are retried with exponential backoff and jitter
-(stamina) under an overall deadline; permanent ones (credentials, invalid argument) end at once.
-CreateDispatch is not idempotent: after an *ambiguous* failure (the request may have landed) the
-next attempt first looks for our attempt's key in ``list_dispatch``.
+Transient failures (unreachable, timeout, 5xx, rate limiting) are retried with exponential backoff
+and jitter (stamina) under an overall deadline; permanent ones (credentials, invalid argument, not
+found) end at once. CreateDispatch is not idempotent: after an *ambiguous* failure (a timeout, a
+dropped connection, any 5xx: the request may have landed) every later try first looks for our
+attempt's key in ``list_dispatch``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class DispatchResult:
 
 
 def _transient(exc: Exception) -> bool:
+    # Permanent (unauthenticated, invalid_argument, not_found): the same request gets the same answer.
     return isinstance(exc, LiveKitCallError) and not exc.permanent
 
 
@@ -87,6 +89,7 @@ async def create_dispatch(
                         metrics.create_dispatch_duration.record(
                             time.perf_counter() - started, {"outcome": "error", "error.type": err.reason}
                         )
+                    # Sticky: once a try may have landed, every later try must look first.
                     maybe_landed = maybe_landed or err.ambiguous
                     span.set_status(Status(StatusCode.ERROR, str(err)))
                     span.set_attribute("error.type", err.reason)

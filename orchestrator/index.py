@@ -48,8 +48,9 @@ class RoomIndex:
         current = self._rooms.get(room)
         if current is not None and current.revision >= versioned.revision:
             return
-        if versioned.record.terminal:
-            # Terminal records stay in KV for `explain`, but nothing here needs them.
+        if versioned.record.terminal and not versioned.record.removal_pending:
+            # Terminal records stay in KV for `explain`, but nothing here needs them (one whose old
+            # agent is not confirmed gone yet stays until the sweep has removed it).
             self._forget(room)
         else:
             self._forget(room)

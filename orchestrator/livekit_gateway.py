@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
 import aiohttp
 from livekit import api as lk
+from livekit.protocol.agent_dispatch import JobRestartPolicy
 
 from shared.dispatch_metadata import read_dispatch_metadata
 from shared.settings import LiveKitSettings
@@ -22,36 +24,102 @@ T = TypeVar("T")
 
 
 class LiveKitCallError(Exception):
-    """A LiveKit API call failed. ``permanent``: retrying cannot help (credentials, bad argument).
-    ``ambiguous``: the request may have been applied (timeout after sending, dropped connection)."""
+    """A LiveKit API call failed. ``permanent``: retrying cannot help (credentials, bad argument,
+    the thing is not there). ``ambiguous``: the request may have been applied (timeout after
+    sending, dropped connection, a 5xx), so a non-idempotent call must be looked up before it is
+    tried again. ``status``: the HTTP status when LiveKit (or a proxy in front of it) answered."""
 
-    def __init__(self, reason: str, message: str, *, permanent: bool, ambiguous: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        permanent: bool,
+        ambiguous: bool = False,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.permanent = permanent
         self.ambiguous = ambiguous
+        self.status = status
+
+
+# Twirp codes after which the request may have been applied (the server failed or gave up midway),
+# with the reason each is reported under.
+_AMBIGUOUS_CODES = {
+    "unavailable": "unavailable",
+    "internal": "unavailable",
+    "unknown": "unavailable",
+    "dataloss": "unavailable",
+    "deadline_exceeded": "timeout",
+    "canceled": "canceled",
+    "aborted": "aborted",
+}
+
+
+def _classify_twirp(exc: lk.TwirpError, what: str) -> LiveKitCallError:
+    status, code = exc.status, exc.code
+    # livekit-api reports "unknown" when the body is not a Twirp error, as from a proxy in front of
+    # LiveKit: then only the HTTP status means anything (408: the proxy gave up waiting for it).
+    kind = code
+    if code == "unknown" and status < 500:
+        kind = "deadline_exceeded" if status == 408 else ""
+    if status in (401, 403) or kind in ("unauthenticated", "permission_denied"):
+        return LiveKitCallError(
+            "unauthenticated",
+            f"{what}: LiveKit rejected the API credentials (HTTP {status} {code}); "
+            "check LIVEKIT_API_KEY / LIVEKIT_API_SECRET",
+            permanent=True,
+            status=status,
+        )
+    if status == 429 or kind == "resource_exhausted":
+        # Refused before any work was done: not ambiguous.
+        return LiveKitCallError(
+            "unavailable",
+            f"{what}: LiveKit is rate limiting this client (HTTP {status} {code})",
+            permanent=False,
+            status=status,
+        )
+    if kind == "not_found":
+        return LiveKitCallError(
+            "not_found",
+            f"{what}: LiveKit does not know it: {code} (HTTP {status})",
+            permanent=True,
+            status=status,
+        )
+    if kind == "unimplemented":
+        # A LiveKit without this service (too old, or not LiveKit): no retry will change that.
+        return LiveKitCallError(
+            "invalid_argument",
+            f"{what}: LiveKit does not implement this call: {code} (HTTP {status})",
+            permanent=True,
+            status=status,
+        )
+    if kind in _AMBIGUOUS_CODES or status >= 500:
+        return LiveKitCallError(
+            _AMBIGUOUS_CODES.get(kind, "unavailable"),
+            f"{what}: LiveKit answered HTTP {status} {code}",
+            permanent=False,
+            ambiguous=True,
+            status=status,
+        )
+    # invalid_argument, malformed, out_of_range, failed_precondition, already_exists, bad_route...
+    return LiveKitCallError(
+        "invalid_argument",
+        f"{what}: LiveKit refused the request: {code} (HTTP {status})",
+        permanent=True,
+        status=status,
+    )
 
 
 def classify(exc: BaseException, what: str) -> LiveKitCallError:
-    """Map a livekit-api / aiohttp failure to a reason an operator can act on. Never includes secrets."""
+    """Map a livekit-api / aiohttp failure to a reason an operator can act on. Never includes secrets
+    (nor LiveKit's free-text message, which may echo request fields)."""
     if isinstance(exc, LiveKitCallError):
         return exc
     if isinstance(exc, lk.TwirpError):
-        status, code = exc.status, exc.code
-        if status in (401, 403) or code in ("unauthenticated", "permission_denied"):
-            return LiveKitCallError(
-                "unauthenticated",
-                f"{what}: LiveKit rejected the API credentials (HTTP {status} {code}); "
-                "check LIVEKIT_API_KEY / LIVEKIT_API_SECRET",
-                permanent=True,
-            )
-        if status >= 500 or status == 429 or code in ("unavailable", "internal", "resource_exhausted"):
-            return LiveKitCallError(
-                "unavailable", f"{what}: LiveKit answered HTTP {status} {code}", permanent=False
-            )
-        return LiveKitCallError(
-            "invalid_argument", f"{what}: LiveKit refused the request: {code} (HTTP {status})", permanent=True
-        )
+        return _classify_twirp(exc, what)
     if isinstance(exc, aiohttp.ClientConnectorError):
         # Never connected: the request was not sent, so not ambiguous.
         return LiveKitCallError(
@@ -69,6 +137,12 @@ def classify(exc: BaseException, what: str) -> LiveKitCallError:
             ambiguous=True,
         )
     return LiveKitCallError("unexpected", f"{what}: {type(exc).__name__}", permanent=False, ambiguous=True)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchJobs:
+    count: int  # jobs LiveKit created for the dispatch
+    identities: frozenset[str]  # participant identities of those jobs that have one
 
 
 class LiveKitGateway:
@@ -107,45 +181,104 @@ class LiveKitGateway:
             raise classify(exc, what) from None
 
     async def create_dispatch(self, room: str, agent_name: str, metadata: str) -> str:
-        req = lk.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=metadata)
+        req = lk.CreateAgentDispatchRequest(
+            agent_name=agent_name,
+            room=room,
+            metadata=metadata,
+            # Switchboard alone decides when a job is tried again (a redispatch, to a pool of its
+            # choosing). LiveKit's default, JRP_ON_FAILURE, would let a deployment that honours it
+            # restart a failed job on its own while Switchboard dispatches again: two agents.
+            restart_policy=JobRestartPolicy.JRP_NEVER,
+        )
         dispatch = await self._call("CreateDispatch", self.api.agent_dispatch.create_dispatch(req))
         return str(dispatch.id)
 
+    async def _list_dispatch(self, room: str) -> list[lk.AgentDispatch] | None:
+        """The room's dispatches; None when the room does not exist."""
+        if not await self.room_exists(room):
+            return None  # asked of LiveKit, a missing room costs seconds (see _room_gone)
+        try:
+            return await self._call("ListDispatch", self.api.agent_dispatch.list_dispatch(room_name=room))
+        except LiveKitCallError as err:
+            if await self._room_gone(err, room):
+                return None
+            raise
+
+    async def _room_gone(self, err: LiveKitCallError, room: str) -> bool:
+        """Whether ``err`` only says that ``room`` does not exist. LiveKit (1.13) answers ListDispatch
+        and DeleteDispatch in a room no node hosts with 503 unavailable ("no response from servers",
+        after ~3 s, or our timeout first), the same answer as an outage: ListRooms tells them apart.
+        Callers look the room up before the call too; this covers a room that ended in between."""
+        if err.reason not in ("unavailable", "timeout") or not err.ambiguous:
+            return False
+        try:
+            return not await self.room_exists(room)
+        except LiveKitCallError:
+            return False  # LiveKit is really unavailable: the caller gets the original error
+
     async def find_dispatch(self, room: str, agent_name: str, key: str) -> str | None:
         """Our dispatch for this attempt, if an earlier (ambiguous) call did land."""
-        # ListDispatch on a missing room answers 503; no room means our CreateDispatch never landed.
-        if not await self.room_exists(room):
-            return None
-        dispatches = await self._call("ListDispatch", self.api.agent_dispatch.list_dispatch(room_name=room))
-        for d in dispatches:
+        dispatches = await self._list_dispatch(room)
+        # No room: our CreateDispatch (which creates the room) never landed.
+        for d in dispatches or []:
             if d.agent_name == agent_name:
                 info = read_dispatch_metadata(d.metadata).info
                 if info is not None and info.key == key:
                     return str(d.id)
         return None
 
-    async def dispatch_jobs(self, room: str, dispatch_id: str) -> int | None:
-        """How many jobs LiveKit created for the dispatch (None: the dispatch is not listed)."""
-        dispatches = await self._call("ListDispatch", self.api.agent_dispatch.list_dispatch(room_name=room))
-        for d in dispatches:
+    async def dispatch_jobs(self, room: str, dispatch_id: str) -> DispatchJobs | None:
+        """The jobs LiveKit created for the dispatch (None: the dispatch, or its room, is not listed)."""
+        for d in await self._list_dispatch(room) or []:
             if d.id == dispatch_id:
-                return len(d.state.jobs)
+                return DispatchJobs(
+                    count=len(d.state.jobs),
+                    identities=frozenset(
+                        j.state.participant_identity for j in d.state.jobs if j.state.participant_identity
+                    ),
+                )
         return None
 
     async def delete_dispatch(self, dispatch_id: str, room: str) -> None:
+        """Delete the dispatch; one that is already gone (or whose room is) is fine."""
+        if not await self.room_exists(room):
+            return  # the room ended, and its dispatches with it
         try:
             await self._call("DeleteDispatch", self.api.agent_dispatch.delete_dispatch(dispatch_id, room))
         except LiveKitCallError as err:
-            if err.reason != "invalid_argument":  # already gone (not found) is fine
-                raise
+            if err.reason == "not_found" or await self._room_gone(err, room):
+                return
+            raise
 
     async def remove_participant(self, room: str, identity: str) -> None:
+        """Remove the participant; one that already left (or whose room is gone) is fine. LiveKit
+        answers not_found for both."""
         req = lk.RoomParticipantIdentity(room=room, identity=identity)
         try:
             await self._call("RemoveParticipant", self.api.room.remove_participant(req))
         except LiveKitCallError as err:
-            if err.reason != "invalid_argument":
+            if err.reason != "not_found":
                 raise
+
+    async def _participant_infos(self, room: str) -> list[lk.ParticipantInfo] | None:
+        req = lk.ListParticipantsRequest(room=room)
+        listed = await self._call("ListParticipants", self.api.room.list_participants(req))
+        if listed.participants:
+            return list(listed.participants)
+        # LiveKit lists a room that does not exist as empty: ask whether it exists.
+        return [] if await self.room_exists(room) else None
+
+    async def participants(self, room: str) -> frozenset[str] | None:
+        """Identities of the participants now in ``room``; None when the room does not exist."""
+        infos = await self._participant_infos(room)
+        return None if infos is None else frozenset(p.identity for p in infos)
+
+    async def agent_participants(self, room: str) -> frozenset[str] | None:
+        """Identities of the agent participants now in ``room``; None when the room does not exist."""
+        infos = await self._participant_infos(room)
+        if infos is None:
+            return None
+        return frozenset(p.identity for p in infos if p.kind == lk.ParticipantInfo.Kind.AGENT)
 
     async def room_exists(self, room: str) -> bool:
         rooms = await self._call("ListRooms", self.api.room.list_rooms(lk.ListRoomsRequest(names=[room])))

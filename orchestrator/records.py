@@ -35,10 +35,15 @@ HOLDING = frozenset({RoomState.DISPATCHED, RoomState.JOINED, RoomState.SPEAKING}
 IN_FLIGHT = frozenset({RoomState.RECEIVED, RoomState.DISPATCHING, RoomState.REDISPATCHING})
 
 
+# Unknown fields are ignored, never refused: a record written by a newer build must stay readable
+# by an older one (a rollback), or one record would stop every replica that reads it.
+_RECORD_CONFIG = ConfigDict(extra="ignore", frozen=True)
+
+
 class HistoryEntry(BaseModel):
     """One line of a room's timeline."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _RECORD_CONFIG
 
     at: float  # unix seconds
     event: str  # received, rule, decision, dispatch, dispatch_error, joined, voice, redispatch, ...
@@ -47,8 +52,34 @@ class HistoryEntry(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class Replaced(BaseModel):
+    """A dispatch this room no longer wants, remembered so its agent is removed whenever it shows up:
+    a late ``joined`` from it (in any state) re-opens the removal. ``removed``: LiveKit's participant
+    list confirmed none of ``identities`` is in the room (or the room is gone)."""
+
+    model_config = _RECORD_CONFIG
+
+    dispatch_id: str | None = None
+    # The attempt's key and agent name: a dispatch whose CreateDispatch answer was never seen is
+    # found by them (LiveKit's list of the room's dispatches).
+    key: str | None = None
+    agent_name: str | None = None
+    attempt: int = 0
+    identities: list[str] = Field(default_factory=list)
+    removed: bool = False
+
+    def same(self, other: Replaced) -> bool:
+        """One dispatch: the same id, or the same attempt key when an id is missing."""
+        if self.dispatch_id and other.dispatch_id:
+            return self.dispatch_id == other.dispatch_id
+        return self.key is not None and self.key == other.key
+
+
+MAX_REPLACED = 8
+
+
 class RoomRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _RECORD_CONFIG
 
     v: int = 1
     room: str
@@ -72,6 +103,8 @@ class RoomRecord(BaseModel):
     # When LiveKit was asked whether our dispatch got a job (see Controller._check_assignment).
     assign_checked_at: float | None = None
     excluded: list[str] = Field(default_factory=list)
+    # Dispatches replaced by a later attempt (or by the room's end); the newest last.
+    replaced: list[Replaced] = Field(default_factory=list)
     reason: str | None = None  # why failed / ignored / last redispatch
     # Unix seconds. ``deadline`` is the next timer (join, voice, waiting for a pool); ``lease_until``
     # guards an in-flight action by ``owner`` — past it, another replica takes over.
@@ -91,6 +124,11 @@ class RoomRecord(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+    @property
+    def removal_pending(self) -> bool:
+        """An agent we no longer want may still be in the room: remove it before anything else."""
+        return any(not r.removed for r in self.replaced)
 
     @property
     def trace_id(self) -> str | None:

@@ -25,11 +25,11 @@ from opentelemetry import metrics
 from prometheus_client import CollectorRegistry
 
 from orchestrator.consumer import ConsumerSpec, MessagePump, ensure_consumer
-from orchestrator.controller import Controller
 from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.pools import PoolRegistry, summary
+from orchestrator.room import Reconciler
 from orchestrator.store import RoomStore, Versioned, open_bucket
 from shared import bus, subjects
 from shared.codec import ContractError, decode, encode
@@ -130,7 +130,7 @@ class OrchestratorService:
                 await ensure_consumer(js, spec)
             store = RoomStore(kv, js, self.config.orchestrator.terminal_record_ttl_s)
             async with LiveKitGateway(self.settings.livekit) as gateway:
-                controller = Controller(
+                controller = Reconciler(
                     store=store,
                     gateway=gateway,
                     config=self.config,
@@ -196,7 +196,7 @@ class OrchestratorService:
 
     # -- handlers --------------------------------------------------------------------------------
 
-    def _room_handler(self, controller: Controller):  # type: ignore[no-untyped-def]
+    def _room_handler(self, controller: Reconciler):  # type: ignore[no-untyped-def]
         async def handle(message: Message, msg: Msg) -> None:
             await msg.in_progress()
             if isinstance(message, RoomCreated):
@@ -206,7 +206,7 @@ class OrchestratorService:
 
         return handle
 
-    def _status_handler(self, controller: Controller):  # type: ignore[no-untyped-def]
+    def _status_handler(self, controller: Reconciler):  # type: ignore[no-untyped-def]
         async def handle(message: Message, msg: Msg) -> None:
             assert isinstance(message, AgentStatus)
             await controller.on_status(message)
@@ -286,7 +286,7 @@ class OrchestratorService:
         room, versioned = change
         self.index.apply(room, versioned)
 
-    async def _sweep(self, controller: Controller) -> None:
+    async def _sweep(self, controller: Reconciler) -> None:
         interval = self.config.orchestrator.sweep_interval_s
         while True:
             await asyncio.sleep(interval)

@@ -46,6 +46,22 @@ class Conflict(RuntimeError):
     """Someone else wrote the record first (CAS lost): re-read and decide again."""
 
 
+class UnreadableRecord(ValueError):
+    """A stored record this build cannot read (corrupt, or from an incompatible build). Only the
+    room it belongs to is affected: its messages are dead-lettered, the watch skips it."""
+
+    def __init__(self, room: str, error: Exception) -> None:
+        super().__init__(f"room {room!r}: unreadable record ({type(error).__name__}: {str(error)[:200]})")
+        self.room = room
+
+
+def _parse(room: str, data: bytes) -> RoomRecord:
+    try:
+        return RoomRecord.model_validate_json(data)
+    except ValueError as err:
+        raise UnreadableRecord(room, err) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Versioned:
     record: RoomRecord
@@ -88,7 +104,7 @@ class RoomStore:
             return None
         if entry.value is None:
             return None
-        return Versioned(RoomRecord.model_validate_json(entry.value), int(entry.revision or 0))
+        return Versioned(_parse(room, entry.value), int(entry.revision or 0))
 
     async def create(self, record: RoomRecord) -> Versioned | None:
         """Write a new record; None when the room already has one (a duplicate event)."""
@@ -150,10 +166,14 @@ class RoomStore:
                 room = room_from_key(entry.key)
                 if entry.operation in ("DEL", "PURGE") or not entry.value:
                     yield room, None
-                else:
-                    yield (
-                        room,
-                        Versioned(RoomRecord.model_validate_json(entry.value), int(entry.revision or 0)),
-                    )
+                    continue
+                try:
+                    record = _parse(room, entry.value)
+                except UnreadableRecord as err:
+                    # One bad record must not stop the watch (and with it every replica).
+                    log.error("%s; skipped by the room index", err)
+                    yield room, None
+                    continue
+                yield room, Versioned(record, int(entry.revision or 0))
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]

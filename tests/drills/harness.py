@@ -9,7 +9,11 @@ Definitions used in every drill and in docs/drills/REPORT.md:
 - *live*: the room's record is ``joined`` or ``speaking`` (speaking needs a listener; most drill
   rooms have none, a few have one and must reach ``speaking``);
 - *lost*: sent but neither live nor terminal with a reason at the end;
-- *double agents*: rooms where LiveKit lists more than one agent participant at the end.
+- *double agents*: rooms where LiveKit lists more than one agent participant, either at some
+  point during the run for longer than the removal bound (``doubles.REMOVAL_BOUND_S``, 3 s;
+  sampled every 0.5 s by ``doubles.DoubleSampler``) or still at the end (``settle_doubles``);
+- *overlaps*: spells of two agents in a room within the removal bound (an old agent being
+  removed next to its replacement): reported, with the longest, but not counted as double agents.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from orchestrator.store import RoomStore, open_bucket
 from shared import bus
 from shared.messages import RoomCreated
 from shared.settings import NatsSettings
+from tests.drills.doubles import REMOVAL_BOUND_S, DoubleSampler
 from tests.workerkit import SWITCHBOARD, Listener, WorkerProcess, agents_in_room
 
 AGENT = "ornina-avatar-agent"
@@ -88,12 +93,19 @@ class DrillResult:
     listener_rooms: int = 0
     failed: int = 0
     lost: int = 0
+    # Rooms with two agents longer than REMOVAL_BOUND_S during the run, or at the end (both below).
     double_agents: int = 0
+    double_agents_at_end: int = 0  # the end-of-run check alone (settle_doubles)
+    overlaps: int = 0  # spells of two agents within REMOVAL_BOUND_S (not double agents)
+    max_overlap_s: float | None = None
+    samples: int = 0  # DoubleSampler samples taken during the run
+    lists_per_sample_max: int = 0  # ListParticipants calls in the largest sample (plus one ListRooms)
     rooms_without_agent: int = 0
     recovery_s: list[float] = field(default_factory=list)
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)  # DoubleReport.to_json(): the details
 
     @property
     def recovery_p50(self) -> float | None:
@@ -111,12 +123,20 @@ class DrillResult:
         return data
 
     def summary(self) -> str:
+        sampled = self.sampling
+        overlap = f" (max {self.max_overlap_s}s)" if self.max_overlap_s is not None else ""
         return (
             f"{self.drill} [{self.size}]: sent {self.rooms_sent}, live {self.live_at_end} "
             f"(speaking {self.speaking_at_end}/{self.listener_rooms} listener rooms), failed {self.failed}, "
-            f"lost {self.lost}, double agents {self.double_agents}, no agent {self.rooms_without_agent}, "
+            f"lost {self.lost}, double agents {self.double_agents} ({self.double_agents_at_end} at end), "
+            f"overlaps <= {REMOVAL_BOUND_S:g}s {self.overlaps}{overlap}, "
+            f"{self.samples} samples (<= 1+{self.lists_per_sample_max} calls each, "
+            f"{sampled.get('sample_ms_p50')}/{sampled.get('sample_ms_max')} ms p50/max, "
+            f"{sampled.get('errors')} errors, rooms unlisted <= {sampled.get('max_unlisted_s')}s), "
+            f"no agent {self.rooms_without_agent}, "
             f"recovery p50 {self.recovery_p50}s max {self.recovery_max}s, {self.duration_s:.1f}s; "
             f"{'; '.join(self.notes)} {self.extra}"
+            + (f" doubles seen: {sampled['doubles']}" if sampled.get("doubles") else "")
         )
 
 
@@ -209,6 +229,9 @@ class Stack:
         self.js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
         self.lk: lkapi.LiveKitAPI | None = None
+        # The double-agent sampler runs from start() to finish() (or stop()), owned by _running.
+        self.sampler: DoubleSampler | None = None
+        self._running = contextlib.AsyncExitStack()
 
     # -- servers ---------------------------------------------------------------------------------
 
@@ -254,6 +277,7 @@ class Stack:
         self.secrets.append(self.livekit.api_secret)
         self.lk = lkapi.LiveKitAPI(self.livekit.http_url, self.livekit.api_key, self.livekit.api_secret)
         await self.connect_client()
+        self.sampler = await self._running.enter_async_context(DoubleSampler(self.lk))
 
     async def connect_client(self, settings: NatsSettings | None = None) -> None:
         self.client_settings = (
@@ -274,6 +298,7 @@ class Stack:
                     await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
+        await self._running.aclose()  # the sampler first: it uses self.lk
         for orch in self.orchestrators:
             await asyncio.to_thread(orch.process.stop, 10.0)
         if self.ingest is not None:
@@ -535,8 +560,18 @@ class Stack:
                 r: (records[r].state.value if records.get(r) else None)  # type: ignore[union-attr]
                 for r in lost[:20]
             }
-        counts = await self.settle_doubles(live)
-        result.double_agents = sum(1 for c in counts.values() if c > 1)
+        counts = await self.settle_doubles(live)  # the sampler goes on meanwhile
+        at_end = {r for r, c in counts.items() if c > 1}
+        result.double_agents_at_end = len(at_end)
+        result.double_agents = len(at_end)
+        if self.sampler is not None:
+            seen = await self.sampler.stop()
+            result.double_agents = len(at_end | seen.double_rooms)
+            result.overlaps = len(seen.overlaps)
+            result.max_overlap_s = seen.max_overlap_s
+            result.samples = seen.samples
+            result.lists_per_sample_max = seen.lists_per_sample_max
+            result.sampling = seen.to_json()
         result.rooms_without_agent = sum(1 for c in counts.values() if c == 0)
         leaks = self.scan_secrets()
         result.extra["secret_leaks"] = leaks

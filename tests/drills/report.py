@@ -12,9 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.drills.doubles import MAX_LISTS_PER_SAMPLE, REMOVAL_BOUND_S, SAMPLE_INTERVAL_S
+
 TABLE_HEAD = (
-    "| drill | size | sent | live at end | speaking (listener rooms) | failed | lost | double agents "
-    "| recovery p50 / max (s) | duration (s) |\n|---|---|---|---|---|---|---|---|---|---|"
+    "| drill | size | sent | live at end | speaking (listener rooms) | failed | lost "
+    "| double agents (at end) | overlaps (max s) | samples (calls/sample) "
+    "| recovery p50 / max (s) | duration (s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 HEADER = """# Drill report
@@ -33,8 +36,21 @@ Definitions (tests/drills/harness.py):
   and count as live when joined; a few rooms per drill have a real listener (LiveKit rtc SDK,
   measuring the audio) and must reach `speaking` (column "speaking");
 - **lost**: sent, but neither live nor terminal with a reason at the end;
-- **double agents**: rooms where **LiveKit's own participant list** shows more than one agent at the
-  end (after LiveKit has dropped SIGKILLed agents, bounded at 30 s);
+- **double agents**: rooms where **LiveKit's own participant list** shows more than one agent,
+  either *during* the run for longer than the removal bound ({bound:g} s) or still *at the end*
+  (after LiveKit has dropped SIGKILLed agents, bounded at 30 s; in brackets: the end check alone).
+  During the run a sampler (`tests/drills/doubles.py`) lists LiveKit's rooms every {interval:g} s
+  and the participants of at most {lists} of them per sample (rooms already seen doubled first,
+  then rooms whose participant count suggests two agents, then the least recently listed). A
+  double lasts from the later agent's join (LiveKit's `joined_at_ms`) to the first listing
+  without it;
+- **overlaps**: spells of two agents in a room within the removal bound ({bound:g} s: the
+  orchestrator evicts an old agent when it redispatches, and livekit-server gives a terminated
+  agent job 3 s to leave), i.e. an old agent being removed next to its replacement; not counted
+  as double agents, listed in the details with the longest;
+- **samples**: samples the sampler took during the run, and the most calls one sample made
+  (1 ListRooms + ListParticipants); the details give its cost and `max_unlisted_s`, the longest a
+  live room went unlisted (a double shorter than that may be missed);
 - **recovery**: per drill, see its note (fault start or end → room live). In the 200-room drills
   it includes the burst's own join time: on a saturated 2-core machine about 50 agents per worker
   process connect one at a time (`agent_worker/connect_gate.py`), and rooms past the drills' 60 s
@@ -52,14 +68,22 @@ def render(results: list[dict[str, Any]], wall: str, command: str = "make drills
             wall=wall,
             command=command,
             table_head=TABLE_HEAD,
+            bound=REMOVAL_BOUND_S,
+            interval=SAMPLE_INTERVAL_S,
+            lists=MAX_LISTS_PER_SAMPLE,
         ).rstrip("\n")  # the rows follow the table head directly
     ]
     for r in results:
         rec = f"{r['recovery_p50_s']} / {r['recovery_max_s']}" if r.get("recovery_p50_s") is not None else "-"
+        at_end = r.get("double_agents_at_end", r["double_agents"])  # rows from before the sampler
+        overlaps = (
+            f"{r.get('overlaps', 0)} ({r['max_overlap_s']})" if r.get("max_overlap_s") is not None else "0"
+        )
+        samples = f"{r['samples']} (1+{r.get('lists_per_sample_max', 0)})" if r.get("samples") else "-"
         lines.append(
             f"| {r['drill']} | {r['size']} | {r['rooms_sent']} | {r['live_at_end']} | "
             f"{r['speaking_at_end']}/{r['listener_rooms']} | {r['failed']} | {r['lost']} | "
-            f"{r['double_agents']} | {rec} | {r['duration_s']:.0f} |"
+            f"{r['double_agents']} ({at_end}) | {overlaps} | {samples} | {rec} | {r['duration_s']:.0f} |"
         )
     lines.append("\n## Details\n")
     for r in results:
@@ -68,6 +92,13 @@ def render(results: list[dict[str, Any]], wall: str, command: str = "make drills
             lines.append(f"- {note}")
         for key, value in r.get("extra", {}).items():
             lines.append(f"- `{key}`: `{json.dumps(value)}`")
+        sampling = dict(r.get("sampling") or {})
+        if sampling:
+            spells = {k: sampling.pop(k, []) for k in ("doubles", "overlaps")}
+            lines.append(f"- double-agent sampler: `{json.dumps(sampling)}`")
+            for kind, listed in spells.items():
+                for spell in listed:
+                    lines.append(f"  - {kind[:-1]}: `{json.dumps(spell)}`")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -54,6 +54,7 @@ def _assert_clean(result: DrillResult) -> None:
     assert result.lost == 0, result.summary()
     assert result.live_at_end == result.rooms_sent, result.summary()
     assert result.double_agents == 0, result.summary()
+    assert result.samples > 0, "the double-agent sampler never sampled: " + result.summary()
     assert result.rooms_without_agent == 0, result.summary()
     assert result.speaking_at_end == result.listener_rooms, result.summary()
     assert not result.extra.get("secret_leaks"), result.summary()

@@ -1,13 +1,13 @@
 """The lease on an in-flight step must be renewed while its owner works (issue 7, item 1).
 
-``Controller.lease_s`` is ``dispatch_deadline_s + 5``, but one CreateDispatch round can outlast
+``Reconciler.lease_s`` is ``dispatch_deadline_s + 5``, but one CreateDispatch round can outlast
 it: stamina checks the deadline only between tries, a try is bounded by ``request_timeout_s``
 (not by the lease), and after an
 ambiguous failure each try is ``room_exists`` + ``list_dispatch`` + ``create_dispatch`` (up to
 3 x request_timeout_s). With LiveKit answering in 8 s (request timeout 10 s, dispatch deadline
 1 s, lease 6 s), a live owner is still waiting for its first answer when its lease runs out, and
 another replica's sweep would resume the same room and two replicas would act on it at once —
-unless the owner renews its lease while it works (``Controller._renew_lease``), which this checks.
+unless the owner renews its lease while it works (``orchestrator.room.lease.Lease``), which this checks.
 """
 
 from __future__ import annotations

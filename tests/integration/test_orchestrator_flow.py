@@ -215,8 +215,12 @@ async def test_room_end_stops_watching_and_deletes_the_dispatch(
         await bus.publish_room_created(js, RoomCreated(room="ornina-end"))
         await wait_for_record(kv, "ornina-end", {S.DISPATCHED})
         await bus.publish_room_ended(js, RoomEnded(room="ornina-end"))
-        rec = await wait_for_record(kv, "ornina-end", {S.ENDED})
-        assert rec.deadline is None
+        # Ended is written first, with the dispatch kept for removal; the removal follows.
+        rec = await wait_until(
+            kv, "ornina-end", lambda r: r.state == S.ENDED and not r.removal_pending, "ended, dispatch removed"
+        )
+        assert rec.deadline is None and rec.reason == "room_ended"
+        assert [e.removed for e in rec.replaced] == [True]
         assert await _named_dispatches(livekit_api, "ornina-end") == []
     await pool.stop()
 

@@ -18,6 +18,7 @@ import asyncio
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -36,19 +37,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_worker.worker_metrics import WorkerMetrics
 from devstack.process import MissingBinaryError, cache_dir, find_binary
-from orchestrator.controller import Controller
-from orchestrator.dispatcher import create_dispatch
 from orchestrator.index import RoomIndex
 from orchestrator.ingest.app import webhook_counter
-from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
+from orchestrator.livekit_gateway import LiveKitCallError
 from orchestrator.metrics import OrchestratorMetrics
-from orchestrator.pools import PoolRegistry
 from orchestrator.records import RoomRecord, RoomState
+from orchestrator.room.facts import DispatchFailed, DispatchLanded, Outcome
+from orchestrator.room.observe import Observer
 from orchestrator.scheduler import PoolView
 from orchestrator.service import OrchestratorService
-from orchestrator.store import RoomStore, Versioned
-from shared.config import SwitchboardConfig
+from orchestrator.store import Versioned
 from shared.telemetry import LATENCY_BUCKETS
+from tests.roomkit import run_dispatch
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -167,16 +167,8 @@ class _FlakyLiveKit:
         return "AD_test"
 
 
-async def _dispatch(metrics: OrchestratorMetrics, permanent: bool) -> None:
-    await create_dispatch(
-        cast(LiveKitGateway, _FlakyLiveKit(permanent)),
-        room="ornina-1",
-        agent_name="ornina-avatar-agent.eu-central-a",
-        metadata=lambda: "{}",
-        key="ornina-1/1",
-        deadline_s=5.0,
-        metrics=metrics,
-    )
+async def _dispatch(metrics: OrchestratorMetrics, permanent: bool) -> Outcome:
+    return await run_dispatch(_FlakyLiveKit(permanent), metrics)
 
 
 @cache
@@ -192,16 +184,8 @@ def exported() -> Exposition:
         ],
     )
     metrics = OrchestratorMetrics(provider.get_meter("switchboard.orchestrator"))
-    # Room transitions, through the controller's own bookkeeping.
-    controller = Controller(
-        store=cast(RoomStore, None),
-        gateway=cast(LiveKitGateway, None),
-        config=SwitchboardConfig(),
-        registry=PoolRegistry(heartbeat_interval_s=1.0, dead_after_missed_beats=3),
-        index=RoomIndex(),
-        replica="r1",
-        metrics=metrics,
-    )
+    # Room transitions, through the reconciler's observer.
+    observer = Observer(metrics)
     for state, reason in [
         (RoomState.DISPATCHED, None),
         (RoomState.JOINED, None),
@@ -209,17 +193,15 @@ def exported() -> Exposition:
         (RoomState.REDISPATCHING, "join_timeout"),
         (RoomState.FAILED, "no_pool"),
     ]:
-        controller._observe_transition(
-            RoomRecord(room="ornina-1", state=state, reason=reason, pool="eu-central-a")
+        observer.committed(
+            RoomRecord(room="ornina-1", state=RoomState.RECEIVED),
+            RoomRecord(room="ornina-1", state=state, reason=reason, pool="eu-central-a"),
+            now=time.time(),
         )
     # CreateDispatch: a retried try, a success, a permanent refusal.
-    asyncio.run(_dispatch(metrics, permanent=False))
-    try:
-        asyncio.run(_dispatch(metrics, permanent=True))
-    except LiveKitCallError:
-        pass
-    else:
-        raise AssertionError("a permanent CreateDispatch error must be raised")
+    assert isinstance(asyncio.run(_dispatch(metrics, permanent=False)), DispatchLanded)
+    refused = asyncio.run(_dispatch(metrics, permanent=True))
+    assert isinstance(refused, DispatchFailed) and refused.permanent
     # A dead-lettered message, as the orchestrator service counts it.
     OrchestratorService._count_rejected(
         cast(OrchestratorService, SimpleNamespace(metrics=metrics)), "switchboard.rooms.created", "malformed"

@@ -1,4 +1,4 @@
-"""The controller's sweep prunes the pool registry: long-silent workers are forgotten, and the
+"""The reconciler's sweep prunes the pool registry: long-silent workers are forgotten, and the
 liveness judgements the sweep makes from the registry stay what they were."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from typing import Any, cast
 
 import pytest
 
-from orchestrator.controller import Clocks, Controller
 from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.pools import FORGET_AFTER_S, PoolRegistry
 from orchestrator.records import RoomRecord, RoomState
+from orchestrator.room import Clocks, Reconciler
+from orchestrator.room.decide import due
 from orchestrator.store import RoomStore, Versioned
 from shared.config import SwitchboardConfig
 from shared.messages import PoolHeartbeat
@@ -36,14 +37,14 @@ def beat(pool: str, worker: str) -> PoolHeartbeat:
 
 
 class Sweeper:
-    """A controller on a hand-driven clock, with no KV and no LiveKit: with nothing to act on, the
-    sweep touches neither. Redispatch decisions are recorded instead of carried out."""
+    """A reconciler on a hand-driven clock, with no KV and no LiveKit: with nothing to act on, the
+    sweep touches neither. The rooms it picks are recorded, with why, instead of reconciled."""
 
     def __init__(self) -> None:
         self.now = 0.0
         self.registry = PoolRegistry(heartbeat_interval_s=1.0, dead_after_missed_beats=3)
         self.index = RoomIndex()
-        self.controller = Controller(
+        self.controller = Reconciler(
             store=cast(RoomStore, None),
             gateway=cast(LiveKitGateway, None),
             config=SwitchboardConfig(),
@@ -54,10 +55,16 @@ class Sweeper:
         )
         self.redispatched: list[tuple[str, str]] = []
 
-        async def redispatch(room: str, cause: str) -> None:
-            self.redispatched.append((room, cause))
+        async def reconcile(room: str) -> None:
+            current = self.index.get(room)
+            assert current is not None
+            rec, r = current.record, self.controller
+            cause = due(
+                rec, r.clocks.wall(), replica="r1", pool_gone=r.pool_gone(rec.pool), assign_check_s=8.0
+            )
+            self.redispatched.append((room, cause or ""))
 
-        cast(Any, self.controller)._guarded_redispatch = redispatch
+        cast(Any, self.controller).reconcile = reconcile
 
     def run_until(self, until: float, *beats: tuple[str, str]) -> None:
         """Advance the clock to ``until`` one second at a time, ``beats`` arriving every second."""
@@ -119,3 +126,22 @@ def test_one_of_two_workers_falling_silent_never_changes_the_pool_view(silent_s:
     view = s.registry.view("eu-a", s.now)
     assert view is not None and (view.liveness, view.workers, view.capacity) == ("alive", 1, 4)
     assert s.redispatched == []
+
+
+def test_one_room_failing_in_a_sweep_never_cancels_the_others() -> None:
+    """3. A NATS timeout, an unreadable record or a bug in one room's step is that room's alone."""
+    s = Sweeper()
+    s.registry.observe(beat("eu-a", "w1"), 0.0)
+    for room in ("room-a", "room-b", "room-c"):
+        s.speaking_on(room, "eu-gone")  # a pool nobody knows: every room is due
+    finished: list[str] = []
+
+    async def reconcile(room: str) -> None:
+        if room == "room-b":
+            raise TimeoutError("nats: timeout")
+        await asyncio.sleep(0.01)  # the others are mid-call when room-b fails
+        finished.append(room)
+
+    cast(Any, s.controller).reconcile = reconcile
+    asyncio.run(s.controller.sweep())
+    assert sorted(finished) == ["room-a", "room-c"]

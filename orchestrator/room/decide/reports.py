@@ -1,0 +1,102 @@
+"""Agent status reports: joined, voice, left, error — from the current dispatch or an older one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.records import HOLDING, Replaced, RoomRecord, RoomState
+from orchestrator.room.decide.context import Context
+from orchestrator.room.decide.redispatch import redispatch
+from orchestrator.room.decide.retire import remember
+from orchestrator.room.step import REST, Step
+from orchestrator.transitions import transition
+from shared.messages import AgentStatus
+
+S = RoomState
+
+
+def _adopt(rec: RoomRecord, st: AgentStatus, ctx: Context) -> RoomRecord:
+    """Our CreateDispatch landed but its answer was lost or is still on its way (slow or reset
+    LiveKit): the agent of this very attempt reports first. Adopt its dispatch instead of evicting
+    it; the dispatching step then finds it too."""
+    return transition(
+        rec,
+        S.DISPATCHED,
+        now=ctx.now,
+        event="dispatched",
+        detail="dispatch confirmed by its agent's report (CreateDispatch answer not seen)",
+        data={"dispatch_id": st.dispatch_id, "pool": rec.pool},
+        dispatch_id=st.dispatch_id,
+        dispatched_at=ctx.now,
+        deadline=ctx.now + ctx.cfg.join_deadline_s,
+        owner=None,
+        lease_until=None,
+    )
+
+
+def _unwanted(rec: RoomRecord, st: AgentStatus) -> Step:
+    """A report from a dispatch the room does not want (replaced, duplicated, or the room is over):
+    record its agent for removal; the removal runs next, whatever the room's state."""
+    if st.state not in ("joined", "voice") or not st.identity:
+        return REST
+    known = next((e for e in rec.replaced if e.dispatch_id == st.dispatch_id), None)
+    if known is not None and known.removed and st.identity in known.identities:
+        # Its removal was confirmed after this agent was seen: a redelivered or late copy.
+        return REST
+    entry = Replaced(dispatch_id=st.dispatch_id, attempt=st.attempt, identities=[st.identity])
+    return Step(record=remember(rec, entry))
+
+
+def decide_report(rec: RoomRecord, st: AgentStatus, ctx: Context) -> Step:
+    if (
+        rec.state == S.DISPATCHING
+        and rec.dispatch_id is None
+        and st.attempt == rec.attempt
+        and st.pool == rec.pool
+        and st.state in ("joined", "voice")
+        and not any(e.dispatch_id == st.dispatch_id for e in rec.replaced)
+    ):
+        rec = _adopt(rec, st, ctx)
+        adopted = True
+    else:
+        adopted = False
+    if st.dispatch_id != rec.dispatch_id or rec.state not in HOLDING:
+        return _unwanted(rec, st)
+    data: dict[str, Any] = {"worker": st.worker}
+    if st.warnings:
+        data["warnings"] = st.warnings
+    if st.state == "joined" and rec.state == S.DISPATCHED:
+        new = transition(
+            rec,
+            S.JOINED,
+            now=ctx.now,
+            event="joined",
+            detail=f"agent joined on {st.worker}",
+            data=data,
+            identity=st.identity,
+            joined_at=ctx.now,
+            deadline=ctx.now + ctx.cfg.voice_deadline_s,
+        )
+    elif st.state == "voice" and rec.state in (S.DISPATCHED, S.JOINED):
+        new = transition(
+            rec,
+            S.SPEAKING,
+            now=ctx.now,
+            event="voice",
+            detail="agent audio heard by a listener",
+            data=data,
+            identity=st.identity or rec.identity,
+            voice_at=ctx.now,
+            joined_at=rec.joined_at or ctx.now,
+            deadline=None,
+        )
+    elif st.state == "left":
+        # Whether the room is still there is learned by the removal that follows: a room LiveKit
+        # no longer has ends instead of being placed again.
+        return redispatch(rec, ctx, "left", st.reason, exclude=False)
+    elif st.state == "error":
+        return redispatch(rec, ctx, "agent_error", st.reason, exclude=True)
+    else:
+        # A repeated or out-of-order report (e.g. joined after voice): nothing changes.
+        return Step(record=rec) if adopted else REST
+    return Step(record=new)

@@ -1,0 +1,126 @@
+"""Replaced dispatches: remembered in the record until LiveKit confirms their agents are gone.
+
+Whenever a room stops wanting its dispatch (a redispatch, the room's end, a failure after
+ambiguous tries) the dispatch moves to ``replaced`` *before* anything else happens, and a late
+``joined`` from a replaced dispatch re-opens its removal in whatever state the room is. Placement
+waits for every removal to be confirmed, so a new agent never joins next to an old one.
+"""
+
+from __future__ import annotations
+
+from orchestrator.records import MAX_REPLACED, Replaced, RoomRecord, RoomState
+from orchestrator.room.decide.context import Context
+from orchestrator.room.facts import RemovalDone
+from orchestrator.room.step import REST, RemoveReplaced, Step
+from orchestrator.transitions import note, transition
+
+
+def current_dispatch(rec: RoomRecord) -> Replaced | None:
+    """The room's current dispatch as a replaced entry (None: it never asked LiveKit for one)."""
+    if rec.dispatch_id is None and rec.dispatch_key is None and rec.identity is None:
+        return None
+    return Replaced(
+        dispatch_id=rec.dispatch_id,
+        key=rec.dispatch_key,
+        agent_name=rec.agent_name,
+        attempt=rec.attempt,
+        identities=[rec.identity] if rec.identity else [],
+    )
+
+
+def remember(rec: RoomRecord, entry: Replaced) -> RoomRecord:
+    """``rec`` with ``entry`` among its replaced dispatches, merged with what it already knew."""
+    merged: list[Replaced] = []
+    found = False
+    for old in rec.replaced:
+        if old.same(entry):
+            found = True
+            identities = list(dict.fromkeys([*old.identities, *entry.identities]))
+            merged.append(
+                old.model_copy(
+                    update={
+                        "dispatch_id": old.dispatch_id or entry.dispatch_id,
+                        "key": old.key or entry.key,
+                        "agent_name": old.agent_name or entry.agent_name,
+                        "identities": identities,
+                        "removed": old.removed and entry.removed,
+                    }
+                )
+            )
+        else:
+            merged.append(old)
+    if not found:
+        merged.append(entry)
+    if len(merged) > MAX_REPLACED:
+        # Forget the oldest confirmed removals first; a pending one is never forgotten.
+        done = [e for e in merged if e.removed]
+        drop = {id(e) for e in done[: len(merged) - MAX_REPLACED]}
+        merged = [e for e in merged if id(e) not in drop]
+    return rec.model_copy(update={"replaced": merged})
+
+
+def retire(rec: RoomRecord) -> RoomRecord:
+    """Move the current dispatch (and its agent) to ``replaced``: from now on it is unwanted."""
+    entry = current_dispatch(rec)
+    if entry is None:
+        return rec
+    return remember(rec, entry).model_copy(update={"dispatch_id": None, "identity": None})
+
+
+def remove_step(rec: RoomRecord) -> Step:
+    pending = tuple(e for e in rec.replaced if not e.removed)
+    return Step(effect=RemoveReplaced(pending)) if pending else REST
+
+
+def _settled(rec: RoomRecord, confirmed: tuple[Replaced, ...]) -> RoomRecord:
+    """``rec`` with the ``confirmed`` entries (as the removal found them) marked removed. An entry
+    re-opened since (a late report arrived while LiveKit was asked) keeps its new identities open."""
+    settled: list[Replaced] = []
+    for old in rec.replaced:
+        match = next((c for c in confirmed if c.same(old)), None)
+        if match is None:
+            settled.append(old)
+            continue
+        reopened = [i for i in old.identities if i not in match.identities]
+        settled.append(
+            old.model_copy(
+                update={
+                    "dispatch_id": old.dispatch_id or match.dispatch_id,
+                    "identities": list(dict.fromkeys([*old.identities, *match.identities])),
+                    "removed": not reopened,
+                }
+            )
+        )
+    return rec.model_copy(update={"replaced": settled})
+
+
+def decide_removal_done(rec: RoomRecord, done: RemovalDone, ctx: Context) -> Step:
+    """Mark what LiveKit confirmed gone; a room LiveKit no longer has ends here (nothing to serve,
+    and a new CreateDispatch would only create an empty room again)."""
+    if not done.room_exists:
+        gone = retire(rec)
+        gone = gone.model_copy(
+            update={"replaced": [e.model_copy(update={"removed": True}) for e in gone.replaced]}
+        )
+        if rec.terminal:
+            return Step(record=gone) if gone != rec else REST
+        return Step(
+            record=transition(
+                gone,
+                RoomState.ENDED,
+                now=ctx.now,
+                event="ended",
+                detail=f"LiveKit no longer has the room ({rec.state.value}, {rec.reason or 'no reason'})",
+                reason="room_gone",
+                deadline=None,
+                owner=None,
+                lease_until=None,
+            )
+        )
+    new = _settled(rec, done.entries)
+    if new == rec:
+        return REST
+    ids = ", ".join(i for e in done.entries for i in e.identities) or "none present"
+    return Step(
+        record=note(new, now=ctx.now, event="removed", detail=f"replaced agents gone from the room: {ids}")
+    )

@@ -1,0 +1,179 @@
+"""The effects executor: the only place a room step talks to LiveKit.
+
+Each effect comes back as an outcome fact (:mod:`orchestrator.room.facts`), never as an exception
+for a LiveKit failure: the next decision says what a failure means. CreateDispatch is retried here
+under one budget; the retry loop uses the injected clock and random source, so the simulator
+replays it exactly (a library's loop reads the real clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orchestrator.alongside import alongside
+from orchestrator.livekit_gateway import LiveKitCallError
+from orchestrator.records import Replaced, RoomRecord
+from orchestrator.room.facts import (
+    DispatchFailed,
+    DispatchLanded,
+    JobsSeen,
+    JobsUnknown,
+    Outcome,
+    RemovalDone,
+    RemovalFailed,
+)
+from orchestrator.room.lease import Lease
+from orchestrator.room.observe import Observer, call_failed, call_span
+from orchestrator.room.ports import LiveKit
+from orchestrator.room.step import CheckJobs, Effect, EnsureDispatch, RemoveReplaced
+from shared.dispatch_metadata import build_dispatch_metadata
+from shared.messages import DispatchInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """CreateDispatch tries within one round: exponential backoff with jitter under a deadline."""
+
+    deadline_s: float
+    wait_initial_s: float = 0.1
+    wait_max_s: float = 1.0
+    jitter: float = 0.2
+
+    def wait(self, tries: int, rng: random.Random) -> float:
+        return float(
+            min(self.wait_max_s, self.wait_initial_s * 2 ** (tries - 1)) * (1 + self.jitter * rng.random())
+        )
+
+
+class Effects:
+    def __init__(
+        self,
+        livekit: LiveKit,
+        *,
+        mono: Callable[[], float],
+        rng: random.Random,
+        retry: RetryPolicy,
+        region_of: Callable[[str], str | None],
+        observer: Observer,
+    ) -> None:
+        self.livekit = livekit
+        self.mono = mono
+        self.rng = rng
+        self.retry = retry
+        self.region_of = region_of
+        self.observer = observer
+
+    async def run(self, effect: Effect, rec: RoomRecord, lease: Lease) -> Outcome:
+        match effect:
+            case EnsureDispatch():
+                async with alongside(lease.keep(), "lease_renewal"):
+                    return await self._ensure_dispatch(effect, lease)
+            case RemoveReplaced(entries):
+                return await self._remove(rec.room, entries)
+            case CheckJobs(dispatch_id):
+                try:
+                    jobs = await self.livekit.dispatch_jobs(rec.room, dispatch_id)
+                except LiveKitCallError as err:
+                    return JobsUnknown(dispatch_id, str(err))
+                return JobsSeen(dispatch_id, jobs.count if jobs is not None else None)
+        raise AssertionError(f"unknown effect {effect!r}")
+
+    async def _ensure_dispatch(self, effect: EnsureDispatch, lease: Lease) -> Outcome:
+        started = self.mono()
+        tries = 0
+        look = effect.look_first
+        while True:
+            rec = lease.current.record
+            # No new try once the claim is in doubt: whoever takes the step over after the lease
+            # should find no try of ours still starting.
+            if lease.in_doubt():
+                return DispatchFailed(effect.key, "claim_lost", "the claim on the step lapsed", False, tries)
+            tries += 1
+            began = self.mono()
+            with call_span("CreateDispatch", rec, tries) as span:
+                try:
+                    if look:
+                        existing = await self._find(rec, effect.key)
+                        if existing is not None:
+                            span.set_attribute("switchboard.dispatch_id", existing)
+                            span.add_event("found dispatch from an earlier ambiguous try")
+                            return DispatchLanded(effect.key, existing, tries, found=True)
+                    # Built inside this try's span: the worker's job span becomes its child.
+                    dispatch_id = await self.livekit.create_dispatch(
+                        rec.room, rec.agent_name or "", self._metadata(rec)
+                    )
+                except LiveKitCallError as err:
+                    self.observer.call(self.mono() - began, "error", err.reason, retry=tries > 1)
+                    call_failed(span, err.reason, str(err))
+                    log.warning("CreateDispatch try %d failed: %s", tries, err, extra={"reason": err.reason})
+                    look = look or err.ambiguous
+                    if err.permanent:
+                        return DispatchFailed(effect.key, err.reason, str(err), True, tries)
+                    delay = self.retry.wait(tries, self.rng)
+                    if self.mono() - started + delay > self.retry.deadline_s:
+                        return DispatchFailed(effect.key, err.reason, str(err), False, tries)
+                else:
+                    span.set_attribute("switchboard.dispatch_id", dispatch_id)
+                    self.observer.call(self.mono() - began, "ok", retry=tries > 1)
+                    return DispatchLanded(effect.key, dispatch_id, tries, found=False)
+            await asyncio.sleep(delay)
+
+    async def _find(self, rec: RoomRecord, key: str) -> str | None:
+        return await self.livekit.find_dispatch(rec.room, rec.agent_name or "", key)
+
+    def _metadata(self, rec: RoomRecord) -> str:
+        assert rec.pool and rec.agent and rec.dispatch_key and rec.home_region
+        info = DispatchInfo(
+            room=rec.room,
+            attempt=rec.attempt,
+            pool=rec.pool,
+            region=self.region_of(rec.pool) or rec.home_region,
+            agent=rec.agent,
+            key=rec.dispatch_key,
+        )
+        return build_dispatch_metadata(rec.user_metadata, info)
+
+    async def _remove(self, room: str, entries: tuple[Replaced, ...]) -> Outcome:
+        """Delete each replaced dispatch, evict its agents, then confirm with the participant list.
+        The room's existence is asked first: for a room LiveKit already deleted, DeleteDispatch
+        answers only after seconds, and there is nobody left to remove."""
+        try:
+            present = await self.livekit.participants(room)
+            if present is None:
+                return RemovalDone(room_exists=False, entries=entries)
+            found: list[Replaced] = []
+            for entry in entries:
+                identities = set(entry.identities)
+                dispatch_id = entry.dispatch_id
+                if dispatch_id is None and entry.key and entry.agent_name:
+                    dispatch_id = await self.livekit.find_dispatch(room, entry.agent_name, entry.key)
+                if dispatch_id is not None:
+                    jobs = await self.livekit.dispatch_jobs(room, dispatch_id)
+                    if jobs is not None:
+                        identities |= jobs.identities
+                    await self.livekit.delete_dispatch(dispatch_id, room)
+                for identity in sorted(identities & present):
+                    await self.livekit.remove_participant(room, identity)
+                found.append(
+                    entry.model_copy(update={"dispatch_id": dispatch_id, "identities": sorted(identities)})
+                )
+            after = await self.livekit.participants(room)
+        except LiveKitCallError as err:
+            log.warning(
+                "removal of replaced agents in %s failed: %s", room, err, extra={"reason": err.reason}
+            )
+            return RemovalFailed(err.reason, str(err))
+        if after is None:
+            return RemovalDone(room_exists=False, entries=tuple(found))
+        still = {i for e in found for i in e.identities} & after
+        if still:
+            return RemovalFailed(
+                "still_present", f"still in the room after removal: {', '.join(sorted(still))}"
+            )
+        return RemovalDone(room_exists=True, entries=tuple(found))

@@ -1,0 +1,91 @@
+"""What a decision is made from: the facts that reach a room, as plain data.
+
+A fact is either an input from outside (a room event, an agent's report, the sweep noticing a
+timer) or the outcome of an effect this replica just performed (a CreateDispatch that landed, a
+removal LiveKit confirmed). Decisions (:mod:`orchestrator.room.decide`) read them; only the
+effects executor (:mod:`orchestrator.room.effects`) and the reconciler make them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.records import Replaced
+from orchestrator.scheduler import PoolView
+from shared.messages import AgentStatus, RoomEnded
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """This very reconcile call just wrote the claim for ``key``: no CreateDispatch for it was ever
+    sent, so the dispatch step may create without looking first. Every other path looks first."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    status: AgentStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    event: RoomEnded
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchLanded:
+    key: str
+    dispatch_id: str
+    tries: int
+    found: bool  # an earlier (ambiguous) try, or a previous owner, had created it
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchFailed:
+    key: str
+    reason: str
+    message: str
+    permanent: bool
+    tries: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalDone:
+    """LiveKit confirmed none of the replaced agents is in the room (or that the room is gone)."""
+
+    room_exists: bool
+    # The entries as the effect found them: ids looked up by key, identities learned from jobs.
+    entries: tuple[Replaced, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalFailed:
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobsSeen:
+    dispatch_id: str
+    jobs: int | None  # None: LiveKit does not list the dispatch
+
+
+@dataclass(frozen=True, slots=True)
+class JobsUnknown:
+    dispatch_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceInput:
+    """What placement needs from the replica's memory: the pools as its registry sees them and the
+    rooms already counted against each pool."""
+
+    pools: list[PoolView]
+    reserved: dict[str, int]
+    seed: int
+
+
+Outcome = DispatchLanded | DispatchFailed | RemovalDone | RemovalFailed | JobsSeen | JobsUnknown
+Fact = Claimed | Report | Ended | Outcome

@@ -1,0 +1,256 @@
+"""The room reconciler: read the record, decide (pure), write, perform one effect, repeat.
+
+``_drive`` is the one loop every input goes through — a room event, an agent's report, the sweep.
+Each turn asks :func:`orchestrator.room.decide.decide` for a :class:`Step`, writes its record
+with compare-and-set (the intent), then performs its effect (:mod:`orchestrator.room.effects`)
+and feeds the outcome to the next decision. A lost compare-and-set re-reads the record and
+decides again with the same fact. A crash at any line leaves a record whose next reader, on any
+replica, resumes without acting twice: claims expire, a dispatch step looks before it creates,
+and a replaced agent stays listed until LiveKit confirms it gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orchestrator.index import RoomIndex
+from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.pools import PoolRegistry
+from orchestrator.records import HOLDING, RoomRecord
+from orchestrator.room.decide import Context, decide, is_new_incarnation, needs_placement, new_record
+from orchestrator.room.effects import Effects, RetryPolicy
+from orchestrator.room.facts import Claimed, Ended, Fact, PlaceInput, Report
+from orchestrator.room.lease import Lease
+from orchestrator.room.locks import RoomLocks
+from orchestrator.room.observe import Observer, room_span, scheduled, trace_fields
+from orchestrator.room.ports import LiveKit, RecordStore
+from orchestrator.room.step import EnsureDispatch, Step
+from orchestrator.room.sweep import Sweep
+from orchestrator.scheduler import Topology, decision_seed
+from orchestrator.store import Conflict, Versioned
+from shared.config import SwitchboardConfig
+from shared.logs import log_context
+from shared.messages import AgentStatus, RoomCreated, RoomEnded
+
+log = logging.getLogger(__name__)
+
+# Lost compare-and-sets one input tolerates before it is handed back (a message is redelivered;
+# the sweep comes back to the room): only a room written by others that often gets here.
+MAX_CONFLICTS = 5
+# Turns of the loop per input: a room needs at most about six (remove, place, claim, dispatch,
+# dispatched, check); more means two decisions undo each other, which must not spin.
+MAX_TURNS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Clocks:
+    """Wall clock for deadlines shared through KV; monotonic clock for heartbeat ages."""
+
+    wall: Callable[[], float] = time.time
+    mono: Callable[[], float] = time.monotonic
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        store: RecordStore,
+        gateway: LiveKit,
+        config: SwitchboardConfig,
+        registry: PoolRegistry,
+        index: RoomIndex,
+        replica: str,
+        clocks: Clocks | None = None,
+        metrics: OrchestratorMetrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.cfg = config.orchestrator
+        self.registry = registry
+        self.index = index
+        self.replica = replica
+        self.clocks = clocks or Clocks()
+        self.topology = Topology.from_config(config)
+        self.locks = RoomLocks()
+        self.observer = Observer(metrics)
+        # Lease on an in-flight step: longer than one full CreateDispatch round.
+        self.lease_s = self.cfg.dispatch_deadline_s + 5.0
+        self._rng = rng or random.Random()
+        self._decisions = 0
+        self.effects = Effects(
+            gateway,
+            mono=self.clocks.mono,
+            rng=self._rng,
+            retry=RetryPolicy(deadline_s=self.cfg.dispatch_deadline_s),
+            region_of=self._pool_region,
+            observer=self.observer,
+        )
+        self._sweep = Sweep(self)
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    async def on_room_created(self, event: RoomCreated) -> None:
+        record = new_record(event, self._ctx(), trace_fields())
+        async with self.locks.hold(event.room):
+            created = await self.store.create(record)
+            if created is None:
+                existing = await self.read(event.room)
+                if existing is None:
+                    raise Conflict(event.room)  # deleted between the two calls: the redelivery creates
+                if not is_new_incarnation(existing.record, event):
+                    log.info("duplicate room event ignored", extra={"room": event.room})
+                    return
+                # Same name, new LiveKit room: start over, keeping any removal still pending.
+                pending = [e for e in existing.record.replaced if not e.removed]
+                created = await self.store.update(
+                    record.model_copy(update={"replaced": pending}), existing.revision
+                )
+            self.seen(created)
+            await self._drive(created, None)
+
+    async def on_room_ended(self, event: RoomEnded) -> None:
+        await self._on_fact(event.room, Ended(event))
+
+    async def on_status(self, status: AgentStatus) -> None:
+        await self._on_fact(status.room, Report(status))
+
+    async def sweep(self, concurrency: int = 32) -> None:
+        await self._sweep.run(concurrency)
+
+    async def _on_fact(self, room: str, fact: Fact) -> None:
+        async with self.locks.hold(room):
+            current = await self.read(room)
+            if current is None:
+                log.info(
+                    "%s for a room without a record ignored",
+                    type(fact).__name__.lower(),
+                    extra={"room": room},
+                )
+                return
+            await self._drive(current, fact)
+
+    async def reconcile(self, room: str) -> None:
+        """Bring one room forward from its record alone (the sweep's entry)."""
+        async with self.locks.hold(room):
+            current = await self.read(room)
+            if current is not None:
+                await self._drive(current, None)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def _drive(self, current: Versioned, fact: Fact | None) -> None:
+        conflicts = 0
+        with contextlib.ExitStack() as spans:
+            for _ in range(MAX_TURNS):
+                rec = current.record
+                with log_context(room=rec.room, pool=rec.pool, attempt=rec.attempt):
+                    step = self._decide(rec, fact)
+                    if step.cause is not None:
+                        span = spans.enter_context(room_span("redispatch", rec))
+                        span.set_attribute("switchboard.redispatch.cause", step.cause)
+                    if step.record is not None:
+                        try:
+                            current = await self._commit(current, step.record, step.hold)
+                        except Conflict:
+                            conflicts += 1
+                            if conflicts >= MAX_CONFLICTS:
+                                raise
+                            fresh = await self.read(rec.room)
+                            if fresh is None:
+                                return
+                            current = fresh
+                            continue  # the same fact, decided again on the fresh record
+                    if step.effect is not None:
+                        fact, current = await self._perform(step, current)
+                        continue
+                    if step.then is not None:
+                        fact = step.then
+                        continue
+                    if step.record is None:
+                        return  # the room rests until an event, a report or a timer
+                    fact = None  # written: look at what the new record needs
+        log.warning("room %s: gave up after %d turns of one input", current.record.room, MAX_TURNS)
+
+    def _decide(self, rec: RoomRecord, fact: Fact | None) -> Step:
+        ctx = self._ctx()
+        pool_gone = rec.state in HOLDING and self.pool_gone(rec.pool)
+        if (fact is None or isinstance(fact, Claimed)) and needs_placement(rec, ctx.now, self.replica):
+            with room_span("schedule", rec) as span:
+                step = decide(rec, fact, ctx, pool_gone=pool_gone, place=self._place_input(rec))
+                if step.decision is not None:
+                    scheduled(span, step.decision)
+                return step
+        return decide(rec, fact, ctx, pool_gone=pool_gone, place=None)
+
+    async def _perform(self, step: Step, current: Versioned) -> tuple[Fact, Versioned]:
+        """The step's effect, and the record as it stands after it (lease renewals write it)."""
+        assert step.effect is not None
+        lease = Lease(current, self.store, self.clocks.wall, self.lease_s, self.seen)
+        if isinstance(step.effect, EnsureDispatch):
+            with room_span("dispatch", current.record):
+                outcome = await self.effects.run(step.effect, current.record, lease)
+        else:
+            outcome = await self.effects.run(step.effect, current.record, lease)
+        return outcome, lease.current
+
+    async def _commit(self, current: Versioned, new: RoomRecord, hold: str | None) -> Versioned:
+        if hold is not None:
+            # Count the room against the pool before the first await, so concurrent decisions of
+            # this replica see it.
+            self.index.hold(new.room, hold)
+        try:
+            written = self.seen(await self.store.update(new, current.revision))
+        except BaseException:
+            if hold is not None:
+                self.index.release(new.room)
+            raise
+        self.observer.committed(current.record, new, self.clocks.wall())
+        return written
+
+    # -- what decisions read ---------------------------------------------------------------------
+
+    def _ctx(self) -> Context:
+        return Context(
+            now=self.clocks.wall(),
+            replica=self.replica,
+            config=self.config,
+            topology=self.topology,
+            lease_s=self.lease_s,
+        )
+
+    def _place_input(self, rec: RoomRecord) -> PlaceInput:
+        pools = self.registry.snapshot(self.clocks.mono())
+        reserved = self.index.reserved({p.pool: p.jobs for p in pools})
+        return PlaceInput(pools=pools, reserved=reserved, seed=self._next_seed(rec))
+
+    def _next_seed(self, rec: RoomRecord) -> int:
+        # Deterministic per room and attempt when a seed is configured (tests), varied otherwise;
+        # decision_seed hashes with BLAKE2b, so replicas agree (hash() is randomised per process).
+        self._decisions += 1
+        base = self.cfg.seed if self.cfg.seed is not None else self._rng.getrandbits(62) + self._decisions
+        return decision_seed(base, rec.room, rec.attempt)
+
+    def pool_gone(self, pool: str | None) -> bool:
+        """A pool the registry does not know (any more) or hears nothing from: its rooms fail over."""
+        if pool is None:
+            return False
+        view = self.registry.view(pool, self.clocks.mono())
+        return view is None or view.liveness == "dead"
+
+    def _pool_region(self, pool: str) -> str | None:
+        view = self.registry.view(pool, self.clocks.mono())
+        return view.region if view is not None else None
+
+    async def read(self, room: str) -> Versioned | None:
+        got = await self.store.get(room)
+        return self.seen(got) if got is not None else None
+
+    def seen(self, versioned: Versioned) -> Versioned:
+        self.index.apply(versioned.record.room, versioned)
+        return versioned

@@ -1,0 +1,103 @@
+"""The sweep: every room whose timer is due, each in its own isolated step.
+
+Timers, expired claims, dead pools, rooms waiting for a pool and removals left pending are all
+"due" by one function (:func:`orchestrator.room.decide.due`). One room's failure — a NATS timeout,
+an unreadable record, a bug — is logged and never touches the others: each room runs in its own
+task that catches its own errors, inside a bounded TaskGroup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from orchestrator.pools import FORGET_AFTER_S
+from orchestrator.records import HOLDING
+from orchestrator.room.decide import due
+from orchestrator.store import Conflict
+
+if TYPE_CHECKING:
+    from orchestrator.room.reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+
+class Sweep:
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.r = reconciler
+        self._unheard_warned = False
+
+    def due_rooms(self) -> list[str]:
+        r = self.r
+        now = r.clocks.wall()
+        mono = r.clocks.mono()
+        views = {v.pool: v for v in r.registry.snapshot(mono)}
+        rooms: list[str] = []
+        for versioned in r.index.live():
+            rec = versioned.record
+            gone = False
+            if rec.state in HOLDING and rec.pool is not None:
+                view = views.get(rec.pool)
+                gone = view is None or view.liveness == "dead"
+            cause = due(rec, now, replica=r.replica, pool_gone=gone, assign_check_s=r.cfg.assign_check_s)
+            if cause is not None and not r.locks.busy(rec.room):
+                rooms.append(rec.room)
+        return rooms
+
+    async def run(self, concurrency: int) -> None:
+        mono = self.r.clocks.mono()
+        self._say_if_unheard(mono)
+        self._forget_silent_workers(mono)
+        rooms = self.due_rooms()
+        if not rooms:
+            return
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(room: str) -> None:
+            async with limit:
+                if self.r.locks.busy(room):
+                    return  # an event for it is being handled: that handler sees the same facts
+                try:
+                    await self.r.reconcile(room)
+                except Exception as err:
+                    log.warning("sweep step for %s deferred: %r", room, err, exc_info=not _expected(err))
+
+        async with asyncio.TaskGroup() as tg:
+            for room in rooms:
+                tg.create_task(one(room))
+
+    def _say_if_unheard(self, mono: float) -> None:
+        """Once per episode: a replica hearing no pool at all does not fail rooms over (PoolRegistry)."""
+        registry = self.r.registry
+        unheard = registry.unheard_s(mono)
+        if unheard is not None and unheard >= registry.dead_after_s:
+            if not self._unheard_warned:
+                self._unheard_warned = True
+                log.warning(
+                    "no heartbeat from any pool for %.1fs: this replica cannot tell every pool dying "
+                    "from its own deafness (NATS, a starved loop), so no pool is declared dead until "
+                    "beats are heard again",
+                    unheard,
+                )
+        elif self._unheard_warned and unheard is not None:
+            self._unheard_warned = False
+            log.info("heartbeats heard again: pool liveness is judged again")
+
+    def _forget_silent_workers(self, mono: float) -> None:
+        """Prune the pool registry: worker ids change with every deploy. Only workers silent for
+        FORGET_AFTER_S of hearing go — long dead by then, their rooms moved — and a forgotten pool
+        counts as gone, so no liveness judgement changes."""
+        forgotten = self.r.registry.prune(mono, FORGET_AFTER_S)
+        if forgotten:
+            log.info(
+                "forgot %d worker(s) silent for %.0fs or more: %s",
+                len(forgotten),
+                FORGET_AFTER_S,
+                ", ".join(forgotten),
+            )
+
+
+def _expected(err: Exception) -> bool:
+    """Failures of the infrastructure the next sweep retries (no traceback in the log for them)."""
+    return isinstance(err, Conflict | TimeoutError | ConnectionError)

@@ -1,0 +1,266 @@
+"""The room decisions, pure: (record, fact, context) → Step. No NATS, no LiveKit, no clock.
+
+Named after the sequences of issue 13 they close (late join during a redispatch, a resumed step
+re-creating a dispatch, a failed removal swallowed, unreadable records, ...).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from orchestrator.records import Replaced, RoomRecord, RoomState
+from orchestrator.room.decide import Context, decide, due, needs_placement
+from orchestrator.room.facts import (
+    Claimed,
+    DispatchFailed,
+    DispatchLanded,
+    Ended,
+    PlaceInput,
+    RemovalDone,
+    RemovalFailed,
+    Report,
+)
+from orchestrator.room.step import EnsureDispatch, RemoveReplaced
+from orchestrator.scheduler import PoolView, Topology
+from orchestrator.store import UnreadableRecord, _parse
+from shared.config import SwitchboardConfig
+from shared.messages import AgentStatus, RoomEnded
+
+S = RoomState
+NOW = 1_000_000.0
+CONFIG = SwitchboardConfig.model_validate({"rules": [{"name": "all", "match": "*", "agent": "ornina"}]})
+
+
+def ctx(now: float = NOW, replica: str = "r1") -> Context:
+    return Context(
+        now=now, replica=replica, config=CONFIG, topology=Topology.from_config(CONFIG), lease_s=15.0
+    )
+
+
+def holding(state: RoomState = S.SPEAKING, **changes: object) -> RoomRecord:
+    base = RoomRecord(
+        room="room-a",
+        state=state,
+        rule="all",
+        agent="ornina",
+        home_region="eu-central",
+        attempt=1,
+        pool="eu-a",
+        agent_name="ornina.eu-a",
+        dispatch_id="AD_1",
+        dispatch_key="room-a/1",
+        identity="agent-J1" if state != S.DISPATCHED else None,
+        deadline=NOW + 10 if state != S.SPEAKING else None,
+        dispatched_at=NOW - 1,
+    )
+    return base.model_copy(update=changes)
+
+
+def report(state: str, dispatch_id: str, attempt: int = 1, identity: str | None = "agent-J1") -> Report:
+    return Report(
+        AgentStatus(
+            room="room-a",
+            dispatch_id=dispatch_id,
+            attempt=attempt,
+            pool="eu-a",
+            worker="w1",
+            state=state,  # type: ignore[arg-type]
+            at=datetime(2026, 1, 1, tzinfo=UTC),
+            identity=identity,
+        )
+    )
+
+
+def pool(name: str, region: str = "eu-central") -> PoolView:
+    return PoolView(
+        pool=name,
+        agent="ornina",
+        region=region,
+        agent_name=f"ornina.{name}",
+        workers=1,
+        capacity=4,
+        active=0,
+        load=0.0,
+        draining=False,
+        liveness="alive",
+        age_s=0.1,
+        jobs=frozenset(),
+        open_slots=4,
+    )
+
+
+PLACE = PlaceInput(pools=[pool("eu-a"), pool("eu-b")], reserved={}, seed=7)
+
+
+def step(rec: RoomRecord, fact: object = None, *, pool_gone: bool = False, c: Context | None = None):  # type: ignore[no-untyped-def]
+    c = c or ctx()
+    place = PLACE if fact is None and needs_placement(rec, c.now, c.replica) else None
+    return decide(rec, fact, c, pool_gone=pool_gone, place=place)  # type: ignore[arg-type]
+
+
+# -- 1. late join during a redispatch ------------------------------------------------------------
+
+
+def test_a_redispatch_retires_the_old_dispatch_before_anything_else() -> None:
+    rec = holding(S.DISPATCHED, deadline=NOW - 1)
+    moved = step(rec).record
+    assert moved.state == S.REDISPATCHING and moved.reason == "join_timeout"
+    assert moved.dispatch_id is None and moved.identity is None
+    assert [(e.dispatch_id, e.key, e.removed) for e in moved.replaced] == [("AD_1", "room-a/1", False)]
+    # Nothing is placed while the old agent is not confirmed gone: the removal comes first.
+    assert not needs_placement(moved, NOW, "r1")
+    assert isinstance(step(moved).effect, RemoveReplaced)
+
+
+def test_the_old_agent_joining_during_the_redispatch_is_removed_not_taken_as_current() -> None:
+    moved = step(holding(S.DISPATCHED, deadline=NOW - 1)).record
+    late = step(moved, report("joined", "AD_1", identity="agent-OLD")).record
+    assert late.state == S.REDISPATCHING and late.dispatch_id is None
+    (entry,) = late.replaced
+    assert entry.identities == ["agent-OLD"] and not entry.removed
+    assert isinstance(step(late).effect, RemoveReplaced)
+
+
+def test_a_late_join_after_the_removal_was_confirmed_reopens_it_in_any_state() -> None:
+    settled = holding(
+        S.SPEAKING,
+        dispatch_id="AD_2",
+        attempt=2,
+        replaced=[Replaced(dispatch_id="AD_1", attempt=1, identities=[], removed=True)],
+    )
+    late = step(settled, report("joined", "AD_1", identity="agent-OLD")).record
+    assert late.state == S.SPEAKING and late.dispatch_id == "AD_2"
+    assert late.replaced[0].identities == ["agent-OLD"] and late.removal_pending
+    assert isinstance(step(late).effect, RemoveReplaced)
+
+
+def test_a_redelivered_join_of_an_agent_already_removed_changes_nothing() -> None:
+    settled = holding(replaced=[Replaced(dispatch_id="AD_0", identities=["agent-OLD"], removed=True)])
+    assert step(settled, report("joined", "AD_0", identity="agent-OLD")).record is None
+
+
+# -- 2. resuming a dispatching step always looks first -------------------------------------------
+
+
+def dispatching(owner: str | None = "r1", lease_until: float | None = NOW + 14) -> RoomRecord:
+    return holding(
+        S.DISPATCHING, dispatch_id=None, identity=None, deadline=None, owner=owner, lease_until=lease_until
+    )
+
+
+def test_only_the_call_that_wrote_the_claim_creates_without_looking() -> None:
+    effect = step(dispatching(), Claimed("room-a/1")).effect
+    assert effect == EnsureDispatch("room-a/1", look_first=False)
+
+
+def test_the_same_replica_resuming_its_own_step_looks_first() -> None:
+    assert step(dispatching()).effect == EnsureDispatch("room-a/1", look_first=True)
+    # A claim for another attempt's key is not this one's.
+    assert step(dispatching(), Claimed("room-a/0")).effect == EnsureDispatch("room-a/1", look_first=True)
+
+
+def test_a_lapsed_claim_is_taken_over_by_writing_a_new_one_first() -> None:
+    lapsed = dispatching(owner="r2", lease_until=NOW - 1)
+    resumed = step(lapsed).record
+    assert resumed.owner == "r1" and resumed.lease_until == NOW + 15
+    assert resumed.history[-1].event == "resume"
+    assert step(resumed).effect == EnsureDispatch("room-a/1", look_first=True)
+
+
+def test_a_claim_held_by_another_replica_is_left_alone() -> None:
+    held = dispatching(owner="r2", lease_until=NOW + 5)
+    assert step(held).record is None and step(held).effect is None
+    assert due(held, NOW, replica="r1", pool_gone=False, assign_check_s=8) is None
+
+
+# -- dispatch outcomes ---------------------------------------------------------------------------
+
+
+def test_a_dispatch_that_landed_for_a_room_that_moved_on_is_removed() -> None:
+    ended = step(dispatching(), Ended(RoomEnded(room="room-a"))).record
+    assert ended.state == S.ENDED and ended.replaced[0].key == "room-a/1"
+    after = step(ended, DispatchLanded("room-a/1", "AD_9", tries=1, found=False)).record
+    assert after.replaced[0].dispatch_id == "AD_9" and after.removal_pending
+
+
+def test_a_transient_failure_releases_the_claim_and_a_permanent_one_fails_with_the_key_retired() -> None:
+    rec = dispatching()
+    released = step(rec, DispatchFailed("room-a/1", "unreachable", "down", permanent=False, tries=3)).record
+    assert released.state == S.DISPATCHING and released.owner is None
+    assert released.history[-1].event == "dispatch_error"
+    failed = step(
+        rec, DispatchFailed("room-a/1", "unauthenticated", "bad key", permanent=True, tries=1)
+    ).record
+    assert failed.state == S.FAILED and failed.reason == "unauthenticated"
+    # An ambiguous earlier try may have landed: its key is kept for the removal to look up.
+    assert failed.replaced[0].key == "room-a/1" and failed.removal_pending
+
+
+def test_a_failed_round_of_a_step_another_replica_took_over_writes_nothing() -> None:
+    taken = dispatching(owner="r2", lease_until=NOW + 10)
+    assert step(taken, DispatchFailed("room-a/1", "timeout", "slow", permanent=False, tries=2)).record is None
+
+
+# -- 5. a failed removal is not swallowed ---------------------------------------------------------
+
+
+def test_a_failed_removal_keeps_the_room_waiting_for_it() -> None:
+    moved = step(holding(deadline=NOW - 1, state=S.JOINED)).record
+    assert step(moved, RemovalFailed("unavailable", "LiveKit 503")).record is None
+    assert moved.removal_pending and not needs_placement(moved, NOW, "r1")
+    assert due(moved, NOW, replica="r1", pool_gone=False, assign_check_s=8) == "remove_replaced"
+
+
+def test_a_confirmed_removal_lets_placement_go_on_and_a_gone_room_ends() -> None:
+    moved = step(holding(S.JOINED, deadline=NOW - 1)).record
+    done = step(moved, RemovalDone(room_exists=True, entries=tuple(moved.replaced))).record
+    assert not done.removal_pending and done.state == S.REDISPATCHING
+    placed = step(done)
+    assert placed.record.state == S.DISPATCHING and placed.record.attempt == 2
+    assert placed.record.pool == "eu-b"  # the pool that timed out is excluded
+    assert placed.then == Claimed("room-a/2")
+    gone = step(moved, RemovalDone(room_exists=False, entries=tuple(moved.replaced))).record
+    assert gone.state == S.ENDED and gone.reason == "room_gone" and not gone.removal_pending
+
+
+# -- timers: one function ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rec", "pool_gone", "cause"),
+    [
+        (holding(S.SPEAKING), True, "pool_dead"),
+        (holding(S.SPEAKING), False, None),
+        (holding(S.DISPATCHED, deadline=NOW - 1), False, "join_timeout"),
+        (holding(S.JOINED, deadline=NOW - 1), False, "no_voice"),
+        (holding(S.DISPATCHED, dispatched_at=NOW - 9), False, "check_assignment"),
+        (holding(S.DISPATCHED, dispatched_at=NOW - 9, assign_checked_at=NOW - 1), False, None),
+        (holding(S.WAITING_FOR_POOL, dispatch_id=None, deadline=NOW + 30), False, "place"),
+        (holding(S.ENDED), False, None),
+    ],
+)
+def test_due(rec: RoomRecord, pool_gone: bool, cause: str | None) -> None:
+    assert due(rec, NOW, replica="r1", pool_gone=pool_gone, assign_check_s=8.0) == cause
+
+
+def test_a_report_that_the_agent_left_goes_through_the_removal_which_learns_if_the_room_is_gone() -> None:
+    left = step(holding(), report("left", "AD_1")).record
+    assert left.state == S.REDISPATCHING and left.reason == "left" and left.removal_pending
+    assert left.excluded == []
+
+
+def test_the_agent_of_this_attempt_reporting_before_the_create_answer_is_adopted() -> None:
+    joined = step(dispatching(), report("joined", "AD_7", identity="agent-J7")).record
+    assert joined.state == S.JOINED and joined.dispatch_id == "AD_7" and joined.identity == "agent-J7"
+
+
+# -- 6. unreadable records -----------------------------------------------------------------------
+
+
+def test_a_record_from_a_newer_build_is_read_and_a_corrupt_one_is_named() -> None:
+    newer = holding().model_dump_json().replace('"v":1', '"v":1,"added_later":{"x":1}')
+    assert _parse("room-a", newer.encode()).state == S.SPEAKING
+    with pytest.raises(UnreadableRecord, match="room-a"):
+        _parse("room-a", b"{not json")
