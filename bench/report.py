@@ -626,7 +626,7 @@ def _t_spread(s: dict[str, Any]) -> list[str]:
             "",
             "The pure scheduler with the same reservations never overfills a pool; the orchestrator does. "
             "One replica decides up to 64 rooms concurrently (the consumer's concurrency); "
-            "`Controller._place` takes a hold in the room index (`RoomIndex.hold`) before awaiting the "
+            "`Reconciler._commit` takes a hold in the room index (`RoomIndex.hold`) before awaiting the "
             "CAS write that records its choice, and `RoomIndex.reserved` counts a placed room until a "
             "heartbeat lists its dispatch: look for a decision that does not see another's hold or "
             "reservation.",

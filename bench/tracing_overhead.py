@@ -32,7 +32,7 @@ class _DropExporter(SpanExporter):
 
 
 def one_event(tracer: trace.Tracer, headers: dict[str, str]) -> None:
-    """Mirror of the orchestrator's per-event tracing (consumer.py, controller.py, dispatcher.py)."""
+    """Mirror of the orchestrator's per-event tracing (consumer.py, room/reconciler.py, room/effects.py)."""
     ctx = extract(headers)
     attrs = {"switchboard.room": "ornina-1", "switchboard.attempt": 1, "switchboard.pool": "eu-central-a"}
     with tracer.start_as_current_span(

@@ -141,6 +141,25 @@ class PoolRegistry:
     def _alive(self, w: _Worker, now: float) -> bool:
         return self._silence(w, now) < self.dead_after_s
 
+    def orphaned_jobs(self, now: float) -> frozenset[str]:
+        """Dispatch ids the last beat of a now-dead worker listed, that no live worker lists: their
+        agents died with the worker even when the pool lives on in its other workers (LiveKit never
+        gives such a job to another worker). Judged on the hearing clock like pool death."""
+        dead: set[str] = set()
+        live: set[str] = set()
+        for workers in self._workers.values():
+            for w in workers.values():
+                (live if self._alive(w, now) else dead).update(w.beat.jobs)
+        return frozenset(dead - live)
+
+    def worker_gone(self, pool: str, worker: str, now: float) -> bool:
+        """The worker is dead, or unknown to a registry that has heard long enough to know every
+        live worker (a replica started after the worker died never heard of it)."""
+        w = self._workers.get(pool, {}).get(worker)
+        if w is not None:
+            return not self._alive(w, now)
+        return self._heard(now) >= self.dead_after_s
+
     def unheard_s(self, now: float) -> float | None:
         """Seconds since any worker was last heard; None before the first beat."""
         return None if self._last_beat_at is None else max(0.0, now - self._last_beat_at)

@@ -67,6 +67,9 @@ class Replaced(BaseModel):
     attempt: int = 0
     identities: list[str] = Field(default_factory=list)
     removed: bool = False
+    # Bumped each time a report re-opens the removal: a removal confirms only the opening it
+    # started from, so one that began before the agent joined never settles the later one.
+    opened: int = 0
 
     def same(self, other: Replaced) -> bool:
         """One dispatch: the same id, or the same attempt key when an id is missing."""
@@ -96,6 +99,7 @@ class RoomRecord(BaseModel):
     dispatch_id: str | None = None
     dispatch_key: str | None = None
     identity: str | None = None  # the agent participant's identity once joined
+    worker: str | None = None  # the worker running the agent, from its reports: its death moves the room
     # A manual `switchboard dispatch`: agent instead of the rule's; pool for the first placement.
     override_agent: str | None = None
     override_pool: str | None = None

@@ -22,7 +22,14 @@ from orchestrator.index import RoomIndex
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.pools import PoolRegistry
 from orchestrator.records import HOLDING, RoomRecord
-from orchestrator.room.decide import Context, decide, is_new_incarnation, needs_placement, new_record
+from orchestrator.room.decide import (
+    Context,
+    decide,
+    is_new_incarnation,
+    needs_placement,
+    new_record,
+    tombstone,
+)
 from orchestrator.room.effects import Effects, RetryPolicy
 from orchestrator.room.facts import Claimed, Ended, Fact, PlaceInput, Report
 from orchestrator.room.lease import Lease
@@ -115,7 +122,18 @@ class Reconciler:
             await self._drive(created, None)
 
     async def on_room_ended(self, event: RoomEnded) -> None:
-        await self._on_fact(event.room, Ended(event))
+        async with self.locks.hold(event.room):
+            current = await self.read(event.room)
+            if current is None:
+                created = await self.store.create(tombstone(event, self._ctx()))
+                if created is not None:
+                    self.seen(created)
+                    log.info("room ended before its start was seen", extra={"room": event.room})
+                    return
+                current = await self.read(event.room)  # created meanwhile: end that one
+                if current is None:
+                    raise Conflict(event.room)
+            await self._drive(current, Ended(event))
 
     async def on_status(self, status: AgentStatus) -> None:
         await self._on_fact(status.room, Report(status))
@@ -179,14 +197,16 @@ class Reconciler:
 
     def _decide(self, rec: RoomRecord, fact: Fact | None) -> Step:
         ctx = self._ctx()
-        pool_gone = rec.state in HOLDING and self.pool_gone(rec.pool)
+        holding = rec.state in HOLDING
+        pool_gone = holding and self.pool_gone(rec.pool)
+        worker_gone = holding and self.worker_gone(rec)
         if (fact is None or isinstance(fact, Claimed)) and needs_placement(rec, ctx.now, self.replica):
             with room_span("schedule", rec) as span:
                 step = decide(rec, fact, ctx, pool_gone=pool_gone, place=self._place_input(rec))
                 if step.decision is not None:
                     scheduled(span, step.decision)
                 return step
-        return decide(rec, fact, ctx, pool_gone=pool_gone, place=None)
+        return decide(rec, fact, ctx, pool_gone=pool_gone, worker_gone=worker_gone, place=None)
 
     async def _perform(self, step: Step, current: Versioned) -> tuple[Fact, Versioned]:
         """The step's effect, and the record as it stands after it (lease renewals write it)."""
@@ -242,6 +262,16 @@ class Reconciler:
             return False
         view = self.registry.view(pool, self.clocks.mono())
         return view is None or view.liveness == "dead"
+
+    def worker_gone(self, rec: RoomRecord, orphaned: frozenset[str] | None = None) -> bool:
+        """The worker running the room's agent is dead while its pool may live on: the one its
+        reports named, or the one whose beats listed the job before any report came."""
+        mono = self.clocks.mono()
+        if rec.worker is not None and rec.pool is not None:
+            return self.registry.worker_gone(rec.pool, rec.worker, mono)
+        if orphaned is None:
+            orphaned = self.registry.orphaned_jobs(mono)
+        return rec.dispatch_id is not None and rec.dispatch_id in orphaned
 
     def _pool_region(self, pool: str) -> str | None:
         view = self.registry.view(pool, self.clocks.mono())

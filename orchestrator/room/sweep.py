@@ -33,14 +33,23 @@ class Sweep:
         now = r.clocks.wall()
         mono = r.clocks.mono()
         views = {v.pool: v for v in r.registry.snapshot(mono)}
+        orphaned = r.registry.orphaned_jobs(mono)
         rooms: list[str] = []
         for versioned in r.index.live():
             rec = versioned.record
-            gone = False
+            gone = worker_gone = False
             if rec.state in HOLDING and rec.pool is not None:
                 view = views.get(rec.pool)
                 gone = view is None or view.liveness == "dead"
-            cause = due(rec, now, replica=r.replica, pool_gone=gone, assign_check_s=r.cfg.assign_check_s)
+                worker_gone = not gone and r.worker_gone(rec, orphaned)
+            cause = due(
+                rec,
+                now,
+                replica=r.replica,
+                pool_gone=gone,
+                worker_gone=worker_gone,
+                assign_check_s=r.cfg.assign_check_s,
+            )
             if cause is not None and not r.locks.busy(rec.room):
                 rooms.append(rec.room)
         return rooms

@@ -136,9 +136,22 @@ def test_a_late_join_after_the_removal_was_confirmed_reopens_it_in_any_state() -
     assert isinstance(step(late).effect, RemoveReplaced)
 
 
-def test_a_redelivered_join_of_an_agent_already_removed_changes_nothing() -> None:
+def test_a_join_reported_after_a_confirmed_removal_reopens_it_even_for_a_known_identity() -> None:
+    """The identity was learned from the job list and confirmed absent; the agent joined later."""
     settled = holding(replaced=[Replaced(dispatch_id="AD_0", identities=["agent-OLD"], removed=True)])
-    assert step(settled, report("joined", "AD_0", identity="agent-OLD")).record is None
+    again = step(settled, report("joined", "AD_0", identity="agent-OLD")).record
+    (entry,) = again.replaced
+    assert not entry.removed and entry.opened == 1
+
+
+def test_a_removal_that_began_before_a_reopening_does_not_settle_it() -> None:
+    moved = step(holding(S.JOINED, deadline=NOW - 1)).record
+    began = tuple(moved.replaced)  # what the removal effect was asked to remove
+    reopened = step(moved, report("joined", "AD_1", identity="agent-J1")).record
+    assert step(reopened, RemovalDone(room_exists=True, entries=began)).record is None  # still open
+    late = reopened
+    current = tuple(late.replaced)
+    assert not step(late, RemovalDone(room_exists=True, entries=current)).record.removal_pending
 
 
 # -- 2. resuming a dispatching step always looks first -------------------------------------------

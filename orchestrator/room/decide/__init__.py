@@ -9,7 +9,7 @@ from __future__ import annotations
 from orchestrator.records import HOLDING, RoomRecord, RoomState
 from orchestrator.room.decide.context import Context
 from orchestrator.room.decide.dispatch import decide_dispatch_outcome, decide_dispatching, resume
-from orchestrator.room.decide.intake import decide_ended, is_new_incarnation, new_record
+from orchestrator.room.decide.intake import decide_ended, is_new_incarnation, new_record, tombstone
 from orchestrator.room.decide.place import PLACING, decide_place, needs_placement
 from orchestrator.room.decide.redispatch import redispatch
 from orchestrator.room.decide.reports import decide_report
@@ -41,14 +41,22 @@ __all__ = [
     "leased_by_other",
     "needs_placement",
     "new_record",
+    "tombstone",
 ]
 
 
 def decide(
-    rec: RoomRecord, fact: Fact | None, ctx: Context, *, pool_gone: bool, place: PlaceInput | None
+    rec: RoomRecord,
+    fact: Fact | None,
+    ctx: Context,
+    *,
+    pool_gone: bool,
+    place: PlaceInput | None,
+    worker_gone: bool = False,
 ) -> Step:
-    """The next step for ``rec``. ``pool_gone``: the record's pool is dead or unknown to this
-    replica; ``place``: the placement inputs, given when :func:`needs_placement` says so."""
+    """The next step for ``rec``. ``pool_gone`` / ``worker_gone``: the record's pool, or the worker
+    that held its job, is dead or unknown to this replica (see :func:`due`); ``place``: the
+    placement inputs, given when :func:`needs_placement` says so."""
     match fact:
         case Report(status):
             return decide_report(rec, status, ctx)
@@ -62,11 +70,17 @@ def decide(
             return decide_dispatch_outcome(rec, fact, ctx)
         case JobsSeen() | JobsUnknown():
             return _decide_jobs(rec, fact, ctx)
-    return _next(rec, fact, ctx, pool_gone=pool_gone, place=place)
+    return _next(rec, fact, ctx, pool_gone=pool_gone, worker_gone=worker_gone, place=place)
 
 
 def _next(
-    rec: RoomRecord, claimed: Claimed | None, ctx: Context, *, pool_gone: bool, place: PlaceInput | None
+    rec: RoomRecord,
+    claimed: Claimed | None,
+    ctx: Context,
+    *,
+    pool_gone: bool,
+    worker_gone: bool,
+    place: PlaceInput | None,
 ) -> Step:
     if leased_by_other(rec, ctx.now, ctx.replica):
         return REST
@@ -83,7 +97,12 @@ def _next(
         return decide_dispatching(rec, claimed, ctx)
     if rec.state in HOLDING:
         cause = due(
-            rec, ctx.now, replica=ctx.replica, pool_gone=pool_gone, assign_check_s=ctx.cfg.assign_check_s
+            rec,
+            ctx.now,
+            replica=ctx.replica,
+            pool_gone=pool_gone,
+            worker_gone=worker_gone,
+            assign_check_s=ctx.cfg.assign_check_s,
         )
         if cause in REDISPATCH_CAUSES:
             assert cause is not None

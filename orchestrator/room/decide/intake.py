@@ -51,6 +51,20 @@ def is_new_incarnation(rec: RoomRecord, event: RoomCreated) -> bool:
     return rec.terminal and ((event.sid is not None and event.sid != rec.sid) or manual)
 
 
+def tombstone(event: RoomEnded, ctx: Context) -> RoomRecord:
+    """The record of a room whose end arrived before its start (another replica, a backlog): kept
+    so the late ``room_started`` is a duplicate, not a dispatch that would create the room again
+    (CreateDispatch creates a missing room)."""
+    return transition(
+        RoomRecord(room=event.room, sid=event.sid, received_at=ctx.now),
+        RoomState.ENDED,
+        now=ctx.now,
+        event="ended",
+        detail="room ended before its start was seen",
+        reason="room_ended",
+    )
+
+
 def decide_ended(rec: RoomRecord, event: RoomEnded, ctx: Context) -> Step:
     if event.sid and rec.sid and event.sid != rec.sid:
         return REST  # the end of an older incarnation of this room name

@@ -27,6 +27,7 @@ def _adopt(rec: RoomRecord, st: AgentStatus, ctx: Context) -> RoomRecord:
         detail="dispatch confirmed by its agent's report (CreateDispatch answer not seen)",
         data={"dispatch_id": st.dispatch_id, "pool": rec.pool},
         dispatch_id=st.dispatch_id,
+        worker=st.worker,
         dispatched_at=ctx.now,
         deadline=ctx.now + ctx.cfg.join_deadline_s,
         owner=None,
@@ -39,10 +40,8 @@ def _unwanted(rec: RoomRecord, st: AgentStatus) -> Step:
     record its agent for removal; the removal runs next, whatever the room's state."""
     if st.state not in ("joined", "voice") or not st.identity:
         return REST
-    known = next((e for e in rec.replaced if e.dispatch_id == st.dispatch_id), None)
-    if known is not None and known.removed and st.identity in known.identities:
-        # Its removal was confirmed after this agent was seen: a redelivered or late copy.
-        return REST
+    # Even an agent already listed (from its job) and confirmed gone is removed again: it may have
+    # joined after that confirmation, which is exactly what this report says it did.
     entry = Replaced(dispatch_id=st.dispatch_id, attempt=st.attempt, identities=[st.identity])
     return Step(record=remember(rec, entry))
 
@@ -74,6 +73,7 @@ def decide_report(rec: RoomRecord, st: AgentStatus, ctx: Context) -> Step:
             detail=f"agent joined on {st.worker}",
             data=data,
             identity=st.identity,
+            worker=st.worker,
             joined_at=ctx.now,
             deadline=ctx.now + ctx.cfg.voice_deadline_s,
         )
@@ -86,6 +86,7 @@ def decide_report(rec: RoomRecord, st: AgentStatus, ctx: Context) -> Step:
             detail="agent audio heard by a listener",
             data=data,
             identity=st.identity or rec.identity,
+            worker=st.worker,
             voice_at=ctx.now,
             joined_at=rec.joined_at or ctx.now,
             deadline=None,

@@ -44,6 +44,7 @@ def remember(rec: RoomRecord, entry: Replaced) -> RoomRecord:
                         "agent_name": old.agent_name or entry.agent_name,
                         "identities": identities,
                         "removed": old.removed and entry.removed,
+                        "opened": old.opened + (0 if entry.removed else 1),
                     }
                 )
             )
@@ -64,7 +65,7 @@ def retire(rec: RoomRecord) -> RoomRecord:
     entry = current_dispatch(rec)
     if entry is None:
         return rec
-    return remember(rec, entry).model_copy(update={"dispatch_id": None, "identity": None})
+    return remember(rec, entry).model_copy(update={"dispatch_id": None, "identity": None, "worker": None})
 
 
 def remove_step(rec: RoomRecord) -> Step:
@@ -74,20 +75,19 @@ def remove_step(rec: RoomRecord) -> Step:
 
 def _settled(rec: RoomRecord, confirmed: tuple[Replaced, ...]) -> RoomRecord:
     """``rec`` with the ``confirmed`` entries (as the removal found them) marked removed. An entry
-    re-opened since (a late report arrived while LiveKit was asked) keeps its new identities open."""
+    re-opened since the removal began (a late report arrived while LiveKit was asked) stays open."""
     settled: list[Replaced] = []
     for old in rec.replaced:
         match = next((c for c in confirmed if c.same(old)), None)
         if match is None:
             settled.append(old)
             continue
-        reopened = [i for i in old.identities if i not in match.identities]
         settled.append(
             old.model_copy(
                 update={
                     "dispatch_id": old.dispatch_id or match.dispatch_id,
                     "identities": list(dict.fromkeys([*old.identities, *match.identities])),
-                    "removed": not reopened,
+                    "removed": old.removed or old.opened == match.opened,
                 }
             )
         )

@@ -13,11 +13,20 @@ def leased_by_other(rec: RoomRecord, now: float, replica: str) -> bool:
     return rec.state in IN_FLIGHT and rec.owner not in (None, replica) and (rec.lease_until or 0.0) > now
 
 
-def due(rec: RoomRecord, now: float, *, replica: str, pool_gone: bool, assign_check_s: float) -> str | None:
+def due(
+    rec: RoomRecord,
+    now: float,
+    *,
+    replica: str,
+    pool_gone: bool,
+    assign_check_s: float,
+    worker_gone: bool = False,
+) -> str | None:
     """Why ``rec`` needs work now, or None when it rests until a report, an event or its timer.
 
-    ``pool_gone``: the pool holding the room's agent is dead or forgotten (the caller judges it
-    from its registry; placement keeps rooms off such pools, so only holding rooms ask).
+    ``pool_gone``: the pool holding the room's agent is dead or forgotten; ``worker_gone``: the
+    worker whose beats listed the room's dispatch is dead while its pool lives on (the caller
+    judges both from its registry; only holding rooms ask).
     """
     if leased_by_other(rec, now, replica):
         return None
@@ -32,6 +41,8 @@ def due(rec: RoomRecord, now: float, *, replica: str, pool_gone: bool, assign_ch
     if rec.state in HOLDING:
         if rec.pool is not None and pool_gone:
             return "pool_dead"
+        if worker_gone:
+            return "worker_dead"
         if rec.deadline is not None and rec.deadline <= now:
             return {S.DISPATCHED: "join_timeout", S.JOINED: "no_voice"}.get(rec.state)
         if (
@@ -47,4 +58,9 @@ def due(rec: RoomRecord, now: float, *, replica: str, pool_gone: bool, assign_ch
 # Timer causes that end the current dispatch, and whether its pool is excluded from the next
 # placement. A dead pool is not excluded: liveness already keeps rooms off it, and one that beats
 # again is fit (excluding it failed rooms after a false death).
-REDISPATCH_CAUSES: dict[str, bool] = {"pool_dead": False, "join_timeout": True, "no_voice": True}
+REDISPATCH_CAUSES: dict[str, bool] = {
+    "pool_dead": False,
+    "worker_dead": False,
+    "join_timeout": True,
+    "no_voice": True,
+}
