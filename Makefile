@@ -1,4 +1,7 @@
-.PHONY: setup dev test lint bench drills
+.PHONY: setup dev test lint bench drills simulate
+
+SEEDS ?= 100000
+START ?= 0
 
 setup:
 	scripts/setup
@@ -19,3 +22,6 @@ bench:
 	scripts/setup
 	UV_PROJECT_ENVIRONMENT=.venv .venv/bin/uv sync --quiet --locked --inexact --compile-bytecode --extra dev --extra bench
 	.venv/bin/python -m bench
+
+simulate:
+	SEEDS=$(SEEDS) START=$(START) scripts/simulate

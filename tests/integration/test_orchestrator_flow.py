@@ -217,7 +217,7 @@ async def test_room_end_stops_watching_and_deletes_the_dispatch(
         await bus.publish_room_ended(js, RoomEnded(room="ornina-end"))
         # Ended is written first, with the dispatch kept for removal; the removal follows.
         rec = await wait_until(
-            kv, "ornina-end", lambda r: r.state == S.ENDED and not r.removal_pending, "ended, dispatch removed"
+            kv, "ornina-end", lambda r: r.state == S.ENDED and not r.removal_pending, "ended and cleaned up"
         )
         assert rec.deadline is None and rec.reason == "room_ended"
         assert [e.removed for e in rec.replaced] == [True]
