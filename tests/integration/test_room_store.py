@@ -5,6 +5,7 @@ failing the write."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -12,7 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
 
 from orchestrator.records import RoomRecord, RoomState
-from orchestrator.store import Conflict, RoomStore, open_bucket, room_key
+from orchestrator.store import Conflict, RoomStore, UnreadableRecord, open_bucket, room_key
 from shared import subjects
 
 STREAM = f"KV_{subjects.ROOMS_BUCKET}"
@@ -71,3 +72,30 @@ async def test_a_bucket_without_ttl_support_keeps_terminal_records(
     assert "does not allow per-message TTLs" in caplog.text
     assert (await store.get("ornina-old-bucket")) == failed
     assert await _ttl_header(nc, "ornina-old-bucket") is None
+
+
+async def test_an_unreadable_record_is_named_on_read_and_skipped_by_the_watch(
+    nc: NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """6. One corrupt record (or one from an incompatible build) must not stop the watch every
+    replica's index runs on: it is skipped with an error naming the room, the others flow on."""
+    js = nc.jetstream()
+    kv = await open_bucket(js)
+    store = RoomStore(kv)
+    await kv.put(room_key("ornina-bad"), b'{"room": "ornina-bad", "state": "no-such-state"}')
+    newer = RoomRecord(room="ornina-newer").model_dump_json().replace('"v":1', '"v":1,"later_field":[1]')
+    await kv.put(room_key("ornina-newer"), newer.encode())
+    with pytest.raises(UnreadableRecord, match="ornina-bad"):
+        await store.get("ornina-bad")
+    seen: dict[str, RoomRecord | None] = {}
+    with caplog.at_level(logging.ERROR, logger="orchestrator.store"):
+        async with asyncio.timeout(10), contextlib.aclosing(store.watch()) as changes:
+            async for change in changes:
+                if change is None:
+                    break  # the snapshot is complete
+                room, versioned = change
+                seen[room] = versioned.record if versioned else None
+    assert seen["ornina-bad"] is None
+    newer_rec = seen["ornina-newer"]
+    assert newer_rec is not None and newer_rec.state == RoomState.RECEIVED
+    assert any("ornina-bad" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)

@@ -158,18 +158,24 @@ class Faults:
                 return rule
         return None
 
+    def _scripted(self, call: Call, delay: float, answer: float) -> Plan | None:
+        """The plan a scripted rule sets for ``call`` (its timings default to the drawn ones)."""
+        rule = self._rule(call)
+        if rule is None:
+            return None
+        return Plan(
+            rule.outcome,
+            rule.delay if rule.delay is not None else delay,
+            rule.answer if rule.answer is not None else answer,
+        )
+
     # -- KV ----------------------------------------------------------------------------------------
 
     def kv(self, call: Call) -> Plan:
         r = self._kv
         delay, answer = r.uniform(0.0005, 0.003), r.uniform(0.0005, 0.003)
-        rule = self._rule(call)
-        if rule is not None:
-            return Plan(
-                rule.outcome,
-                rule.delay if rule.delay is not None else delay,
-                rule.answer if rule.answer is not None else answer,
-            )
+        if (scripted := self._scripted(call, delay, answer)) is not None:
+            return scripted
         if self.healed:
             return Plan("ok", delay, answer)
         if self.kv_down:
@@ -193,13 +199,8 @@ class Faults:
     def lk(self, call: Call) -> Plan:
         r = self._lk
         delay, answer = r.uniform(0.005, 0.04), r.uniform(0.005, 0.04)
-        rule = self._rule(call)
-        if rule is not None:
-            return Plan(
-                rule.outcome,
-                rule.delay if rule.delay is not None else delay,
-                rule.answer if rule.answer is not None else answer,
-            )
+        if (scripted := self._scripted(call, delay, answer)) is not None:
+            return scripted
         if self.healed:
             return Plan("ok", delay, answer)
         if self.lk_down:

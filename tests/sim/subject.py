@@ -112,7 +112,7 @@ def deterministic(seed: int) -> Iterator[None]:
     saved_random = random.getstate()
     saved_tracer = observe._tracer
     random.seed(seed)
-    observe._tracer = trace.NoOpTracer()  # type: ignore[assignment]
+    observe._tracer = trace.NoOpTracer()
     try:
         yield
     finally:
