@@ -107,7 +107,17 @@ class RoomStore:
         return Versioned(_parse(room, entry.value), int(entry.revision or 0))
 
     async def create(self, record: RoomRecord) -> Versioned | None:
-        """Write a new record; None when the room already has one (a duplicate event)."""
+        """Write a new record; None when the room already has one (a duplicate event). A terminal
+        one (a room whose end came first) expires like any terminal record."""
+        if record.terminal and self._terminal_ttl_s is not None:
+            data = record.model_dump_json().encode()
+            try:
+                # Expected last sequence 0: only if the key has never been written (or was purged).
+                written = await self._update_expiring(record, data, 0, self._terminal_ttl_s)
+            except Conflict:
+                return None
+            if written is not None:
+                return written
         try:
             revision = await self.kv.create(room_key(record.room), record.model_dump_json().encode())
         except KeyWrongLastSequenceError:

@@ -132,7 +132,7 @@ class Reconciler:
                     return
                 current = await self.read(event.room)  # created meanwhile: end that one
                 if current is None:
-                    raise Conflict(event.room)
+                    return  # a key deleted by hand: nothing to end, nothing to keep
             await self._drive(current, Ended(event))
 
     async def on_status(self, status: AgentStatus) -> None:

@@ -99,3 +99,14 @@ async def test_an_unreadable_record_is_named_on_read_and_skipped_by_the_watch(
     newer_rec = seen["ornina-newer"]
     assert newer_rec is not None and newer_rec.state == RoomState.RECEIVED
     assert any("ornina-bad" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_terminal_record_created_first_expires_and_is_created_once(nc: NATS) -> None:
+    """The tombstone of a room whose end came before its start: created once, with a TTL."""
+    js = nc.jetstream()
+    store = RoomStore(await open_bucket(js), js, terminal_ttl_s=60.0)
+    tomb = RoomRecord(room="ornina-tomb", state=RoomState.ENDED, reason="room_ended")
+    assert await store.create(tomb) is not None
+    assert await _ttl_header(nc, "ornina-tomb") is not None
+    assert await store.create(tomb) is None  # the second is a duplicate
+    assert await store.create(RoomRecord(room="ornina-tomb")) is None
