@@ -38,8 +38,18 @@ _GATE = threading.Lock()
 FINISH_CONNECT_S = 20.0
 
 
-def gate_connect(ctx: JobContext) -> None:
-    """Make ``ctx.connect`` wait for the other connects of this process, and finish once begun."""
+class DispatchWithdrawn(Exception):
+    """The job's dispatch was deleted (the room was given to another agent) before it connected."""
+
+
+def gate_connect(ctx: JobContext, still_wanted: Callable[[], Awaitable[bool]] | None = None) -> None:
+    """Make ``ctx.connect`` wait for the other connects of this process, and finish once begun.
+
+    ``still_wanted``: asked right before connecting. A job can wait long for its turn (a busy
+    worker, a burst of jobs); meanwhile the orchestrator may have replaced its dispatch and
+    confirmed the old agent absent. Joining then would put a second agent in the room until its
+    report gets it removed; :class:`DispatchWithdrawn` is raised instead.
+    """
     original = ctx.connect
 
     async def connect(*args: Any, **kwargs: Any) -> None:
@@ -48,6 +58,8 @@ def gate_connect(ctx: JobContext) -> None:
         while not _GATE.acquire(blocking=False):  # noqa: ASYNC110 (no Event spans the jobs' loops)
             await asyncio.sleep(0.02)
         try:
+            if still_wanted is not None and not await still_wanted():
+                raise DispatchWithdrawn("the dispatch was withdrawn before the agent connected")
             await run_to_completion(original(*args, **kwargs), ctx.room.disconnect)
         finally:
             _GATE.release()

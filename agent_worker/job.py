@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from agent_worker.audio_stats import DEFAULT_LEVEL_THRESHOLD
-from agent_worker.connect_gate import gate_connect
+from agent_worker.connect_gate import DispatchWithdrawn, gate_connect
 from agent_worker.entrypoints import load_entrypoint
 from agent_worker.job_reporter import JobFacts, JobReporter
 from agent_worker.report_channel import ReportClient
@@ -106,13 +107,28 @@ class JobRunner:
             ctx.add_shutdown_callback(finish)
             try:
                 agent = load_entrypoint(self.entrypoint)
-                gate_connect(ctx)
+                gate_connect(ctx, functools.partial(dispatch_listed, ctx))
                 await agent(ctx)
+            except DispatchWithdrawn as withdrawn:
+                log.info("not joining: %s", withdrawn)
+                ctx.shutdown(reason="dispatch withdrawn")
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                 await reporter.report("error", reason=f"agent entrypoint failed: {type(exc).__name__}: {exc}")
                 raise
+
+
+async def dispatch_listed(ctx: JobContext, timeout_s: float = 1.0) -> bool:
+    """Whether LiveKit still lists the job's dispatch (one ListDispatch). When LiveKit cannot say in
+    time, yes: joining is the agent's job, and a replaced one is removed by the orchestrator anyway."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            listed = await ctx.api.agent_dispatch.list_dispatch(room_name=ctx.job.room.name)
+    except Exception as err:
+        log.debug("could not check the dispatch before joining: %r", err)
+        return True
+    return any(d.id == ctx.job.dispatch_id for d in listed)
 
 
 async def _report_join_and_voice(observer: RoomObserver, reporter: JobReporter) -> None:

@@ -4,10 +4,12 @@ a cut-short connect makes the FFI SIGTERM the whole worker 15 s later)."""
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
+from livekit.agents import JobContext
 
-from agent_worker.connect_gate import run_to_completion
+from agent_worker.connect_gate import DispatchWithdrawn, gate_connect, run_to_completion
 
 
 class Room:
@@ -71,3 +73,41 @@ async def test_without_a_cancel_it_is_just_the_connect() -> None:
     room.release.set()
     await run_to_completion(room.connect(), room.leave)
     assert room.connected and not room.left
+
+
+class JobRoom(Room):
+    async def disconnect(self) -> None:
+        await self.leave()
+
+
+class Ctx:
+    """What gate_connect touches of a JobContext: ``connect`` and ``room.disconnect``."""
+
+    def __init__(self) -> None:
+        self.room = JobRoom()
+        self.room.release.set()
+        self.connect = self.room.connect
+
+
+@pytest.mark.parametrize("wanted", [True, False])
+async def test_a_job_whose_dispatch_was_withdrawn_while_it_waited_does_not_join(wanted: bool) -> None:
+    ctx = Ctx()
+    asked: list[bool] = []
+
+    async def still_wanted() -> bool:
+        asked.append(True)
+        return wanted
+
+    gate_connect(cast(JobContext, ctx), still_wanted)
+    if wanted:
+        await ctx.connect()
+    else:
+        with pytest.raises(DispatchWithdrawn):
+            await ctx.connect()
+    assert asked == [True] and ctx.room.connected is wanted
+    # The gate is free again either way: the next job connects at once.
+    other = Ctx()
+    gate_connect(cast(JobContext, other))
+    async with asyncio.timeout(1):
+        await other.connect()
+    assert other.room.connected
