@@ -12,10 +12,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from orchestrator.consumer import is_transient
 from orchestrator.pools import FORGET_AFTER_S
 from orchestrator.records import HOLDING
 from orchestrator.room.decide import due
-from orchestrator.store import Conflict
 
 if TYPE_CHECKING:
     from orchestrator.room.reconciler import Reconciler
@@ -70,7 +70,7 @@ class Sweep:
                 try:
                     await self.r.reconcile(room)
                 except Exception as err:
-                    log.warning("sweep step for %s deferred: %r", room, err, exc_info=not _expected(err))
+                    log.warning("sweep step for %s deferred: %r", room, err, exc_info=not is_transient(err))
 
         async with asyncio.TaskGroup() as tg:
             for room in rooms:
@@ -105,8 +105,3 @@ class Sweep:
                 FORGET_AFTER_S,
                 ", ".join(forgotten),
             )
-
-
-def _expected(err: Exception) -> bool:
-    """Failures of the infrastructure the next sweep retries (no traceback in the log for them)."""
-    return isinstance(err, Conflict | TimeoutError | ConnectionError)
