@@ -14,7 +14,16 @@ from orchestrator.records import TERMINAL, RoomState
 from orchestrator.store import Versioned
 
 # Counted against a pool's headroom until its heartbeat lists the dispatch as a job.
-_RESERVING = frozenset({RoomState.DISPATCHING, RoomState.DISPATCHED, RoomState.JOINED, RoomState.SPEAKING})
+# A room waiting for LiveKit keeps its pool: it is dispatched there as soon as LiveKit answers.
+_RESERVING = frozenset(
+    {
+        RoomState.DISPATCHING,
+        RoomState.WAITING_FOR_LIVEKIT,
+        RoomState.DISPATCHED,
+        RoomState.JOINED,
+        RoomState.SPEAKING,
+    }
+)
 
 
 class RoomIndex:

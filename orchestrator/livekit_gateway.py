@@ -145,6 +145,28 @@ class DispatchJobs:
     identities: frozenset[str]  # participant identities of those jobs that have one
 
 
+@dataclass(frozen=True, slots=True)
+class LiveRoom:
+    """A room as LiveKit lists it (ListRooms)."""
+
+    name: str
+    sid: str | None
+    created_at: float | None  # unix seconds
+    metadata: str
+    participants: int
+
+
+def _live_room(r: lk.Room) -> LiveRoom:
+    created_ms = r.creation_time_ms or r.creation_time * 1000
+    return LiveRoom(
+        name=r.name,
+        sid=r.sid or None,
+        created_at=created_ms / 1000 if created_ms else None,
+        metadata=r.metadata,
+        participants=r.num_participants,
+    )
+
+
 class LiveKitGateway:
     def __init__(self, settings: LiveKitSettings) -> None:
         self._settings = settings
@@ -281,8 +303,17 @@ class LiveKitGateway:
         return frozenset(p.identity for p in infos if p.kind == lk.ParticipantInfo.Kind.AGENT)
 
     async def room_exists(self, room: str) -> bool:
+        return await self.room_info(room) is not None
+
+    async def room_info(self, room: str) -> LiveRoom | None:
+        """The room as LiveKit lists it now; None when LiveKit has no room of that name."""
         rooms = await self._call("ListRooms", self.api.room.list_rooms(lk.ListRoomsRequest(names=[room])))
-        return any(r.name == room for r in rooms.rooms)
+        return next((_live_room(r) for r in rooms.rooms if r.name == room), None)
+
+    async def list_rooms(self) -> list[LiveRoom]:
+        """Every room LiveKit has (one ListRooms; its cost grows with the rooms, see bench)."""
+        rooms = await self._call("ListRooms", self.api.room.list_rooms(lk.ListRoomsRequest()))
+        return [_live_room(r) for r in rooms.rooms]
 
     async def check_credentials(self) -> None:
         """A harmless authenticated call (used by readiness and doctor)."""

@@ -45,6 +45,17 @@ class OrchestratorMetrics:
         self.rejected = meter.create_counter(
             "switchboard.messages.rejected", description="Messages dead-lettered, by subject and reason"
         )
+        self.resync_passes = meter.create_counter(
+            "switchboard.resync.passes",
+            description="Resync passes (LiveKit's rooms against the records), by outcome",
+        )
+        self.resync_rooms = meter.create_counter(
+            "switchboard.resync.rooms",
+            description="Rooms the resync acted on: found (no event had arrived), ended, agent_lost",
+        )
+        self.resync_duration = meter.create_histogram(
+            "switchboard.resync.pass.duration", unit="s", description="One resync pass, ListRooms included"
+        )
         self._meter = meter
 
     def observe_pools(

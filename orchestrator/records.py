@@ -24,6 +24,8 @@ class RoomState(StrEnum):
     SPEAKING = "speaking"
     REDISPATCHING = "redispatching"
     WAITING_FOR_POOL = "waiting_for_pool"
+    # A round of dispatch tries found LiveKit's API unreachable: retried every livekit_retry_s.
+    WAITING_FOR_LIVEKIT = "waiting_for_livekit"
     ENDED = "ended"
     FAILED = "failed"
 
@@ -113,7 +115,14 @@ class RoomRecord(BaseModel):
     # Unix seconds. ``deadline`` is the next timer (join, voice, waiting for a pool); ``lease_until``
     # guards an in-flight action by ``owner`` — past it, another replica takes over.
     received_at: float = 0.0
-    event_at: float | None = None
+    event_at: float | None = None  # the room's creation time, as its event said
+    # How Switchboard learnt of the room: its event, or the resync finding it in LiveKit's room list.
+    origin: str = "event"
+    # When the room started waiting for LiveKit's API (state waiting_for_livekit), for its deadline.
+    waiting_since: float | None = None
+    # A LiveKit room of this name that our own CreateDispatch created (its call raced the room's
+    # deletion): never served, so an empty ghost room does not cycle agents.
+    ghost_sid: str | None = None
     dispatched_at: float | None = None
     joined_at: float | None = None
     voice_at: float | None = None

@@ -5,7 +5,8 @@ included, ends the replica within :data:`STOP_BUDGET_S` whatever NATS and LiveKi
 - KV watch → the room index every replica keeps (timers and failover survive any replica);
 - room-event pump and status pump (shared durable pull consumers);
 - heartbeat subscription → pool registry, which answers `switchboard status`'s pool census;
-- sweep: deadlines, dead pools, expired leases, rooms waiting for a pool.
+- sweep: deadlines, dead pools, expired leases, rooms waiting for a pool or for LiveKit;
+- resync (one replica at a time, by a KV lease): LiveKit's room list against the records.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 from opentelemetry import metrics
 from prometheus_client import CollectorRegistry
 
@@ -30,6 +32,7 @@ from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.pools import PoolRegistry, summary
 from orchestrator.room import Reconciler
+from orchestrator.room.resync import Resync, ResyncLease, open_resync_bucket
 from orchestrator.store import RoomStore, Versioned, open_bucket
 from shared import bus, subjects
 from shared.codec import ContractError, decode, encode
@@ -129,6 +132,9 @@ class OrchestratorService:
             for spec in (ROOMS_CONSUMER, STATUS_CONSUMER):
                 await ensure_consumer(js, spec)
             store = RoomStore(kv, js, self.config.orchestrator.terminal_record_ttl_s)
+            resync_kv = (
+                await open_resync_bucket(js, replicas) if self.config.orchestrator.resync_interval_s else None
+            )
             async with LiveKitGateway(self.settings.livekit) as gateway:
                 controller = Reconciler(
                     store=store,
@@ -185,6 +191,8 @@ class OrchestratorService:
                         tg.create_task(statuses.run())
                         tg.create_task(self._sweep(controller))
                         tg.create_task(self._check_livekit(gateway))
+                        if resync_kv is not None:
+                            tg.create_task(self._resync(controller, gateway, resync_kv))
                         tg.create_task(self._track_binding(rooms, statuses))
                 finally:
                     for sub in subs:
@@ -296,6 +304,12 @@ class OrchestratorService:
                 await controller.sweep()
             except Exception:
                 log.exception("sweep failed; next one in %.2fs", interval)
+
+    async def _resync(self, controller: Reconciler, gateway: LiveKitGateway, kv: KeyValue) -> None:
+        # The lease outlives two missed passes of its holder, then another replica takes over.
+        hold_s = 3 * self.config.orchestrator.resync_interval_s
+        resync = Resync(controller, gateway, ResyncLease(kv, self.replica, hold_s))
+        await resync.run(lambda: self.readiness.index_synced)
 
     async def _check_livekit(self, gateway: LiveKitGateway) -> None:
         while True:

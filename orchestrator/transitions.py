@@ -14,7 +14,10 @@ S = RoomState
 
 LEGAL: dict[RoomState, frozenset[RoomState]] = {
     S.RECEIVED: frozenset({S.DISPATCHING, S.WAITING_FOR_POOL, S.IGNORED, S.ENDED, S.FAILED}),
-    S.DISPATCHING: frozenset({S.DISPATCHED, S.REDISPATCHING, S.WAITING_FOR_POOL, S.ENDED, S.FAILED}),
+    S.DISPATCHING: frozenset(
+        {S.DISPATCHED, S.REDISPATCHING, S.WAITING_FOR_POOL, S.WAITING_FOR_LIVEKIT, S.ENDED, S.FAILED}
+    ),
+    S.WAITING_FOR_LIVEKIT: frozenset({S.DISPATCHING, S.ENDED, S.FAILED}),
     # A voice report can overtake the joined report; accept it straight into speaking.
     S.DISPATCHED: frozenset({S.JOINED, S.SPEAKING, S.REDISPATCHING, S.ENDED, S.FAILED}),
     S.JOINED: frozenset({S.SPEAKING, S.REDISPATCHING, S.ENDED, S.FAILED}),

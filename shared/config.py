@@ -62,8 +62,19 @@ class OrchestratorConfig(_Strict):
     max_attempts: int = Field(default=4, ge=1)
     no_pool_deadline_s: float = Field(default=60.0, gt=0)
     dispatch_deadline_s: float = Field(default=10.0, gt=0)
-    # Rounds of dispatch_deadline_s-long retries before a room fails with LiveKit's error.
+    # Accepted so older configs still load; no longer used: a round of retries that finds LiveKit
+    # unreachable puts the room in `waiting_for_livekit` instead of counting towards a failure.
     max_dispatch_rounds: int = Field(default=6, ge=1)
+    # While LiveKit's API is unreachable a room waits this long between rounds of dispatch tries,
+    # and fails (`livekit_unreachable`) only after waiting `livekit_wait_deadline_s` in all.
+    livekit_retry_s: float = Field(default=5.0, gt=0)
+    livekit_wait_deadline_s: float = Field(default=600.0, gt=0)
+    # Anti-entropy: every resync_interval_s one replica lists LiveKit's rooms and compares them
+    # with the records (rooms whose webhook was lost, records whose room is gone, agents gone
+    # silently). 0 turns it off. Rooms and records younger than resync_grace_s are left to their
+    # events, which are normally in flight at that age.
+    resync_interval_s: float = Field(default=5.0, ge=0)
+    resync_grace_s: float = Field(default=3.0, ge=0)
     sweep_interval_s: float = Field(default=0.25, gt=0)
     # How long a room's record stays in KV after it ended, failed or was ignored (for `explain`);
     # JetStream expires it then. 0 keeps records for good.

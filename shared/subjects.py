@@ -33,6 +33,9 @@ STATUS_STREAM = "SWITCHBOARD_STATUS"
 DEAD_LETTER_STREAM = "SWITCHBOARD_DEAD"
 ORCHESTRATOR_CONSUMER = "orchestrator"
 ROOMS_BUCKET = "switchboard_rooms"
+# The resync's lease (one replica lists LiveKit's rooms per interval) and its last pass, key "pass".
+RESYNC_BUCKET = "switchboard_resync"
+RESYNC_KEY = "pass"
 
 # Header carrying the reason a message went to the dead-letter subject.
 REJECT_REASON_HEADER = "Switchboard-Reject-Reason"

@@ -44,19 +44,32 @@ def translate(event: WebhookEvent, default_region: str) -> Translation:
 
 def _room_started(event: WebhookEvent, default_region: str) -> Translation:
     room = event.room
-    metadata, note = parse_room_metadata(room.metadata)
+    return room_created(
+        room.name,
+        room.sid or None,
+        room.metadata,
+        room.creation_time_ms or room.creation_time * 1000,
+        default_region,
+    )
+
+
+def room_created(
+    name: str, sid: str | None, raw_metadata: str, created_ms: int | float, default_region: str
+) -> Translation:
+    """The room event of a LiveKit room, from its webhook or from ListRooms (the resync): one
+    translation, so a room found either way is the same event."""
+    metadata, note = parse_room_metadata(raw_metadata)
     # A webhook names no region of its own: the metadata's, else the one this ingest serves.
     region = region_hint(None, metadata)
     if region is None:
         region = default_region
         if (metadata or {}).get("region") is not None:
             note = "room metadata 'region' is not a valid region name; using the configured region"
-    created_ms = room.creation_time_ms or room.creation_time * 1000
     created_at = datetime.fromtimestamp(created_ms / 1000, UTC) if created_ms else None
     message = _build(
         RoomCreated,
-        room=room.name,
-        sid=room.sid or None,
+        room=name,
+        sid=sid,
         region=region,
         metadata=metadata,
         created_at=created_at,

@@ -41,6 +41,7 @@ _SETTLED = frozenset(
         RoomState.JOINED,
         RoomState.SPEAKING,
         RoomState.WAITING_FOR_POOL,
+        RoomState.WAITING_FOR_LIVEKIT,
         RoomState.IGNORED,
         RoomState.FAILED,
         RoomState.ENDED,

@@ -25,6 +25,7 @@ from orchestrator.room.facts import (
     Outcome,
     RemovalDone,
     RemovalFailed,
+    RoomGone,
 )
 from orchestrator.room.lease import Lease
 from orchestrator.room.observe import Observer, call_failed, call_span
@@ -98,16 +99,25 @@ class Effects:
             began = self.mono()
             with call_span("CreateDispatch", rec, tries) as span:
                 try:
+                    # CreateDispatch creates a room it does not find: ask first whether the
+                    # record's room (this very incarnation) is there.
+                    room = await self.livekit.room_info(rec.room)
+                    if room is None or (rec.sid and room.sid and room.sid != rec.sid):
+                        span.add_event("room not in LiveKit")
+                        return RoomGone(effect.key, room.sid if room else None, after_ambiguous=look)
                     if look:
                         existing = await self._find(rec, effect.key)
                         if existing is not None:
                             span.set_attribute("switchboard.dispatch_id", existing)
                             span.add_event("found dispatch from an earlier ambiguous try")
-                            return DispatchLanded(effect.key, existing, tries, found=True)
+                            return DispatchLanded(effect.key, existing, tries, found=True, room_sid=room.sid)
                     # Built inside this try's span: the worker's job span becomes its child.
                     dispatch_id = await self.livekit.create_dispatch(
                         rec.room, rec.agent_name or "", self._metadata(rec)
                     )
+                    span.set_attribute("switchboard.dispatch_id", dispatch_id)
+                    self.observer.call(self.mono() - began, "ok", retry=tries > 1)
+                    stray = await self._stray(rec.room, room.sid)
                 except LiveKitCallError as err:
                     self.observer.call(self.mono() - began, "error", err.reason, retry=tries > 1)
                     call_failed(span, err.reason, str(err))
@@ -119,10 +129,20 @@ class Effects:
                     if self.mono() - started + delay > self.retry.deadline_s:
                         return DispatchFailed(effect.key, err.reason, str(err), False, tries)
                 else:
-                    span.set_attribute("switchboard.dispatch_id", dispatch_id)
-                    self.observer.call(self.mono() - began, "ok", retry=tries > 1)
-                    return DispatchLanded(effect.key, dispatch_id, tries, found=False)
+                    return DispatchLanded(
+                        effect.key, dispatch_id, tries, found=False, room_sid=room.sid, stray_sid=stray
+                    )
             await asyncio.sleep(delay)
+
+    async def _stray(self, room: str, sid: str | None) -> str | None:
+        """The sid LiveKit lists ``room`` under after our CreateDispatch, when it is not the one it
+        had before: the room was deleted while the call was on its way, and the call may have
+        created it again (empty). A failed look counts as no news: the resync looks again."""
+        try:
+            after = await self.livekit.room_info(room)
+        except LiveKitCallError:
+            return None
+        return after.sid if after is not None and after.sid and after.sid != sid else None
 
     async def _find(self, rec: RoomRecord, key: str) -> str | None:
         return await self.livekit.find_dispatch(rec.room, rec.agent_name or "", key)

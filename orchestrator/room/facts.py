@@ -39,6 +39,38 @@ class DispatchLanded:
     dispatch_id: str
     tries: int
     found: bool  # an earlier (ambiguous) try, or a previous owner, had created it
+    room_sid: str | None = None  # the sid LiveKit listed the room under just before
+    # LiveKit listed the room under another sid right after the call: the room was deleted (and,
+    # by our very call, maybe created again empty) while CreateDispatch was on its way.
+    stray_sid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomGone:
+    """LiveKit has no room of the record's name, or only a newer incarnation (``sid``): nothing to
+    dispatch into; CreateDispatch would create the room."""
+
+    key: str
+    sid: str | None
+    # An earlier try of this step may have landed after the room was deleted, so the room now
+    # listed under ``sid`` may be one our own CreateDispatch created.
+    after_ambiguous: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Vanished:
+    """The resync: LiveKit no longer lists the record's room (or lists it under another sid)."""
+
+    sid: str | None
+    listed_at: float  # when ListRooms was asked: a record made after that may not be listed yet
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLost:
+    """The resync: the room's agent is not among its participants and no heartbeat lists its job."""
+
+    identity: str | None
+    listed_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,5 +119,5 @@ class PlaceInput:
     seed: int
 
 
-Outcome = DispatchLanded | DispatchFailed | RemovalDone | RemovalFailed | JobsSeen | JobsUnknown
-Fact = Claimed | Report | Ended | Outcome
+Outcome = DispatchLanded | DispatchFailed | RoomGone | RemovalDone | RemovalFailed | JobsSeen | JobsUnknown
+Fact = Claimed | Report | Ended | Vanished | AgentLost | Outcome

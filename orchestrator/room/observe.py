@@ -131,6 +131,16 @@ class Observer:
         elif new.state == S.FAILED:
             m.dispatches.add(1, {"outcome": "failed", "reason": new.reason or "unknown"})
 
+    def reconciled(self, action: str) -> None:
+        """The resync acted on a room: ``found`` (its event never came), ``ended``, ``agent_lost``."""
+        if self.metrics is not None:
+            self.metrics.resync_rooms.add(1, {"action": action})
+
+    def resync_pass(self, seconds: float, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.resync_passes.add(1, {"outcome": outcome})
+            self.metrics.resync_duration.record(seconds)
+
     def call(self, seconds: float, outcome: str, reason: str | None = None, *, retry: bool = False) -> None:
         if self.metrics is None:
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from orchestrator.livekit_gateway import DispatchJobs
+from orchestrator.livekit_gateway import DispatchJobs, LiveRoom
 from orchestrator.records import RoomRecord
 from orchestrator.store import Versioned
 
@@ -34,3 +34,7 @@ class LiveKit(Protocol):
     async def remove_participant(self, room: str, identity: str) -> None: ...
 
     async def participants(self, room: str) -> frozenset[str] | None: ...
+
+    async def room_info(self, room: str) -> LiveRoom | None: ...
+
+    async def list_rooms(self) -> list[LiveRoom]: ...

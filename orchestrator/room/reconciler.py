@@ -25,9 +25,11 @@ from orchestrator.records import HOLDING, RoomRecord
 from orchestrator.room.decide import (
     Context,
     decide,
+    incarnation,
     is_new_incarnation,
     needs_placement,
     new_record,
+    superseding,
     tombstone,
 )
 from orchestrator.room.effects import Effects, RetryPolicy
@@ -45,6 +47,13 @@ from shared.logs import log_context
 from shared.messages import AgentStatus, RoomCreated, RoomEnded
 
 log = logging.getLogger(__name__)
+
+_NOT_NEW = {
+    "same": "duplicate (the room has a record)",
+    "newer": "duplicate (the room has a record)",
+    "older": "an older room of this name",
+    "ghost": "a room our own CreateDispatch created after the room it was for had ended",
+}
 
 # Lost compare-and-sets one input tolerates before it is handed back (a message is redelivered;
 # the sweep comes back to the room): only a room written by others that often gets here.
@@ -102,8 +111,10 @@ class Reconciler:
 
     # -- inputs ----------------------------------------------------------------------------------
 
-    async def on_room_created(self, event: RoomCreated) -> None:
-        record = new_record(event, self._ctx(), trace_fields())
+    async def on_room_created(self, event: RoomCreated, origin: str = "event") -> bool:
+        """Open the room's record (``origin``: its event, or the resync); False when the record
+        of this room was already there (a duplicate, an older room, our own ghost)."""
+        record = new_record(event, self._ctx(), trace_fields(), origin)
         async with self.locks.hold(event.room):
             created = await self.store.create(record)
             if created is None:
@@ -111,15 +122,19 @@ class Reconciler:
                 if existing is None:
                     raise Conflict(event.room)  # deleted between the two calls: the redelivery creates
                 if not is_new_incarnation(existing.record, event):
-                    log.info("duplicate room event ignored", extra={"room": event.room})
-                    return
-                # Same name, new LiveKit room: start over, keeping any removal still pending.
-                pending = [e for e in existing.record.replaced if not e.removed]
-                created = await self.store.update(
-                    record.model_copy(update={"replaced": pending}), existing.revision
-                )
+                    log.info(
+                        "room event ignored: %s",
+                        _NOT_NEW[incarnation(existing.record, event)],
+                        extra={"room": event.room},
+                    )
+                    return False
+                # Same name, new LiveKit room: start over; the old room's agent goes first.
+                created = await self.store.update(superseding(record, existing.record), existing.revision)
             self.seen(created)
+            if origin == "resync":
+                self.observer.reconciled("found")
             await self._drive(created, None)
+            return True
 
     async def on_room_ended(self, event: RoomEnded) -> None:
         async with self.locks.hold(event.room):
@@ -136,12 +151,13 @@ class Reconciler:
             await self._drive(current, Ended(event))
 
     async def on_status(self, status: AgentStatus) -> None:
-        await self._on_fact(status.room, Report(status))
+        await self.on_fact(status.room, Report(status))
 
     async def sweep(self, concurrency: int = 32) -> None:
         await self._sweep.run(concurrency)
 
-    async def _on_fact(self, room: str, fact: Fact) -> None:
+    async def on_fact(self, room: str, fact: Fact) -> bool:
+        """Decide ``fact`` about ``room`` (a report, a resync finding); whether its record changed."""
         async with self.locks.hold(room):
             current = await self.read(room)
             if current is None:
@@ -150,8 +166,8 @@ class Reconciler:
                     type(fact).__name__.lower(),
                     extra={"room": room},
                 )
-                return
-            await self._drive(current, fact)
+                return False
+            return await self._drive(current, fact)
 
     async def reconcile(self, room: str) -> None:
         """Bring one room forward from its record alone (the sweep's entry)."""
@@ -162,8 +178,10 @@ class Reconciler:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    async def _drive(self, current: Versioned, fact: Fact | None) -> None:
+    async def _drive(self, current: Versioned, fact: Fact | None) -> bool:
+        """Run the room forward from ``fact``; whether anything was written."""
         conflicts = 0
+        wrote = False
         with contextlib.ExitStack() as spans:
             for _ in range(MAX_TURNS):
                 rec = current.record
@@ -181,9 +199,10 @@ class Reconciler:
                                 raise
                             fresh = await self.read(rec.room)
                             if fresh is None:
-                                return
+                                return wrote
                             current = fresh
                             continue  # the same fact, decided again on the fresh record
+                        wrote = True
                     if step.effect is not None:
                         fact, current = await self._perform(step, current)
                         continue
@@ -191,9 +210,10 @@ class Reconciler:
                         fact = step.then
                         continue
                     if step.record is None:
-                        return  # the room rests until an event, a report or a timer
+                        return wrote  # the room rests until an event, a report or a timer
                     fact = None  # written: look at what the new record needs
         log.warning("room %s: gave up after %d turns of one input", current.record.room, MAX_TURNS)
+        return wrote
 
     def _decide(self, rec: RoomRecord, fact: Fact | None) -> Step:
         ctx = self._ctx()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from orchestrator.livekit_gateway import DispatchJobs, LiveKitCallError
+from orchestrator.livekit_gateway import DispatchJobs, LiveKitCallError, LiveRoom
 from shared.dispatch_metadata import read_dispatch_metadata
 from tests.sim.config import AGENT_GHOST_S, LK_TIMEOUT_S
 from tests.sim.faults import Call
@@ -51,6 +51,10 @@ class LkRoom:
 
     def agents(self) -> list[str]:
         return [i for i, kind in self.participants.items() if kind == "agent"]
+
+
+def _listed(lk_room: LkRoom) -> LiveRoom:
+    return LiveRoom(lk_room.name, lk_room.sid, None, "", len(lk_room.participants))
 
 
 def _not_found(what: str) -> LiveKitCallError:
@@ -159,6 +163,16 @@ class SimLiveKit:
 
     async def room_exists(self, room: str) -> bool:
         return await self._call("room_exists", room, lambda: room in self.rooms)
+
+    async def room_info(self, room: str) -> LiveRoom | None:
+        def apply() -> LiveRoom | None:
+            lk_room = self.rooms.get(room)
+            return _listed(lk_room) if lk_room is not None else None
+
+        return await self._call("room_info", room, apply)
+
+    async def list_rooms(self) -> list[LiveRoom]:
+        return await self._call("list_rooms", "-", lambda: [_listed(r) for r in self.rooms.values()])
 
     async def check_credentials(self) -> None:
         await self._call("check_credentials", "-", lambda: None)

@@ -16,7 +16,7 @@ from typing import Protocol
 from opentelemetry import trace
 
 from orchestrator.index import RoomIndex
-from orchestrator.livekit_gateway import DispatchJobs, LiveKitCallError
+from orchestrator.livekit_gateway import DispatchJobs, LiveKitCallError, LiveRoom
 from orchestrator.pools import PoolRegistry
 from orchestrator.room import Clocks, Reconciler, observe
 from shared.config import SwitchboardConfig
@@ -99,6 +99,12 @@ class Gateway:
 
     async def room_exists(self, room: str) -> bool:
         return await self.lk.room_exists(room)
+
+    async def room_info(self, room: str) -> LiveRoom | None:
+        return await self.lk.room_info(room)
+
+    async def list_rooms(self) -> list[LiveRoom]:
+        return await self.lk.list_rooms()
 
     async def check_credentials(self) -> None:
         await self.lk.check_credentials()

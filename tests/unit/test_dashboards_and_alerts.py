@@ -39,7 +39,7 @@ from agent_worker.worker_metrics import WorkerMetrics
 from devstack.process import MissingBinaryError, cache_dir, find_binary
 from orchestrator.index import RoomIndex
 from orchestrator.ingest.app import webhook_counter
-from orchestrator.livekit_gateway import LiveKitCallError
+from orchestrator.livekit_gateway import LiveKitCallError, LiveRoom
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.room.facts import DispatchFailed, DispatchLanded, Outcome
@@ -165,6 +165,9 @@ class _FlakyLiveKit:
         if self.calls == 1:
             raise LiveKitCallError("unreachable", "connection refused", permanent=False)
         return "AD_test"
+
+    async def room_info(self, room: str) -> LiveRoom | None:
+        return LiveRoom(room, None, None, "", 1)
 
 
 async def _dispatch(metrics: OrchestratorMetrics, permanent: bool) -> Outcome:

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from livekit import api as lk
 
-from orchestrator.livekit_gateway import LiveKitCallError, classify
-from orchestrator.room.facts import DispatchFailed, DispatchLanded
+from orchestrator.livekit_gateway import LiveKitCallError, LiveRoom, classify
+from orchestrator.room.facts import DispatchFailed, DispatchLanded, RoomGone
 from tests.roomkit import run_dispatch
 
 SECRET = "s3cr3t-api-secret-never-shown"
@@ -106,10 +106,20 @@ def test_a_classified_error_passes_through() -> None:
 class FakeGateway:
     """CreateDispatch fails with the given errors, then succeeds; find_dispatch answers ``found``."""
 
-    def __init__(self, *failures: BaseException, found: str | None = None) -> None:
+    def __init__(
+        self, *failures: BaseException, found: str | None = None, sids: tuple[str | None, ...] = ("RM_1",)
+    ) -> None:
         self.failures = list(failures)
         self.found = found
         self.calls: list[str] = []
+        # The sid LiveKit lists the room under at each ListRooms (the last one repeats); None: absent.
+        self.sids = list(sids)
+        self.listed: list[str | None] = []
+
+    async def room_info(self, room: str) -> LiveRoom | None:
+        sid = self.sids.pop(0) if len(self.sids) > 1 else self.sids[0]
+        self.listed.append(sid)
+        return LiveRoom(room, sid, None, "", 1) if sid is not None else None
 
     async def find_dispatch(self, room: str, agent_name: str, key: str) -> str | None:
         self.calls.append("find")
@@ -144,6 +154,21 @@ async def test_rate_limited_is_retried_without_looking() -> None:
     gateway = FakeGateway(twirp(429, "resource_exhausted"))
     assert await dispatch(gateway) == ("AD_new", 2, False)
     assert gateway.calls == ["create", "create"]
+
+
+async def test_a_room_livekit_does_not_have_is_never_created_by_a_dispatch() -> None:
+    gateway = FakeGateway(sids=(None,))
+    outcome = await run_dispatch(gateway)
+    assert isinstance(outcome, RoomGone) and outcome.sid is None
+    assert gateway.calls == []  # CreateDispatch would have created the room
+
+
+async def test_a_room_deleted_and_made_again_around_the_call_is_reported_stray() -> None:
+    gateway = FakeGateway(sids=("RM_1", "RM_2"))
+    outcome = await run_dispatch(gateway)
+    assert isinstance(outcome, DispatchLanded)
+    assert (outcome.room_sid, outcome.stray_sid) == ("RM_1", "RM_2")
+    assert gateway.listed == ["RM_1", "RM_2"]
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import pytest
 from orchestrator.records import Replaced, RoomRecord, RoomState
 from orchestrator.room.decide import Context, decide, due, needs_placement
 from orchestrator.room.facts import (
+    AgentLost,
     Claimed,
     DispatchFailed,
     DispatchLanded,
@@ -21,6 +22,8 @@ from orchestrator.room.facts import (
     RemovalDone,
     RemovalFailed,
     Report,
+    RoomGone,
+    Vanished,
 )
 from orchestrator.room.step import EnsureDispatch, RemoveReplaced
 from orchestrator.scheduler import PoolView, Topology
@@ -198,17 +201,62 @@ def test_a_dispatch_that_landed_for_a_room_that_moved_on_is_removed() -> None:
     assert after.replaced[0].dispatch_id == "AD_9" and after.removal_pending
 
 
-def test_a_transient_failure_releases_the_claim_and_a_permanent_one_fails_with_the_key_retired() -> None:
+def test_a_transient_failure_waits_for_livekit_and_a_permanent_one_fails_with_the_key_retired() -> None:
     rec = dispatching()
-    released = step(rec, DispatchFailed("room-a/1", "unreachable", "down", permanent=False, tries=3)).record
-    assert released.state == S.DISPATCHING and released.owner is None
-    assert released.history[-1].event == "dispatch_error"
+    waiting = step(rec, DispatchFailed("room-a/1", "unreachable", "down", permanent=False, tries=3)).record
+    assert waiting.state == S.WAITING_FOR_LIVEKIT and waiting.owner is None
+    assert waiting.reason == "unreachable" and waiting.waiting_since == NOW
+    assert waiting.deadline == NOW + CONFIG.orchestrator.livekit_retry_s
+    assert waiting.history[-1].event == "dispatch_error" and waiting.pool == "eu-a"  # keeps its pool
     failed = step(
         rec, DispatchFailed("room-a/1", "unauthenticated", "bad key", permanent=True, tries=1)
     ).record
     assert failed.state == S.FAILED and failed.reason == "unauthenticated"
     # An ambiguous earlier try may have landed: its key is kept for the removal to look up.
     assert failed.replaced[0].key == "room-a/1" and failed.removal_pending
+
+
+def test_a_room_waiting_for_livekit_tries_again_looking_first_and_never_fails_before_its_deadline() -> None:
+    waiting = step(dispatching(), DispatchFailed("room-a/1", "unreachable", "down", False, 3)).record
+    assert step(waiting).record is None  # not due yet
+    later = NOW + CONFIG.orchestrator.livekit_retry_s
+    assert due(waiting, later, replica="r2", pool_gone=False, assign_check_s=8) == "retry_livekit"
+    again = step(waiting, c=ctx(later, "r2")).record
+    assert again.state == S.DISPATCHING and again.owner == "r2" and again.dispatch_key == "room-a/1"
+    assert step(again, c=ctx(later, "r2")).effect == EnsureDispatch("room-a/1", look_first=True)
+    # Many rounds later, still inside the deadline: waiting again, same since.
+    rewait = step(
+        again, DispatchFailed("room-a/1", "timeout", "slow", False, 4), c=ctx(later + 100, "r2")
+    ).record
+    assert rewait.state == S.WAITING_FOR_LIVEKIT and rewait.waiting_since == NOW
+    end = NOW + CONFIG.orchestrator.livekit_wait_deadline_s
+    failed = step(rewait, c=ctx(end, "r2")).record
+    assert failed.state == S.FAILED and failed.reason == "livekit_unreachable"
+    ended = step(rewait, Ended(RoomEnded(room="room-a"))).record
+    assert ended.state == S.ENDED and ended.replaced[0].key == "room-a/1"
+
+
+def test_a_room_livekit_does_not_have_ends_and_a_stray_dispatch_is_removed() -> None:
+    gone = step(dispatching(), RoomGone("room-a/1", None)).record
+    assert gone.state == S.ENDED and gone.reason == "room_gone" and gone.ghost_sid is None
+    newer = step(dispatching(), RoomGone("room-a/1", "RM_new", after_ambiguous=True)).record
+    assert newer.state == S.ENDED and newer.ghost_sid == "RM_new" and newer.removal_pending
+    stray = step(dispatching(), DispatchLanded("room-a/1", "AD_9", 1, False, "RM_1", stray_sid="RM_2")).record
+    assert stray.state == S.ENDED and stray.ghost_sid == "RM_2"
+    assert stray.replaced[-1].dispatch_id == "AD_9" and stray.removal_pending
+
+
+def test_the_resync_ends_a_vanished_room_and_redispatches_a_lost_agent() -> None:
+    rec = holding(S.SPEAKING, sid="RM_1", received_at=NOW - 60, joined_at=NOW - 50)
+    assert step(rec, Vanished("RM_1", NOW)).record is None  # still listed
+    # A record made after (or just before) the list was asked may not be in it yet.
+    assert step(rec.model_copy(update={"received_at": NOW - 1}), Vanished(None, NOW)).record is None
+    ended = step(rec, Vanished(None, NOW)).record
+    assert ended.state == S.ENDED and ended.reason == "room_gone" and ended.removal_pending
+    assert step(rec, AgentLost("someone-else", NOW)).record is None
+    assert step(rec.model_copy(update={"joined_at": NOW - 1}), AgentLost("agent-J1", NOW)).record is None
+    moved = step(rec, AgentLost("agent-J1", NOW)).record
+    assert moved.state == S.REDISPATCHING and moved.reason == "agent_lost" and moved.excluded == []
 
 
 def test_a_failed_round_of_a_step_another_replica_took_over_writes_nothing() -> None:

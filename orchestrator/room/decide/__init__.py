@@ -8,14 +8,29 @@ from __future__ import annotations
 
 from orchestrator.records import HOLDING, RoomRecord, RoomState
 from orchestrator.room.decide.context import Context
-from orchestrator.room.decide.dispatch import decide_dispatch_outcome, decide_dispatching, resume
-from orchestrator.room.decide.intake import decide_ended, is_new_incarnation, new_record, tombstone
+from orchestrator.room.decide.dispatch import (
+    decide_dispatch_outcome,
+    decide_dispatching,
+    decide_room_gone,
+    decide_waiting,
+    resume,
+)
+from orchestrator.room.decide.intake import (
+    decide_ended,
+    incarnation,
+    is_new_incarnation,
+    new_record,
+    superseding,
+    tombstone,
+)
 from orchestrator.room.decide.place import PLACING, decide_place, needs_placement
 from orchestrator.room.decide.redispatch import redispatch
 from orchestrator.room.decide.reports import decide_report
+from orchestrator.room.decide.resync import decide_agent_lost, decide_vanished
 from orchestrator.room.decide.retire import decide_removal_done, remove_step
 from orchestrator.room.decide.timers import REDISPATCH_CAUSES, due, leased_by_other
 from orchestrator.room.facts import (
+    AgentLost,
     Claimed,
     DispatchFailed,
     DispatchLanded,
@@ -27,6 +42,8 @@ from orchestrator.room.facts import (
     RemovalDone,
     RemovalFailed,
     Report,
+    RoomGone,
+    Vanished,
 )
 from orchestrator.room.step import REST, CheckJobs, Step
 from orchestrator.transitions import note
@@ -37,10 +54,12 @@ __all__ = [
     "Context",
     "decide",
     "due",
+    "incarnation",
     "is_new_incarnation",
     "leased_by_other",
     "needs_placement",
     "new_record",
+    "superseding",
     "tombstone",
 ]
 
@@ -68,6 +87,12 @@ def decide(
             return REST  # the removal stays pending in the record; the sweep tries again
         case DispatchLanded() | DispatchFailed():
             return decide_dispatch_outcome(rec, fact, ctx)
+        case RoomGone():
+            return decide_room_gone(rec, fact, ctx)
+        case Vanished():
+            return decide_vanished(rec, fact, ctx)
+        case AgentLost():
+            return decide_agent_lost(rec, fact, ctx)
         case JobsSeen() | JobsUnknown():
             return _decide_jobs(rec, fact, ctx)
     return _next(rec, fact, ctx, pool_gone=pool_gone, worker_gone=worker_gone, place=place)
@@ -95,6 +120,8 @@ def _next(
         if not fresh and (rec.owner != ctx.replica or (rec.lease_until or 0.0) < ctx.now + ctx.lease_s / 2):
             return resume(rec, ctx)
         return decide_dispatching(rec, claimed, ctx)
+    if rec.state == S.WAITING_FOR_LIVEKIT:
+        return decide_waiting(rec, ctx)
     if rec.state in HOLDING:
         cause = due(
             rec,

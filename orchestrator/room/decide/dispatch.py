@@ -7,7 +7,7 @@ from typing import Any
 from orchestrator.records import Replaced, RoomRecord, RoomState
 from orchestrator.room.decide.context import Context
 from orchestrator.room.decide.retire import remember, remove_step, retire
-from orchestrator.room.facts import Claimed, DispatchFailed, DispatchLanded
+from orchestrator.room.facts import Claimed, DispatchFailed, DispatchLanded, RoomGone
 from orchestrator.room.step import REST, EnsureDispatch, Step
 from orchestrator.transitions import note, transition
 
@@ -52,6 +52,22 @@ def decide_dispatch_outcome(rec: RoomRecord, outcome: DispatchLanded | DispatchF
         return REST
     if isinstance(outcome, DispatchFailed) and rec.owner != ctx.replica:
         return REST  # another replica took the step over; it looks before it dispatches
+    if isinstance(outcome, DispatchLanded) and outcome.stray_sid is not None:
+        # The room was deleted while CreateDispatch was on its way; LiveKit now lists a room of
+        # this name under another sid, which our call may have created. This incarnation is over;
+        # our dispatch is removed, and that room is never served on the strength of its own event.
+        landed = remember(
+            rec, Replaced(dispatch_id=outcome.dispatch_id, key=outcome.key, agent_name=rec.agent_name)
+        )
+        return Step(
+            record=gone(
+                landed,
+                ctx,
+                "the room was deleted while CreateDispatch was on its way "
+                f"(LiveKit now lists sid {outcome.stray_sid})",
+                ghost_sid=outcome.stray_sid,
+            )
+        )
     if isinstance(outcome, DispatchLanded):
         took = f"after {outcome.tries} tr{'y' if outcome.tries == 1 else 'ies'}"
         # Found, not created: an earlier ambiguous try (or the replica this step was taken over
@@ -73,46 +89,126 @@ def decide_dispatch_outcome(rec: RoomRecord, outcome: DispatchLanded | DispatchF
                 detail=detail,
                 data=data,
                 dispatch_id=outcome.dispatch_id,
+                sid=rec.sid or outcome.room_sid,
                 dispatched_at=ctx.now,
                 deadline=ctx.now + ctx.cfg.join_deadline_s,
                 owner=None,
                 lease_until=None,
+                waiting_since=None,
             )
         )
     rounds = _rounds(rec)
-    if outcome.permanent or rounds >= ctx.cfg.max_dispatch_rounds:
-        detail = (
-            outcome.message
-            if outcome.permanent
-            else f"{outcome.message} (gave up after {rounds} rounds of retries)"
-        )
-        # An ambiguous try of this attempt may have landed: retire its key, so a dispatch LiveKit
-        # does hold is found and deleted.
+    if outcome.reason == "claim_lost":
+        # Our lease renewal was in doubt: let whoever holds the step now (maybe us, at the next
+        # sweep) take it, looking first.
         return Step(
-            record=transition(
-                retire(rec),
-                S.FAILED,
+            record=note(
+                rec.model_copy(update={"owner": None, "lease_until": None}),
                 now=ctx.now,
                 event="dispatch_error",
-                detail=detail,
+                detail=outcome.message,
                 data={"reason": outcome.reason, "key": rec.dispatch_key, "round": rounds},
-                reason=outcome.reason,
-                owner=None,
-                lease_until=None,
-                deadline=None,
             )
         )
-    # LiveKit unreachable for the whole budget: release the claim; the sweep (any replica) tries
-    # again, looking first for a dispatch that may have landed.
+    if outcome.permanent:
+        # An ambiguous try of this attempt may have landed: retire its key, so a dispatch LiveKit
+        # does hold is found and deleted.
+        return Step(record=_fail(rec, ctx, outcome.reason, outcome.message, rounds))
+    # LiveKit unreachable (or not answering) for a whole round: the room waits for it, visibly,
+    # keeping its pool and its attempt; a round every livekit_retry_s looks first for a dispatch
+    # an ambiguous try may have left. An outage ends; the room is still there when it does.
+    since = rec.waiting_since if rec.waiting_since is not None else ctx.now
     return Step(
-        record=note(
-            rec.model_copy(update={"owner": None, "lease_until": None}),
+        record=transition(
+            rec,
+            S.WAITING_FOR_LIVEKIT,
             now=ctx.now,
             event="dispatch_error",
-            detail=outcome.message,
+            detail=f"{outcome.message}; waiting for LiveKit (round {rounds}, "
+            f"next in {ctx.cfg.livekit_retry_s:g}s)",
             data={"reason": outcome.reason, "key": rec.dispatch_key, "round": rounds},
+            reason=outcome.reason,
+            waiting_since=since,
+            deadline=ctx.now + ctx.cfg.livekit_retry_s,
+            owner=None,
+            lease_until=None,
         )
     )
 
 
-__all__ = ["decide_dispatch_outcome", "decide_dispatching", "remove_step", "resume"]
+def decide_room_gone(rec: RoomRecord, outcome: RoomGone, ctx: Context) -> Step:
+    """Nothing to dispatch into: the record's room is not in LiveKit (or only a newer one is)."""
+    if rec.state != S.DISPATCHING or rec.dispatch_key != outcome.key or rec.owner != ctx.replica:
+        return REST
+    if outcome.sid is None:
+        detail = "LiveKit has no room of this name: not dispatching (CreateDispatch would create it)"
+    else:
+        detail = f"LiveKit lists this room name under another sid ({outcome.sid}): this room is over"
+    ghost = outcome.sid if outcome.after_ambiguous else None
+    return Step(record=gone(rec, ctx, detail, ghost_sid=ghost))
+
+
+def gone(rec: RoomRecord, ctx: Context, detail: str, ghost_sid: str | None = None) -> RoomRecord:
+    """``rec`` ended because LiveKit no longer has its room; any dispatch of it is retired."""
+    return transition(
+        retire(rec),
+        S.ENDED,
+        now=ctx.now,
+        event="ended",
+        detail=detail,
+        reason="room_gone",
+        deadline=None,
+        owner=None,
+        lease_until=None,
+        waiting_since=None,
+        ghost_sid=ghost_sid or rec.ghost_sid,
+    )
+
+
+def _fail(rec: RoomRecord, ctx: Context, reason: str, detail: str, rounds: int) -> RoomRecord:
+    return transition(
+        retire(rec),
+        S.FAILED,
+        now=ctx.now,
+        event="dispatch_error",
+        detail=detail,
+        data={"reason": reason, "key": rec.dispatch_key, "round": rounds},
+        reason=reason,
+        owner=None,
+        lease_until=None,
+        deadline=None,
+        waiting_since=None,
+    )
+
+
+def decide_waiting(rec: RoomRecord, ctx: Context) -> Step:
+    """A room waiting for LiveKit: another round when its retry time comes (claimed, then looking
+    first), or ``failed`` once it has waited ``livekit_wait_deadline_s`` in all."""
+    if rec.state != S.WAITING_FOR_LIVEKIT or (rec.deadline is not None and rec.deadline > ctx.now):
+        return REST
+    waited = ctx.now - (rec.waiting_since if rec.waiting_since is not None else ctx.now)
+    if waited >= ctx.cfg.livekit_wait_deadline_s:
+        detail = f"LiveKit's API unreachable for {waited:.0f}s (last: {rec.reason or 'unknown'})"
+        return Step(record=_fail(rec, ctx, "livekit_unreachable", detail, _rounds(rec) - 1))
+    claimed = transition(
+        rec,
+        S.DISPATCHING,
+        now=ctx.now,
+        event="resume",
+        detail=f"trying LiveKit again (waiting {waited:.0f}s)",
+        owner=ctx.replica,
+        lease_until=ctx.now + ctx.lease_s,
+        deadline=None,
+    )
+    return Step(record=claimed)
+
+
+__all__ = [
+    "decide_dispatch_outcome",
+    "decide_dispatching",
+    "decide_room_gone",
+    "decide_waiting",
+    "gone",
+    "remove_step",
+    "resume",
+]

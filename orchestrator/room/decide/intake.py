@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from orchestrator.home_region import home_region, region_hint
 from orchestrator.override import OVERRIDE_KEY, DispatchOverride, read_override
@@ -14,8 +15,12 @@ from orchestrator.transitions import note, transition
 from shared.messages import RoomCreated, RoomEnded
 
 
-def new_record(event: RoomCreated, ctx: Context, trace: dict[str, str | None]) -> RoomRecord:
-    """The record of a room just announced, claimed by this replica (``received`` is in flight)."""
+def new_record(
+    event: RoomCreated, ctx: Context, trace: dict[str, str | None], origin: str = "event"
+) -> RoomRecord:
+    """The record of a room just announced, claimed by this replica (``received`` is in flight).
+    ``origin``: ``event`` (a room event), or ``resync`` (found in LiveKit's room list, its event
+    never having arrived)."""
     override = read_override(event.metadata)
     user_meta = {k: v for k, v in event.metadata.items() if k != OVERRIDE_KEY} if event.metadata else None
     record = RoomRecord(
@@ -32,23 +37,73 @@ def new_record(event: RoomCreated, ctx: Context, trace: dict[str, str | None]) -
         lease_until=ctx.now + ctx.lease_s,
         traceparent=trace.get("traceparent"),
         tracestate=trace.get("tracestate"),
+        origin=origin,
     )
     what = f"manual dispatch by {override.requested_by or 'an operator'}" if override else "room event"
+    if origin == "resync":
+        what = "found in LiveKit's room list; its room event never arrived"
     return note(
         record,
         now=ctx.now,
-        event="received",
+        event="reconciled" if origin == "resync" else "received",
         detail=f"{what} (sid {event.sid or '-'})",
         data={"region_hint": region_hint(event.region, event.metadata)},
     )
 
 
+Incarnation = Literal["same", "newer", "older", "ghost"]
+
+
+def incarnation(rec: RoomRecord, event: RoomCreated) -> Incarnation:
+    """How a room event relates to the record of its name: the same LiveKit room, a newer room of
+    that name, a late event of an older one, or the room our own CreateDispatch created when it
+    raced the room's deletion (``ghost_sid``; never served on the strength of its event).
+
+    Sids tell rooms apart; without one on either side the creation times do: an event without a
+    sid is a new room only when it was created after the record's room (a live record) or after
+    that room ended (an ended one). A different sid always is, unless its room is older.
+    """
+    created = event.created_at.timestamp() if event.created_at else None
+    if event.sid is not None and event.sid == rec.ghost_sid:
+        return "ghost"
+    if event.sid is not None and rec.sid is not None:
+        if event.sid == rec.sid:
+            return "same"
+        older = created is not None and rec.event_at is not None and created < rec.event_at
+        return "older" if older else "newer"
+    if created is None:
+        return "same"
+    if rec.event_at is not None and created < rec.event_at:
+        return "older"
+    if rec.terminal:
+        ended_at = rec.history[-1].at if rec.history else rec.received_at
+        return "newer" if created > ended_at else "same"
+    sidless = event.sid is None and rec.sid is None
+    return "newer" if sidless and rec.event_at is not None and created > rec.event_at else "same"
+
+
 def is_new_incarnation(rec: RoomRecord, event: RoomCreated) -> bool:
-    """Same name, new LiveKit room (new sid) after the old one ended; or an operator asking again,
-    by hand, for a room that failed or ended (the outage case)."""
+    """Whether ``event`` starts the room over: a newer LiveKit room of this name (which supersedes
+    a live record too: its old dispatch is retired first), or an operator asking again, by hand,
+    for a room that failed or ended (the outage case)."""
     override: DispatchOverride | None = read_override(event.metadata)
     manual = override is not None and override.manual
-    return rec.terminal and ((event.sid is not None and event.sid != rec.sid) or manual)
+    return incarnation(rec, event) == "newer" or (rec.terminal and manual)
+
+
+def superseding(new: RoomRecord, old: RoomRecord) -> RoomRecord:
+    """``new`` taking the place of ``old``: whatever of the old room's dispatches is not confirmed
+    gone comes along, so its removal happens before the new room is placed."""
+    pending = [e for e in retire(old).replaced if not e.removed]
+    if old.terminal:
+        return new.model_copy(update={"replaced": pending})
+    return note(
+        new.model_copy(update={"replaced": pending}),
+        now=new.received_at,
+        event="superseded",
+        detail=f"replaces the live record of sid {old.sid or '-'} ({old.state.value}); "
+        "its agent is removed first",
+    )
 
 
 def tombstone(event: RoomEnded, ctx: Context) -> RoomRecord:

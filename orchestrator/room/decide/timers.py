@@ -38,6 +38,8 @@ def due(
         return "resume"
     if rec.state == S.WAITING_FOR_POOL:
         return "place"
+    if rec.state == S.WAITING_FOR_LIVEKIT:
+        return "retry_livekit" if rec.deadline is None or rec.deadline <= now else None
     if rec.state in HOLDING:
         if rec.pool is not None and pool_gone:
             return "pool_dead"

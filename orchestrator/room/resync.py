@@ -1,0 +1,319 @@
+"""Anti-entropy: LiveKit's room list against the records, level-triggered, like a controller's resync.
+
+Webhooks get lost (LiveKit's notifier drops events from a full queue or older than 30 s; an ingest
+restart is enough), and an agent can leave without a word. So every ``resync_interval_s`` one
+replica — whichever holds the lease in KV bucket ``switchboard_resync`` — lists LiveKit's rooms
+once and compares:
+
+1. a room that matches a rule and has no record (or only one of an older room of that name) is
+   handled as its ``room_started`` would have been, with origin ``resync``;
+2. a live record whose room LiveKit no longer lists (or lists under another sid) ends
+   (``room_gone``): its ``room_finished`` was lost, and it would hold its pool's headroom forever;
+3. a ``joined``/``speaking`` record whose job no heartbeat of its pool lists is checked against the
+   room's participants; an agent not there is dispatched again (``agent_lost``).
+
+Rooms and records younger than ``resync_grace_s`` are left to their events. Each finding goes
+through the reconciler like any other fact, so the decisions are the same pure functions, and one
+room's failure never stops the pass. The last pass is written next to the lease for ``doctor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.client import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from orchestrator.consumer import is_transient
+from orchestrator.ingest.translate import BadEvent, room_created
+from orchestrator.livekit_gateway import LiveKitCallError, LiveRoom
+from orchestrator.records import RoomRecord, RoomState
+from orchestrator.room.decide import incarnation
+from orchestrator.room.facts import AgentLost, Vanished
+from orchestrator.room.ports import LiveKit
+from orchestrator.rules import match_rule
+from shared import subjects
+from shared.messages import RoomCreated
+
+if TYPE_CHECKING:
+    from orchestrator.room.reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+# Rooms the pass works on at once (each one a KV read and write, maybe LiveKit calls).
+CONCURRENCY = 16
+
+
+@dataclass(frozen=True, slots=True)
+class PassReport:
+    """One pass, as ``doctor`` shows it (the value of the lease key carries the last one)."""
+
+    at: float  # unix seconds, when ListRooms was asked
+    rooms: int  # rooms LiveKit listed
+    found: int  # rooms served although their event never arrived
+    ended: int  # records ended because LiveKit no longer lists their room
+    agent_lost: int  # rooms dispatched again because their agent was gone
+    seconds: float
+    error: str | None = None
+
+
+class ResyncLease:
+    """Which replica runs the resync: the holder of key ``pass`` in bucket ``switchboard_resync``,
+    taken with compare-and-set once the holder's ``until`` has passed (it renews every pass)."""
+
+    def __init__(
+        self, kv: KeyValue, replica: str, hold_s: float, wall: Callable[[], float] = time.time
+    ) -> None:
+        self.kv = kv
+        self.replica = replica
+        self.hold_s = hold_s
+        self.wall = wall
+        self._revision: int | None = None
+        self._value: dict[str, Any] = {}
+
+    async def acquire(self) -> bool:
+        """Take or renew the lease; False while another replica holds it."""
+        try:
+            entry = await self.kv.get(subjects.RESYNC_KEY)
+            value: dict[str, Any] = json.loads(entry.value or b"{}")
+            revision: int | None = entry.revision
+        except KeyNotFoundError:
+            value, revision = {}, None
+        except ValueError:
+            value, revision = {}, None  # unreadable: taken over like an expired one
+        now = self.wall()
+        if value.get("owner") not in (None, self.replica) and float(value.get("until") or 0.0) > now:
+            return False
+        value.update(owner=self.replica, until=now + self.hold_s)
+        try:
+            if revision is None:
+                self._revision = await self.kv.create(subjects.RESYNC_KEY, _encode(value))
+            else:
+                self._revision = await self.kv.update(subjects.RESYNC_KEY, _encode(value), last=revision)
+        except KeyWrongLastSequenceError:
+            return False  # another replica took it in between
+        self._value = value
+        return True
+
+    async def record(self, report: PassReport) -> None:
+        """Write the pass next to the lease (best effort: a lost write only ages ``doctor``'s view)."""
+        if self._revision is None:
+            return
+        found_total = int(self._value.get("found_total") or 0) + report.found
+        value = {**self._value, **asdict(report), "found_total": found_total}
+        try:
+            self._revision = await self.kv.update(subjects.RESYNC_KEY, _encode(value), last=self._revision)
+            self._value = value
+        except KeyWrongLastSequenceError:
+            self._revision = None
+
+
+def _encode(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+async def open_resync_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """Bind to the resync bucket, creating it if missing."""
+    try:
+        return await js.key_value(subjects.RESYNC_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.RESYNC_BUCKET,
+                description="Switchboard resync: which replica lists LiveKit's rooms, and its last pass",
+                history=1,
+                replicas=replicas,
+                storage=StorageType.FILE,
+            )
+        )
+
+
+async def read_last_pass(js: JetStreamContext) -> dict[str, Any] | None:
+    """The lease key's value (owner, until, the last pass); None when no resync ever ran."""
+    try:
+        kv = await js.key_value(subjects.RESYNC_BUCKET)
+        entry = await kv.get(subjects.RESYNC_KEY)
+    except (BucketNotFoundError, KeyNotFoundError):
+        return None
+    try:
+        value = json.loads(entry.value or b"{}")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class Resync:
+    def __init__(self, reconciler: Reconciler, livekit: LiveKit, lease: ResyncLease | None) -> None:
+        self.r = reconciler
+        self.livekit = livekit
+        self.lease = lease
+        self.cfg = reconciler.cfg
+        # Rooms LiveKit lists whose record (a terminal one: the index keeps only live records) was
+        # already read once: name -> sid. Kept to the names of the last listing.
+        self._settled: dict[str, str | None] = {}
+
+    async def run(self, ready: Callable[[], bool]) -> None:
+        """Every ``resync_interval_s``: take the lease, make one pass, write it down."""
+        interval = self.cfg.resync_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if not ready():
+                continue
+            try:
+                if self.lease is not None and not await self.lease.acquire():
+                    continue
+                report = await self.pass_once()
+                if self.lease is not None:
+                    await self.lease.record(report)
+            except Exception as err:
+                log.warning("resync pass failed: %r", err, exc_info=not is_transient(err))
+
+    async def pass_once(self) -> PassReport:
+        r = self.r
+        listed_at = r.clocks.wall()
+        began = time.perf_counter()
+        try:
+            rooms = await self.livekit.list_rooms()
+        except LiveKitCallError as err:
+            # LiveKit away: nothing can be concluded (rooms wait in waiting_for_livekit meanwhile).
+            report = PassReport(listed_at, 0, 0, 0, 0, time.perf_counter() - began, str(err))
+            r.observer.resync_pass(report.seconds, "error")
+            log.warning("resync: ListRooms failed: %s", err)
+            return report
+        listed = {room.name: room for room in rooms}
+        found, ended, lost = await asyncio.gather(
+            self._run_all([self._found(room, listed_at) for room in self._unserved(rooms, listed_at)]),
+            self._run_all(
+                [self._vanished(rec, listed, listed_at) for rec in self._missing(listed, listed_at)]
+            ),
+            self._run_all([self._agent_lost(rec, listed_at) for rec in self._silent_jobs(listed, listed_at)]),
+        )
+        self._settled = {name: sid for name, sid in self._settled.items() if name in listed}
+        report = PassReport(listed_at, len(rooms), found, ended, lost, time.perf_counter() - began)
+        r.observer.resync_pass(report.seconds, "ok")
+        if found or ended or lost:
+            log.warning(
+                "resync: %d room(s) served whose event never arrived, %d ended whose end never "
+                "arrived, %d whose agent was gone (%d rooms listed)",
+                found,
+                ended,
+                lost,
+                len(rooms),
+            )
+        return report
+
+    # -- what the list says ----------------------------------------------------------------------
+
+    def _unserved(self, rooms: list[LiveRoom], listed_at: float) -> list[LiveRoom]:
+        """Listed rooms that match a rule and that no record of this room covers."""
+        out: list[LiveRoom] = []
+        for room in rooms:
+            if room.created_at is not None and room.created_at > listed_at - self.cfg.resync_grace_s:
+                continue  # its room_started is normally in flight at this age
+            if room.name in self._settled and self._settled[room.name] == room.sid:
+                continue
+            current = self.r.index.get(room.name)
+            if current is not None and current.record.sid in (room.sid, None):
+                continue
+            if match_rule(room.name, self.r.config.rules).rule is None:
+                continue
+            out.append(room)
+        return out
+
+    def _missing(self, listed: dict[str, LiveRoom], listed_at: float) -> list[RoomRecord]:
+        """Live records older than the grace whose room LiveKit does not list (this incarnation)."""
+        out: list[RoomRecord] = []
+        for versioned in self.r.index.live():
+            rec = versioned.record
+            if rec.terminal or rec.received_at > listed_at - self.cfg.resync_grace_s:
+                continue
+            room = listed.get(rec.room)
+            if room is None or (rec.sid is not None and room.sid is not None and room.sid != rec.sid):
+                out.append(rec)
+        return out
+
+    def _silent_jobs(self, listed: dict[str, LiveRoom], listed_at: float) -> list[RoomRecord]:
+        """Rooms with an agent whose job no heartbeat of its (live) pool lists."""
+        views = {v.pool: v for v in self.r.registry.snapshot(self.r.clocks.mono())}
+        out: list[RoomRecord] = []
+        for versioned in self.r.index.live():
+            rec = versioned.record
+            if rec.state not in (RoomState.JOINED, RoomState.SPEAKING) or rec.room not in listed:
+                continue
+            view = views.get(rec.pool or "")
+            if view is None or view.liveness == "dead" or rec.dispatch_id in view.jobs:
+                continue  # a dead pool is the sweep's (pool_dead)
+            if (rec.joined_at or rec.voice_at or listed_at) <= listed_at - self.cfg.resync_grace_s:
+                out.append(rec)
+        return out
+
+    # -- acting on it, each room on its own ------------------------------------------------------
+
+    async def _found(self, room: LiveRoom, listed_at: float) -> int:
+        try:
+            event = room_created(
+                room.name,
+                room.sid,
+                room.metadata,
+                (room.created_at or 0.0) * 1000,
+                self.r.config.default_region,
+            ).message
+        except BadEvent as err:
+            log.warning("resync: LiveKit room %r cannot become a room event: %s", room.name, err)
+            return 0
+        if not isinstance(event, RoomCreated):
+            return 0
+        current = self.r.index.get(room.name)
+        if current is not None and incarnation(current.record, event) != "newer":
+            return 0
+        served = await self.r.on_room_created(event, origin="resync")
+        if not served:
+            self._settled[room.name] = room.sid
+        return int(served)
+
+    async def _vanished(self, rec: RoomRecord, listed: dict[str, LiveRoom], listed_at: float) -> int:
+        room = listed.get(rec.room)
+        changed = await self.r.on_fact(rec.room, Vanished(room.sid if room else None, listed_at))
+        if changed:
+            self.r.observer.reconciled("ended")
+        return int(changed)
+
+    async def _agent_lost(self, rec: RoomRecord, listed_at: float) -> int:
+        present = await self.livekit.participants(rec.room)
+        if present is None or rec.identity is None or rec.identity in present:
+            return 0
+        changed = await self.r.on_fact(rec.room, AgentLost(rec.identity, listed_at))
+        if changed:
+            self.r.observer.reconciled("agent_lost")
+        return int(changed)
+
+    async def _run_all(self, steps: list[Awaitable[int]]) -> int:
+        """Run the steps, at most CONCURRENCY at once, each keeping its own failure; how many acted."""
+        limit = asyncio.Semaphore(CONCURRENCY)
+        done = 0
+
+        async def one(step: Awaitable[int]) -> None:
+            nonlocal done
+            async with limit:
+                try:
+                    done += await step
+                except Exception as err:
+                    log.warning(
+                        "resync step deferred to the next pass: %r", err, exc_info=not is_transient(err)
+                    )
+
+        async with asyncio.TaskGroup() as tg:
+            for step in steps:
+                tg.create_task(one(step))
+        return done
+
+
+__all__ = ["PassReport", "Resync", "ResyncLease", "open_resync_bucket", "read_last_pass"]
