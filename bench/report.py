@@ -201,6 +201,23 @@ def verdicts(sections: dict[str, Any]) -> list[Verdict]:
         out.append(("7. Footprint", "(no goal: reported)", fig, "—"))
     else:
         out.append(("7. Footprint", "(no goal: reported)", _status(s), "—"))
+
+    s = sections.get("listrooms")
+    goal = "(no goal: reported; resync budget ≤ 2 % of a core)"
+    if _ok(s) and s["rows"]:
+        r = s["rows"][-1]
+        f = r.get("filtered") or {}
+        at_target = _f(_round100(_get(s, "fit", "rooms_at_target")), ",.0f")
+        fig = (
+            f"{r['rooms']:,} rooms: ListRooms p50 {r['wall_ms_p50']:.0f} ms, "
+            f"{r['http_body_bytes'] / 1e6:.1f} MB, {r['pass_cpu_ms']:.0f} ms CPU per pass (LiveKit "
+            f"{r['server_cpu_ms']:.0f} + orchestrator {r['client_pass_cpu_ms']:.0f}) = "
+            f"{_pc(r['core_share_at_5s'], 1)} of a core every 5 s; 2 % of a core at ~{at_target} rooms; "
+            f"names=[one room] {_f(f.get('server_cpu_ms'), '.1f')} ms LiveKit CPU"
+        )
+        out.append(("8. ListRooms, one resync pass", goal, fig, "—"))
+    else:
+        out.append(("8. ListRooms", goal, _status(s), "—"))
     return out
 
 
@@ -464,16 +481,24 @@ def _superseded(results: dict[str, Any]) -> list[str]:
 def _reruns(results: dict[str, Any]) -> list[str]:
     lines = []
     for r in results.get("reruns", []):
-        lines.append(
-            f"Rerun of {', '.join(r['sections'])} at {r['started']} ({r['wall_s']:.0f} s): {r['note']} "
-            f"Load average at its start: {r['loadavg_at_start'][0]:.2f}. Earlier runs are listed at the end."
-        )
+        if r.get("added") and set(r["added"]) == set(r["sections"]):
+            lines.append(
+                f"Added later: {', '.join(r['sections'])}, run alone at {r['started']} "
+                f"({r['wall_s']:.0f} s): {r['note']} "
+                f"Load average at its start: {r['loadavg_at_start'][0]:.2f}."
+            )
+        else:
+            lines.append(
+                f"Rerun of {', '.join(r['sections'])} at {r['started']} ({r['wall_s']:.0f} s): {r['note']} "
+                f"Load average at its start: {r['loadavg_at_start'][0]:.2f}. "
+                "Earlier runs are listed at the end."
+            )
         lines.append("")
     return lines
 
 
 def _details(sections: dict[str, Any], images: dict[str, str]) -> list[str]:
-    from bench import compare, failover, footprint, overhead, scaleout, spread
+    from bench import compare, failover, footprint, listrooms, overhead, scaleout, spread
 
     docs = {
         "scheduler": "Pure, in-process: `bench/scheduler_bench.py`'s `throughput()` — best short round of "
@@ -488,6 +513,7 @@ def _details(sections: dict[str, Any], images: dict[str, str]) -> list[str]:
         "failover": failover.__doc__ or "",
         "scaleout": scaleout.__doc__ or "",
         "footprint": footprint.__doc__ or "",
+        "listrooms": listrooms.__doc__ or "",
     }
     titles = {
         "scheduler": "1. Scheduler",
@@ -497,6 +523,7 @@ def _details(sections: dict[str, Any], images: dict[str, str]) -> list[str]:
         "failover": "5. Failover",
         "scaleout": "6. Scale-out",
         "footprint": "7. Footprint",
+        "listrooms": "8. ListRooms: the cost of an anti-entropy resync pass",
     }
     out: list[str] = []
     for name, title in titles.items():
@@ -724,6 +751,97 @@ def _t_footprint(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _pc(share: float, digits: int) -> str:
+    return f"{share * 100:.{digits}f} %"
+
+
+def _round100(x: float | None) -> float | None:
+    return None if x is None else round(x, -2)
+
+
+def _t_listrooms(s: dict[str, Any]) -> list[str]:
+    rows = s["rows"]
+    lines = [
+        "Per call. CPU in ms of one core: ours = the call (JWT, HTTP, protobuf decode) + reading every "
+        "room's name, sid and creation time; LiveKit = livekit-server's utime + stime, its idle rate "
+        "subtracted. The response size is the HTTP body, which is the serialized ListRoomsResponse "
+        "(`len(SerializeToString())`, equal; no Content-Encoding).",
+        "",
+        "| live rooms | wall p50 / p95 (ms) | calls | response | CPU ours: call + walk | CPU LiveKit "
+        "| a pass every 5 s | `names=[one room]`: wall p50 / p95, CPU ours / LiveKit (ms) "
+        "| livekit-server RSS, idle CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        f = r.get("filtered") or {}
+        walk = r["decode_and_walk_ms"] - r["decode_ms"]
+        size = r["http_body_bytes"]
+        same = "" if r["serialized_bytes"] == size else f" (serialized {r['serialized_bytes']:,} B)"
+        lines.append(
+            f"| {r['rooms']:,} | {r['wall_ms_p50']:.1f} / {r['wall_ms_p95']:.1f} | {r['calls']} | "
+            f"{size / 1024:,.0f} KiB{same}, {_f(r['bytes_per_room'], '.0f')} B/room | "
+            f"{r['client_cpu_ms']:.2f} + {walk:.2f} = {r['client_pass_cpu_ms']:.2f} | "
+            f"{r['server_cpu_ms']:.2f} | {r['pass_cpu_ms']:.1f} ms = **{_pc(r['core_share_at_5s'], 2)}** "
+            "of a core | "
+            f"{_f(f.get('wall_ms_p50'))} / {_f(f.get('wall_ms_p95'))}, {_f(f.get('client_cpu_ms'))} / "
+            f"{_f(f.get('server_cpu_ms'))} | {_f(r['server_rss_mb'], ',.0f')} MB, "
+            f"{r['server_idle_cores']:.2f} cores |"
+        )
+    if not rows:
+        return lines
+    big, small = rows[-1], rows[0]
+    fit = s.get("fit") or {}
+    fb, fs = big.get("filtered") or {}, small.get("filtered") or {}
+    at = fit.get("interval_s_at", {})
+    text = (
+        f"At {big['rooms']:,} rooms a pass every 5 s costs {big['pass_cpu_ms']:.0f} ms of CPU "
+        f"({big['server_cpu_ms']:.0f} ms in livekit-server, {big['client_pass_cpu_ms']:.0f} ms in the "
+        f"replica holding the lease), **{_pc(big['core_share_at_5s'], 1)} of one core**"
+        + (" (within the 2 % target)" if big["core_share_at_5s"] <= 0.02 else " (over the 2 % target)")
+        + f"; the call takes {big['wall_ms_p50']:.0f} ms (p95 {big['wall_ms_p95']:.0f}) and moves "
+        f"{big['http_body_bytes'] / 1e6:.1f} MB."
+    )
+    if fit.get("ms_per_1000_rooms") and fit.get("rooms_at_target"):
+        per = fit["ms_per_1000_rooms"]
+        limit = _f(_round100(fit["rooms_at_target"]), ",.0f")
+        text += (
+            f" The cost is linear in the rooms, ≈ {per:.1f} ms per 1,000 (least squares over the sizes), "
+            f"so a 5 s interval stays within 2 % of a core up to about **{limit} rooms**; beyond that "
+            "the interval should grow with the room count, interval ≈ cost / 0.02 ≈ "
+            f"{per / 1000 / 0.02:.2f} s per 1,000 rooms (20,000 rooms: {_f(at.get('20000'), '.0f')} s, "
+            f"50,000: {_f(at.get('50000'), '.0f')} s, 100,000: {_f(at.get('100000'), '.0f')} s)."
+        )
+    if fb.get("server_cpu_ms") is not None and fs.get("server_cpu_ms") is not None:
+        grows = fb["server_cpu_ms"] > 3 * max(fs["server_cpu_ms"], 0.05)
+        text += (
+            f" The per-room existence check of the dispatch path (`names=[one room]`) costs "
+            f"{fb['server_cpu_ms']:.1f} ms of LiveKit CPU and {fb['wall_ms_p50']:.1f} ms wall at "
+            f"{big['rooms']:,} rooms against {fs['server_cpu_ms']:.1f} ms at {small['rooms']:,}"
+        )
+        if grows:
+            text += (
+                ": it is not a lookup — livekit-server's single-node store answers a filtered ListRooms by "
+                "walking every room (`LocalStore.ListRooms` in livekit/livekit `pkg/service/localstore.go` "
+                "tests each room with `funk.Contains(names, …)`), so at 100 dispatches/s it alone would take "
+                f"{fb['server_cpu_ms'] * 100 / 1000:.1f} of a LiveKit core."
+            )
+        else:
+            text += "."
+    lines += ["", text]
+    lines += [
+        "",
+        "Single livekit-server with its in-memory room store (no Redis; a multi-node deployment lists "
+        "rooms from Redis, not measured here). For scale: the rooms themselves, listed or not, cost "
+        f"livekit-server {big['server_idle_cores']:.2f} cores and {_f(big['server_rss_mb'], ',.0f')} MB at "
+        f"{big['rooms']:,} rooms (last column). "
+        f"Rooms were created at {_f(_get(rows, len(rows) - 1, 'create_per_s'), '.0f')}/s "
+        f"({s['create_concurrency']} CreateRoom in flight).",
+    ]
+    for note in s.get("notes", []):
+        lines += ["", f"**Not measured as planned**: {note}"]
+    return lines
+
+
 TABLES = {
     "scheduler": _t_scheduler,
     "overhead": _t_overhead,
@@ -732,4 +850,5 @@ TABLES = {
     "failover": _t_failover,
     "scaleout": _t_scaleout,
     "footprint": _t_footprint,
+    "listrooms": _t_listrooms,
 }

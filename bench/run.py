@@ -3,6 +3,7 @@
     .venv/bin/python -m bench                 # everything, ~10 min on 2 cores: bench/results, bench/REPORT.md
     .venv/bin/python -m bench --quick         # small sizes, into a temporary directory
     .venv/bin/python -m bench --only overhead,spread
+    .venv/bin/python -m bench --only listrooms --merge --note "…"   # one section into the newest results
 
 Sections run one after another (never two loads at once), each under its own time limit and the
 whole run under ``--budget-s``; a section that fails or runs out of time is recorded as such and
@@ -27,7 +28,7 @@ from typing import Any
 
 import uvloop
 
-from bench import compare, failover, footprint, overhead, scaleout, scheduler_bench, spread
+from bench import compare, failover, footprint, listrooms, overhead, scaleout, scheduler_bench, spread
 from bench.common import REPO, machine, now_iso, rounded
 from shared.logs import configure_logging
 
@@ -55,6 +56,7 @@ SECTIONS: dict[str, tuple[Callable[[Path, bool], Awaitable[dict[str, Any]]], flo
     "compare": (compare.run, 300),
     "failover": (failover.run, 300),
     "footprint": (footprint.run, 300),
+    "listrooms": (listrooms.run, 200),
 }
 
 
@@ -107,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--merge",
         action="store_true",
-        help="with --only: replace those sections in today's results (the replaced ones are kept as "
-        "'superseded', and the rerun is listed in the report with --note)",
+        help="with --only: replace those sections in today's results, or in the newest results file when "
+        "there is none today (the replaced ones are kept as 'superseded', and the rerun is listed in the "
+        "report with --note)",
     )
     parser.add_argument("--note", default="", help="why the sections were rerun (shown in the report)")
     args = parser.parse_args(argv)
@@ -135,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     results["date"] = date
     json_path = out / f"{date}.json"
+    if args.merge and args.only and not json_path.exists():
+        # No full run today: the sections join the newest results (and that report).
+        json_path = max(out.glob("????-??-??.json"), default=json_path)
     if args.merge and args.only and json_path.exists():
         merged = json.loads(json_path.read_text())
+        added = [name for name in results["sections"] if name not in merged["sections"]]
         for name, section in results["sections"].items():
             if name in merged["sections"]:
                 earlier = merged.setdefault("superseded", {}).setdefault(name, [])
@@ -151,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": results["wall_s"],
                 "loadavg_at_start": results["machine"]["loadavg_at_start"],
                 "note": args.note,
+                "added": added,
             }
         )
         results = merged
