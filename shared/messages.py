@@ -49,7 +49,14 @@ class RoomCreated(Message):
     created_at: AwareDatetime | None = None
 
     def dedupe_id(self) -> str:
-        return self.sid or self.room
+        """The room's sid; without one, the name and creation time (so a reused name is a new
+        message); with neither, the name alone (then JetStream's 600 s duplicate window drops a
+        reused name's second event: producers without a sid should send ``created_at``)."""
+        if self.sid:
+            return self.sid
+        if self.created_at is not None:
+            return f"{self.room}@{self.created_at.isoformat()}"
+        return self.room
 
 
 class RoomEnded(Message):

@@ -7,8 +7,9 @@ because an earlier one failed (it is shown, but only the earlier failure counts)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from orchestrator.rules import validate_rules
 from orchestrator.scheduler import PoolView
@@ -64,6 +65,10 @@ class Facts:
     nats_auth_refused: str | None = None
     # Credentials found unusable without asking the servers (shared.nats_credentials).
     credential_problems: Sequence[CredentialProblem] = ()
+    # The resync's lease key (its holder and last pass), None: never ran; and what it is set to.
+    resync: Mapping[str, Any] | None = None
+    resync_interval_s: float = 0.0
+    now: float = 0.0
 
 
 def _needs_nats(name: str, f: Facts | None = None) -> CheckResult:
@@ -177,6 +182,62 @@ def check_bucket(f: Facts) -> list[CheckResult]:
     if f.bucket:
         return [CheckResult(name, True, "present")]
     return [CheckResult(name, False, "missing", "start the orchestrator: switchboard orchestrator")]
+
+
+# A room the resync had to find this recently says webhooks are being lost now.
+RECENTLY_FOUND_S = 600.0
+
+
+def check_resync(f: Facts) -> list[CheckResult]:
+    """The anti-entropy pass: running, succeeding, and finding no room that webhooks missed."""
+    name = "resync (LiveKit's rooms against the records)"
+    if f.resync_interval_s <= 0:
+        return [CheckResult(name, None, "off (orchestrator.resync_interval_s: 0)")]
+    if f.nats_error or f.jetstream_error:
+        return [_needs_nats(name, f)]
+    r = f.resync
+    if r is None or r.get("at") is None:
+        return [CheckResult(name, None, "no pass recorded yet (no orchestrator replica has run one)")]
+    age = f.now - float(r["at"])
+    by = r.get("owner") or "?"
+    total = int(r.get("found_total") or 0)
+    seen = f"last pass {age:.0f}s ago by {by}: {r.get('rooms', 0)} rooms listed"
+    if age > 3 * f.resync_interval_s + 10:
+        return [
+            CheckResult(
+                name,
+                False,
+                f"no pass for {age:.0f}s (every {f.resync_interval_s:g}s expected; {seen})",
+                "check that an orchestrator replica runs and can reach LiveKit (its log says "
+                "'resync pass failed' or 'ListRooms failed')",
+            )
+        ]
+    if r.get("error"):
+        return [
+            CheckResult(
+                name,
+                False,
+                f"{seen}; it failed: {r['error']}",
+                "LiveKit's API must answer the orchestrators: see the LiveKit check",
+            )
+        ]
+    last_found_at = r.get("last_found_at")
+    if last_found_at is not None and f.now - float(last_found_at) < RECENTLY_FOUND_S:
+        return [
+            CheckResult(
+                name,
+                False,
+                f"{seen}; {r.get('last_found', 0)} room(s) found {f.now - float(last_found_at):.0f}s ago "
+                f"that no room event had announced ({total} since the start): "
+                "their room_started webhooks were lost",
+                "check LiveKit's webhook config (webhook.urls must reach `switchboard ingest`, "
+                "webhook.api_key one of its keys) and the ingest's switchboard_webhooks_total by outcome",
+            )
+        ]
+    detail = f"{seen}; {r.get('ended', 0)} ended, {r.get('agent_lost', 0)} agents gone in that pass"
+    if total:
+        detail += f"; {total} room(s) found without an event since the start, none lately"
+    return [CheckResult(name, True, detail)]
 
 
 def check_livekit(f: Facts) -> list[CheckResult]:
@@ -334,6 +395,7 @@ CHECKS: tuple[Callable[[Facts], list[CheckResult]], ...] = (
     check_consumers,
     check_bucket,
     check_livekit,
+    check_resync,
     check_pools,
     check_rules_have_pools,
     check_pools_have_rules,

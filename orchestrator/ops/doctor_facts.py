@@ -6,8 +6,10 @@ Nothing here creates a stream, a consumer or a bucket: the doctor reports what i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NATS
@@ -17,6 +19,7 @@ from orchestrator.livekit_gateway import LiveKitGateway, classify
 from orchestrator.ops.census import current_pools
 from orchestrator.ops.doctor_checks import CONSUMER_STREAMS, STREAMS, Facts, LiveKitProbe, OtlpProbe
 from orchestrator.ops.session import nats_session
+from orchestrator.room.resync import read_last_pass
 from orchestrator.scheduler import PoolView
 from shared import subjects
 from shared.bus import NatsUnavailableError
@@ -57,6 +60,9 @@ async def gather_facts(
         nats_auth=describe_auth(settings.nats),
         nats_auth_refused=refused_hint(settings.nats) if nf.auth_refused else None,
         credential_problems=credentials_task.result(),
+        resync=nf.resync,
+        resync_interval_s=effective.orchestrator.resync_interval_s,
+        now=time.time(),
     )
 
 
@@ -69,6 +75,7 @@ class NatsFacts:
     bucket: bool | None = None
     pools: list[PoolView] | None = None
     auth_refused: bool = False
+    resync: dict[str, Any] | None = None
 
 
 async def _nats_facts(settings: Settings, config: SwitchboardConfig) -> NatsFacts:
@@ -103,7 +110,12 @@ async def _jetstream_facts(nc: NATS) -> NatsFacts:
         bucket = True
     except BucketNotFoundError:
         bucket = False
-    return NatsFacts(streams=streams, consumers=consumers, bucket=bucket)
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            resync = await read_last_pass(js)
+    except Exception:  # not readable with these credentials, or NATS slow: shown as no pass
+        resync = None
+    return NatsFacts(streams=streams, consumers=consumers, bucket=bucket, resync=resync)
 
 
 async def _exists(call: object) -> bool:

@@ -67,6 +67,8 @@ def room_json(r: RoomRecord) -> dict[str, Any]:
         "trace_id": r.trace_id,
         "received_at": r.received_at,
         "voice_at": r.voice_at,
+        "origin": r.origin,
+        "waiting_since": r.waiting_since,
     }
 
 
@@ -87,6 +89,7 @@ _STATE_STYLE = {
     "failed": "red",
     "redispatching": "yellow",
     "waiting_for_pool": "yellow",
+    "waiting_for_livekit": "yellow",
     "ignored": "dim",
     "ended": "dim",
 }
@@ -128,6 +131,10 @@ def pools_table(pools: list[PoolView], pools_from: str = HEARD) -> Table:
 def rooms_table(rooms: list[RoomRecord], now: float) -> Table:
     counts = by_state(rooms)
     summary = "  ".join(f"{state} {n}" for state, n in counts.items()) or "none"
+    found = sum(1 for r in rooms if r.origin == "resync" and r.state not in TERMINAL)
+    if found:
+        # Served only because the resync found them in LiveKit: their webhooks were lost.
+        summary += f"  (found by resync, no event: {found})"
     table = Table(title=f"Rooms by state: {summary}", title_justify="left", expand=False)
     for col in ("room", "state", "pool", "attempt", "since", "reason"):
         table.add_column(col)
@@ -141,11 +148,21 @@ def rooms_table(rooms: list[RoomRecord], now: float) -> Table:
             r.pool or "-",
             str(r.attempt),
             since,
-            r.reason or "",
+            _why(r, now),
         )
     if len(ordered) > MAX_ROOM_ROWS:
         table.caption = f"{len(ordered) - MAX_ROOM_ROWS} more rooms not listed (use --json)"
     return table
+
+
+def _why(r: RoomRecord, now: float) -> str:
+    """The reason column: the record's reason, how long it waits for LiveKit, how it was found."""
+    parts = [r.reason] if r.reason else []
+    if r.waiting_since is not None and r.state.value == "waiting_for_livekit":
+        parts.append(f"LiveKit unreachable for {_since(r.waiting_since, now)}")
+    if r.origin == "resync":
+        parts.append("found by resync (its event never came)")
+    return "; ".join(parts)
 
 
 def render(snapshot: StatusSnapshot) -> RenderableType:

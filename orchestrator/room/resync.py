@@ -109,6 +109,9 @@ class ResyncLease:
             return
         found_total = int(self._value.get("found_total") or 0) + report.found
         value = {**self._value, **asdict(report), "found_total": found_total}
+        if report.found:
+            # For doctor: when rooms last had to be found (lost webhooks are a standing problem).
+            value.update(last_found_at=report.at, last_found=report.found)
         try:
             self._revision = await self.kv.update(subjects.RESYNC_KEY, _encode(value), last=self._revision)
             self._value = value

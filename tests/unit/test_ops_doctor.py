@@ -41,7 +41,19 @@ HEALTHY = Facts(
     pools=[pool("eu-central-a")],
     rules=[Rule(name="ornina", match="ornina-*", agent=AGENT)],
     otlp=None,
+    resync={
+        "owner": "r1",
+        "until": 1015.0,
+        "at": 1000.0,
+        "rooms": 3,
+        "found": 0,
+        "ended": 0,
+        "agent_lost": 0,
+    },
+    resync_interval_s=5.0,
+    now=1002.0,
 )
+RESYNC = "resync (LiveKit's rooms against the records)"
 
 
 def failing(results: list[CheckResult]) -> list[str]:
@@ -116,6 +128,14 @@ def test_healthy_is_all_green() -> None:
             replace(HEALTHY, otlp=OtlpProbe("http://127.0.0.1:4318", "cannot connect to 127.0.0.1:4318")),
             ["OTLP endpoint"],
             "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (replace(HEALTHY, now=1100.0), [RESYNC], "orchestrator replica"),
+        (replace(HEALTHY, resync={**HEALTHY.resync, "error": "ListRooms: 503"}), [RESYNC], "LiveKit"),  # type: ignore[dict-item]
+        (
+            # Rooms the resync had to find: webhooks are being lost, and doctor says where to look.
+            replace(HEALTHY, resync={**HEALTHY.resync, "last_found_at": 990.0, "last_found": 2}),  # type: ignore[dict-item]
+            [RESYNC],
+            "webhook.urls",
         ),
         (
             replace(HEALTHY, config_error="switchboard.yaml: field 'rules.0.agent' is missing"),
