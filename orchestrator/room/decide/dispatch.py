@@ -124,8 +124,8 @@ def decide_dispatch_outcome(rec: RoomRecord, outcome: DispatchLanded | DispatchF
             S.WAITING_FOR_LIVEKIT,
             now=ctx.now,
             event="dispatch_error",
-            detail=f"{outcome.message}; waiting for LiveKit (round {rounds}, "
-            f"next in {ctx.cfg.livekit_retry_s:g}s)",
+            detail=f"dispatch round {rounds} got no answer from LiveKit (last try: {outcome.message}); "
+            f"waiting for LiveKit, next round in {ctx.cfg.livekit_retry_s:g}s",
             data={"reason": outcome.reason, "key": rec.dispatch_key, "round": rounds},
             reason=outcome.reason,
             waiting_since=since,
