@@ -42,13 +42,21 @@ class DispatchWithdrawn(Exception):
     """The job's dispatch was deleted (the room was given to another agent) before it connected."""
 
 
-def gate_connect(ctx: JobContext, still_wanted: Callable[[], Awaitable[bool]] | None = None) -> None:
+def gate_connect(
+    ctx: JobContext,
+    still_wanted: Callable[[], Awaitable[bool]] | None = None,
+    in_its_room: Callable[[], Awaitable[bool]] | None = None,
+) -> None:
     """Make ``ctx.connect`` wait for the other connects of this process, and finish once begun.
 
     ``still_wanted``: asked right before connecting. A job can wait long for its turn (a busy
     worker, a burst of jobs); meanwhile the orchestrator may have replaced its dispatch and
     confirmed the old agent absent. Joining then would put a second agent in the room until its
     report gets it removed; :class:`DispatchWithdrawn` is raised instead.
+
+    ``in_its_room``: asked right after connecting. A room deleted just before the connect is
+    created again by it (LiveKit creates rooms on join): that is not the job's room, so the agent
+    leaves it (and :class:`DispatchWithdrawn` is raised).
     """
     original = ctx.connect
 
@@ -61,6 +69,9 @@ def gate_connect(ctx: JobContext, still_wanted: Callable[[], Awaitable[bool]] | 
             if still_wanted is not None and not await still_wanted():
                 raise DispatchWithdrawn("the dispatch was withdrawn before the agent connected")
             await run_to_completion(original(*args, **kwargs), ctx.room.disconnect)
+            if in_its_room is not None and not await in_its_room():
+                await ctx.room.disconnect()
+                raise DispatchWithdrawn("the job's room was deleted; connecting made a new, empty one")
         finally:
             _GATE.release()
 

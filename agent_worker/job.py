@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from livekit.agents import JobContext
+from livekit.api import DeleteRoomRequest, ListRoomsRequest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -107,7 +108,9 @@ class JobRunner:
             ctx.add_shutdown_callback(finish)
             try:
                 agent = load_entrypoint(self.entrypoint)
-                gate_connect(ctx, functools.partial(dispatch_listed, ctx))
+                gate_connect(
+                    ctx, functools.partial(dispatch_listed, ctx), functools.partial(in_its_room, ctx)
+                )
                 await agent(ctx)
             except DispatchWithdrawn as withdrawn:
                 log.info("not joining: %s", withdrawn)
@@ -120,15 +123,43 @@ class JobRunner:
 
 
 async def dispatch_listed(ctx: JobContext, timeout_s: float = 1.0) -> bool:
-    """Whether LiveKit still lists the job's dispatch (one ListDispatch). When LiveKit cannot say in
-    time, yes: joining is the agent's job, and a replaced one is removed by the orchestrator anyway."""
+    """Whether the job's room is still there (this very room: its sid) and LiveKit still lists the
+    job's dispatch (one ListRooms, one ListDispatch). Connecting to a room LiveKit deleted would
+    create it again, empty: a ghost room with our agent in it. When LiveKit cannot say in time, yes:
+    joining is the agent's job, and a replaced one is removed by the orchestrator anyway."""
+    room = ctx.job.room
     try:
         async with asyncio.timeout(timeout_s):
-            listed = await ctx.api.agent_dispatch.list_dispatch(room_name=ctx.job.room.name)
+            rooms = await ctx.api.room.list_rooms(ListRoomsRequest(names=[room.name]))
+            live = next((r for r in rooms.rooms if r.name == room.name), None)
+            if live is None or (room.sid and live.sid and live.sid != room.sid):
+                return False
+            listed = await ctx.api.agent_dispatch.list_dispatch(room_name=room.name)
     except Exception as err:
         log.debug("could not check the dispatch before joining: %r", err)
         return True
     return any(d.id == ctx.job.dispatch_id for d in listed)
+
+
+async def in_its_room(ctx: JobContext, timeout_s: float = 1.0) -> bool:
+    """After connecting: whether the room joined is the job's (same sid). A room deleted between
+    the check before and the connect is made again by the connect; if nobody else is in it, it is
+    deleted again, so it never shows up as a room to serve."""
+    expected = ctx.job.room.sid
+    try:
+        async with asyncio.timeout(timeout_s):
+            joined = await ctx.room.sid
+    except Exception as err:
+        log.debug("could not read the joined room's sid: %r", err)
+        return True
+    if not expected or not joined or joined == expected:
+        return True
+    log.warning("joined room %s is not the job's room %s (it was deleted meanwhile)", joined, expected)
+    if not ctx.room.remote_participants:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout_s):
+                await ctx.api.room.delete_room(DeleteRoomRequest(room=ctx.job.room.name))
+    return False
 
 
 async def _report_join_and_voice(observer: RoomObserver, reporter: JobReporter) -> None:

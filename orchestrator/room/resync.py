@@ -307,7 +307,8 @@ class Resync:
             nonlocal done
             async with limit:
                 try:
-                    done += await step
+                    acted = await step  # awaited first: `done += await step` would read `done` before
+                    done += acted
                 except Exception as err:
                     log.warning(
                         "resync step deferred to the next pass: %r", err, exc_info=not is_transient(err)

@@ -111,3 +111,21 @@ async def test_a_job_whose_dispatch_was_withdrawn_while_it_waited_does_not_join(
     async with asyncio.timeout(1):
         await other.connect()
     assert other.room.connected
+
+
+@pytest.mark.parametrize("its_room", [True, False])
+async def test_a_job_that_connected_to_a_room_made_anew_leaves_it(its_room: bool) -> None:
+    """A room deleted between the check and the connect is created again by the connect: not the
+    job's room (another sid), so the agent leaves it and the job ends as withdrawn."""
+    ctx = Ctx()
+
+    async def in_its_room() -> bool:
+        return its_room
+
+    gate_connect(cast(JobContext, ctx), None, in_its_room)
+    if its_room:
+        await ctx.connect()
+    else:
+        with pytest.raises(DispatchWithdrawn, match="deleted"):
+            await ctx.connect()
+    assert ctx.room.connected and ctx.room.left is not its_room
