@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,6 +140,35 @@ async def livekit_api(lk: LiveKitServer) -> AsyncIterator[lkapi.LiveKitAPI]:
         yield api
     finally:
         await api.aclose()
+
+
+async def create_rooms(
+    lk: LiveKitServer, names: Iterable[str], empty_timeout: int = 600, concurrency: int = 16
+) -> dict[str, str]:
+    """CreateRoom for each name (``concurrency`` at once), as a backend does before it announces a
+    room (the orchestrator never lets a dispatch create one); returns name -> the room's sid."""
+    limit = asyncio.Semaphore(concurrency)
+    async with livekit_api(lk) as api:
+
+        async def one(name: str) -> tuple[str, str]:
+            async with limit:
+                req = lkapi.CreateRoomRequest(name=name, empty_timeout=empty_timeout)
+                return name, (await api.room.create_room(req)).sid
+
+        return dict(await asyncio.gather(*(one(n) for n in names)))
+
+
+async def delete_rooms(lk: LiveKitServer, names: Iterable[str], concurrency: int = 16) -> None:
+    """DeleteRoom for each name, errors ignored (a room LiveKit already closed)."""
+    limit = asyncio.Semaphore(concurrency)
+    async with livekit_api(lk) as api:
+
+        async def one(name: str) -> None:
+            async with limit:
+                with contextlib.suppress(Exception):
+                    await api.room.delete_room(lkapi.DeleteRoomRequest(room=name))
+
+        await asyncio.gather(*(one(n) for n in names))
 
 
 def http_json(url: str, timeout: float = 5.0) -> Any:

@@ -30,6 +30,8 @@ from bench.common import (
     Orchestrator,
     TimedListener,
     Worker,
+    create_rooms,
+    delete_rooms,
     livekit_server,
     nats_client,
     nats_server,
@@ -89,9 +91,12 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
             async with nats_client(ns.url) as nc:
                 js = nc.jetstream()
                 kv = await open_bucket(js)
+                # The rooms are created first, as the backend announcing them does; then the users join.
+                sids = await create_rooms(lk, names)
                 await asyncio.gather(*(listener.connect() for listener in listeners))
                 for name in names:
-                    await bus.publish_room_created(js, RoomCreated(room=name, region="eu-central"))
+                    event = RoomCreated(room=name, sid=sids[name], region="eu-central")
+                    await bus.publish_room_created(js, event)
                 before: dict[str, RoomRecord] = {}
                 async with asyncio.timeout(90):
                     while len(before) < rooms:
@@ -122,6 +127,8 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
                 await listener.close()
             await asyncio.to_thread(orch.stop)
             await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
+            # Gone before the next row: its replica's resync would otherwise serve these rooms too.
+            await delete_rooms(lk, names)
     timeline: list[dict[str, Any]] = []
     for name in affected:
         rec = recovered.get(name)

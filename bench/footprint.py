@@ -106,7 +106,11 @@ async def _load(js: Any, template: bytes, start: int, stop: int) -> None:
 
 
 async def orchestrator_footprint(work: Path, sizes: tuple[int, ...]) -> dict[str, Any]:
-    config = write_config(work / "switchboard.yaml", match="fp-*", heartbeat_interval_s=1.0)
+    # The resync is off: the copies written straight into KV are rooms the Twirp stand-in never
+    # heard of (a pass would end them all, `room_gone`); what a pass costs is Measure 8.
+    config = write_config(
+        work / "switchboard.yaml", match="fp-*", heartbeat_interval_s=1.0, resync_interval_s=0
+    )
     rows: list[dict[str, Any]] = []
     with nats_server(work, "nats-footprint") as ns:
         standin = StandIn(work)

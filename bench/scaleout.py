@@ -7,9 +7,12 @@ assignment deadlines are set far out so nothing is redispatched. Once every repl
 core-NATS subscription on the KV bucket's subjects notes when each room's record first reaches
 ``dispatched`` (CreateDispatch answered, state written). Rate = N / (last dispatched − first
 publish); "steady" = the middle 80 % of rooms over the time they took. Run against the real
-livekit-server (CreateDispatch creates the room there) and against the Twirp stand-in, each
-configuration with fresh servers; CPU seconds of every process are sampled to show which one ran
-out of CPU first. The machine has 2 cores: replicas, NATS and LiveKit share them.
+livekit-server (the N rooms are created there first, untimed, as the backends that announce them
+do; each dispatch asks LiveKit for its room before CreateDispatch) and against the Twirp stand-in,
+each configuration with fresh servers; CPU seconds of every process are sampled to show which one
+ran out of CPU first. The machine has 2 cores: replicas, NATS and LiveKit share them. The resync
+is off: the rooms exist before the burst, and a pass would race their events (its own cost is
+Measure 8).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from bench.common import (
     StandIn,
     StandInPool,
     cpu_seconds,
+    create_rooms,
     livekit_server,
     nats_client,
     nats_server,
@@ -42,13 +46,16 @@ _SECRET = "bench-standin-secret-0123456789abcdef"
 async def one(work: Path, backend: str, replicas: int, rooms: int) -> dict[str, Any]:
     tag = f"{backend}-{replicas}"
     work = work / tag
-    config = write_config(work / "switchboard.yaml", match="so-*", **STANDIN_TIMINGS)
+    names = [f"so-{tag}-{i}" for i in range(rooms)]
+    sids: dict[str, str] = {}  # the stand-in has every room it is asked about
+    config = write_config(work / "switchboard.yaml", match="so-*", resync_interval_s=0, **STANDIN_TIMINGS)
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(nats_server(work))
         if backend == "livekit":
             lk = stack.enter_context(livekit_server(work))
             url, key, secret = lk.http_url, lk.api_key, lk.api_secret
             backend_pid = lk.process.pid if lk.process else None
+            sids = await create_rooms(lk, names)
         else:
             standin = StandIn(work)
             standin.start()
@@ -80,12 +87,12 @@ async def one(work: Path, backend: str, replicas: int, rooms: int) -> dict[str, 
 
                 sub = await nc.subscribe(f"$KV.{subjects.ROOMS_BUCKET}.>", cb=on_kv)
                 js = nc.jetstream()
-                names = [f"so-{tag}-{i}" for i in range(rooms)]
                 slots = asyncio.Semaphore(256)
 
                 async def publish(name: str) -> None:
                     async with slots:
-                        await bus.publish_room_created(js, RoomCreated(room=name, region="eu-central"))
+                        event = RoomCreated(room=name, sid=sids.get(name), region="eu-central")
+                        await bus.publish_room_created(js, event)
 
                 pids = (
                     [p.pid for p in procs]

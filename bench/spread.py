@@ -3,12 +3,15 @@
 Method: the real orchestrator (in this process) with the real livekit-server, and four stand-in
 pools heartbeating over real NATS every 1 s with capacities 25/50/75/100 and no jobs (a stand-in
 pool runs no LiveKit worker, so its heartbeats never show the rooms: only the orchestrator's
-reservations — rooms placed but not yet in a heartbeat — keep the burst from herding). All 200
+reservations — rooms placed but not yet in a heartbeat — keep the burst from herding). The 200
+rooms are created in LiveKit first (untimed, as the backend announcing them does), then all 200
 ``RoomCreated`` events are published at once (the burst takes well under one heartbeat interval);
 occupancy of a pool = rooms placed on it / its capacity. Compared: ``strategy: p2c`` (default)
 and ``strategy: least_loaded`` in the real orchestrator (both with reservations), and, from the
 pure scheduler on the same snapshot, what each strategy does with no reservations at all (every
 room of the burst sees the last heartbeat only): the herding reservations exist to prevent.
+The resync is off: the trials share one livekit-server, whose rooms of earlier trials match the
+rule, and a pass would race the burst's own events for rooms older than its grace.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from bench.common import (
     STANDIN_TIMINGS,
     StandInPool,
     config_dict,
+    create_rooms,
     in_process_orchestrator,
     livekit_server,
     nats_client,
     nats_server,
 )
+from devstack.livekit_server import LiveKitServer
 from orchestrator.records import RoomState
 from orchestrator.scheduler import (
     PoolIndex,
@@ -107,25 +112,29 @@ def _fold(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def trial(
-    work: Path, lk_url: str, api_key: str, api_secret: str, strategy: str, n: int
-) -> dict[str, Any]:
+async def trial(work: Path, lk: LiveKitServer, strategy: str, n: int) -> dict[str, Any]:
     with nats_server(work, f"nats-{strategy}-{n}") as ns:
         settings = Settings(
             nats=NatsSettings(url=ns.url, startup_attempts=2),
             livekit=LiveKitSettings(
-                url=lk_url, api_key=api_key, api_secret=api_secret, request_timeout_s=5.0
+                url=lk.http_url, api_key=lk.api_key, api_secret=lk.api_secret, request_timeout_s=5.0
             ),
         )
-        config = parse_config(config_dict(match="spread-*", **STANDIN_TIMINGS, strategy=strategy))
+        config = parse_config(
+            config_dict(match="spread-*", **STANDIN_TIMINGS, strategy=strategy, resync_interval_s=0)
+        )
         async with nats_client(ns.url) as nc:
             pools = [StandInPool(nc, p, capacity=cap, interval=1.0) for p, cap in CAPACITIES.items()]
             async with in_process_orchestrator(settings, config, pools) as service:
                 js = nc.jetstream()
                 rooms = [f"spread-{strategy}-{n}-{i}" for i in range(ROOMS)]
+                sids = await create_rooms(lk, rooms)
                 t0 = time.monotonic()
                 await asyncio.gather(
-                    *(bus.publish_room_created(js, RoomCreated(room=r, region="eu-central")) for r in rooms)
+                    *(
+                        bus.publish_room_created(js, RoomCreated(room=r, sid=sids[r], region="eu-central"))
+                        for r in rooms
+                    )
                 )
                 burst_s = time.monotonic() - t0
 
@@ -165,7 +174,7 @@ async def run(work: Path, quick: bool = False) -> dict[str, Any]:
         for strategy in ("p2c", "least_loaded"):
             runs = []
             for n in range(trials):
-                runs.append(await trial(work, lk.http_url, lk.api_key, lk.api_secret, strategy, n))
+                runs.append(await trial(work, lk, strategy, n))
                 r = runs[-1]
                 print(
                     f"  {strategy:<12} trial {n}: max/mean {r['max_over_mean']:.3f}, over capacity "

@@ -3,9 +3,13 @@
     python -m bench.twirp_standin --port PORT
 
 ``CreateDispatch`` answers an ``AgentDispatch`` with a fresh id and records the wall-clock arrival
-time (ns) of the first request per room; every other method (ListRooms, ListDispatch,
-DeleteDispatch, RemoveParticipant, ...) answers an empty message, which the client reads as the
-method's default response (no rooms, no dispatches). No authentication is checked.
+time (ns) of the first request per room. ``ListRooms`` treats every room it is asked about by
+name as existing (the orchestrator asks before each CreateDispatch): it answers one ``Room`` per
+name, with a sid fixed per name and the time the name was first seen; an unfiltered
+``ListRooms`` (the resync's) lists every room seen so far by name or by CreateDispatch, less those
+given to ``DeleteRoom``. Every other method (ListDispatch, DeleteDispatch, RemoveParticipant, ...)
+answers an empty message, which the client reads as the method's default response (no
+dispatches, no participants). No authentication is checked.
 
 ``GET /_bench/arrivals?prefix=P`` returns ``{room: arrival_ns}`` for rooms starting with P;
 ``GET /_bench/ping`` is the readiness probe. Runs on uvloop, alone in its process, so its own work
@@ -30,6 +34,17 @@ _ids = itertools.count(1)
 def make_app() -> web.Application:
     arrivals: dict[str, int] = {}
     counts: dict[str, int] = {}
+    rooms: dict[str, lk.Room] = {}  # every room seen (and not deleted), by name
+
+    def room(name: str, now_ns: int) -> lk.Room:
+        if name not in rooms:
+            rooms[name] = lk.Room(
+                name=name,
+                sid=f"RM_bench{next(_ids):09d}",
+                creation_time=now_ns // 1_000_000_000,
+                creation_time_ms=now_ns // 1_000_000,
+            )
+        return rooms[name]
 
     async def twirp(request: web.Request) -> web.Response:
         now = time.time_ns()
@@ -46,6 +61,14 @@ def make_app() -> web.Application:
                 metadata=req.metadata,
             )
             payload = reply.SerializeToString()
+            room(req.room, now)
+        elif method == "ListRooms":
+            names = lk.ListRoomsRequest.FromString(body).names
+            listed = [room(n, now) for n in names] if names else list(rooms.values())
+            payload = lk.ListRoomsResponse(rooms=listed).SerializeToString()
+        elif method == "DeleteRoom":
+            rooms.pop(lk.DeleteRoomRequest.FromString(body).room, None)
+            payload = b""
         else:
             payload = b""  # the default (empty) response message of any method
         return web.Response(body=payload, content_type="application/protobuf")

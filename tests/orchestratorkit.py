@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from livekit import api as lkapi
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -24,10 +26,12 @@ from orchestrator.service import OrchestratorService
 from shared import bus
 from shared.config import SwitchboardConfig, parse_config
 from shared.dispatch_metadata import read_dispatch_metadata
-from shared.messages import AgentStatus
+from shared.messages import AgentStatus, RoomCreated
 from shared.settings import LiveKitSettings, NatsSettings, Settings
 
 AGENT = "ornina-avatar-agent"
+# Rooms the tests create in LiveKit live this long empty (nobody ever joins most of them).
+ROOM_EMPTY_TIMEOUT_S = 600
 _tracer = trace.get_tracer("tests.fakepool")
 
 
@@ -48,6 +52,10 @@ def make_config(**orchestrator: object) -> SwitchboardConfig:
                 # Stand-in pools have no LiveKit worker, so LiveKit never gives their dispatches a
                 # job: keep the assignment check out of the way unless a test is about it.
                 "assign_check_s": 120,
+                # The session's livekit-server keeps other tests' rooms for minutes: the resync
+                # (LiveKit's room list against the records) would serve them too. Off unless a
+                # test is about it.
+                "resync_interval_s": 0,
                 **orchestrator,
             },
         }
@@ -64,6 +72,38 @@ def make_settings(nats_server: NatsServer, livekit: LiveKitServer, secret: str |
             request_timeout_s=2.0,
         ),
     )
+
+
+async def create_livekit_room(
+    livekit: LiveKitServer | lkapi.LiveKitAPI,
+    room: str,
+    *,
+    metadata: str = "",
+    empty_timeout: int = ROOM_EMPTY_TIMEOUT_S,
+) -> str:
+    """CreateRoom in LiveKit, as a user's backend does before its room event (the orchestrator's
+    CreateDispatch never creates a room); returns the room's sid. A room of that name LiveKit
+    already has is returned as it is (LiveKit's CreateRoom answers the existing room)."""
+    req = lkapi.CreateRoomRequest(name=room, metadata=metadata, empty_timeout=empty_timeout)
+    if isinstance(livekit, lkapi.LiveKitAPI):
+        made = await livekit.room.create_room(req)
+    else:
+        async with lkapi.LiveKitAPI(livekit.http_url, livekit.api_key, livekit.api_secret) as api:
+            made = await api.room.create_room(req)
+    assert made.sid, f"CreateRoom {room}: no sid in {made}"
+    return str(made.sid)
+
+
+async def publish_created_room(
+    js: JetStreamContext, livekit: LiveKitServer | lkapi.LiveKitAPI, event: RoomCreated
+) -> RoomCreated:
+    """Create ``event.room`` in LiveKit, then publish its ``rooms.created`` with the room's sid (so
+    its record knows the incarnation), the way a backend or the webhook ingest would. Returns the
+    event as published."""
+    sid = await create_livekit_room(livekit, event.room)
+    published = event.model_copy(update={"sid": sid})
+    await bus.publish_room_created(js, published)
+    return published
 
 
 @contextlib.asynccontextmanager

@@ -48,6 +48,7 @@ from shared import bus
 from shared.messages import RoomCreated
 from shared.settings import NatsSettings
 from tests.drills.doubles import REMOVAL_BOUND_S, DoubleSampler
+from tests.orchestratorkit import create_livekit_room
 from tests.workerkit import SWITCHBOARD, Listener, WorkerProcess, agents_in_room
 
 AGENT = "ornina-avatar-agent"
@@ -209,10 +210,13 @@ class Orchestrator:
 class Stack:
     """One drill's servers and processes; everything it starts is stopped on exit."""
 
-    def __init__(self, root: Path, *, cluster: bool = False, nats_extra: str = "") -> None:
+    def __init__(
+        self, root: Path, *, cluster: bool = False, nats_extra: str = "", webhook_urls: Iterable[str] = ()
+    ) -> None:
         self.root = root
         self.cluster = cluster
         self.nats_extra = nats_extra
+        self.webhook_urls = list(webhook_urls)  # livekit-server's webhook targets (none by default)
         self.nodes: list[NatsServer] = []
         self.livekit: LiveKitServer | None = None
         self.sink = OtlpSink()
@@ -272,7 +276,8 @@ class Stack:
             )
             self.nodes = [node]
         self.livekit = await asyncio.to_thread(
-            start_with_fresh_ports, lambda n: LiveKitServer(self.root / f"livekit-{n}")
+            start_with_fresh_ports,
+            lambda n: LiveKitServer(self.root / f"livekit-{n}", webhook_urls=self.webhook_urls),
         )
         self.secrets.append(self.livekit.api_secret)
         self.lk = lkapi.LiveKitAPI(self.livekit.http_url, self.livekit.api_key, self.livekit.api_secret)
@@ -428,13 +433,15 @@ class Stack:
     # -- rooms -----------------------------------------------------------------------------------
 
     async def publish(self, room: str, region: str = "eu-central", within_s: float = 60.0) -> float:
-        """Publish one room event until JetStream acks it (same Nats-Msg-Id on every retry);
-        returns the wall time it was accepted."""
-        assert self.js is not None
+        """Create the room in LiveKit (as a backend does; a dispatch never creates one), then
+        publish its event, with the room's sid, until JetStream acks it (same Nats-Msg-Id on every
+        retry); returns the wall time it was accepted."""
+        assert self.js is not None and self.lk is not None
         deadline = time.monotonic() + within_s
+        sid = await create_livekit_room(self.lk, room)
         while True:
             try:
-                await bus.publish_room_created(self.js, RoomCreated(room=room, region=region))
+                await bus.publish_room_created(self.js, RoomCreated(room=room, sid=sid, region=region))
                 return time.time()
             except Exception as err:
                 if time.monotonic() > deadline:

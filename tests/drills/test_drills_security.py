@@ -47,6 +47,7 @@ from shared.nats_credentials import (
 )
 from shared.settings import NatsSettings
 from tests.drills.harness import DrillResult, Stack, drill_config, save_result, stack
+from tests.orchestratorkit import create_livekit_room
 from tests.workerkit import SWITCHBOARD
 
 pytestmark = pytest.mark.integration
@@ -188,9 +189,9 @@ async def test_drill_6_fuzz_consumers_and_webhook(size: tuple[str, int], tmp_pat
                 if sent % max(1, (3 * per_target) // len(good_rooms)) == 0 and (
                     room := next(good_iter, None)
                 ):
-                    await bus.publish_room_created(s.js, RoomCreated(room=room, region="eu-central"))
+                    await s.publish(room)
         for room in good_iter:
-            await bus.publish_room_created(s.js, RoomCreated(room=room, region="eu-central"))
+            await s.publish(room)
         statuses: Counter[int] = Counter()
         unexplained: list[int] = []
         async with aiohttp.ClientSession() as http:
@@ -201,9 +202,9 @@ async def test_drill_6_fuzz_consumers_and_webhook(size: tuple[str, int], tmp_pat
                 if status >= 500 or (status != 200 and "error" not in text):
                     unexplained.append(status)
                 if i % max(1, per_target // len(hook_rooms)) == 0 and (room := next(hook_iter, None)):
-                    await _good_hook(http, webhook, room, s.livekit.api_key, s.livekit.api_secret)
+                    await _good_hook(http, webhook, s, room)
             for room in hook_iter:
-                await _good_hook(http, webhook, room, s.livekit.api_key, s.livekit.api_secret)
+                await _good_hook(http, webhook, s, room)
         try:
             async with asyncio.timeout(120):
                 await everything_dead.wait()
@@ -250,10 +251,14 @@ async def _post(http: aiohttp.ClientSession, url: str, body: bytes, auth: str | 
         return resp.status, await resp.text()
 
 
-async def _good_hook(http: aiohttp.ClientSession, url: str, room: str, key: str, secret: str) -> None:
-    body = json.dumps({"event": "room_started", "room": {"name": room, "sid": f"RM_{room}"}}).encode()
+async def _good_hook(http: aiohttp.ClientSession, url: str, s: Stack, room: str) -> None:
+    """Create the room in LiveKit, then post its room_started as LiveKit would (signed, its sid)."""
+    assert s.lk is not None and s.livekit is not None
+    sid = await create_livekit_room(s.lk, room)
+    body = json.dumps({"event": "room_started", "room": {"name": room, "sid": sid}}).encode()
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    status, text = await _post(http, url, body, lkapi.AccessToken(key, secret).with_sha256(digest).to_jwt())
+    token = lkapi.AccessToken(s.livekit.api_key, s.livekit.api_secret).with_sha256(digest).to_jwt()
+    status, text = await _post(http, url, body, token)
     assert status == 200, text
 
 

@@ -2,12 +2,13 @@
 
 ``Reconciler.lease_s`` is ``dispatch_deadline_s + 5``, but one CreateDispatch round can outlast
 it: stamina checks the deadline only between tries, a try is bounded by ``request_timeout_s``
-(not by the lease), and after an
-ambiguous failure each try is ``room_exists`` + ``list_dispatch`` + ``create_dispatch`` (up to
-3 x request_timeout_s). With LiveKit answering in 8 s (request timeout 10 s, dispatch deadline
-1 s, lease 6 s), a live owner is still waiting for its first answer when its lease runs out, and
-another replica's sweep would resume the same room and two replicas would act on it at once —
-unless the owner renews its lease while it works (``orchestrator.room.lease.Lease``), which this checks.
+per call (not by the lease), and each try is several calls: ListRooms (is the room there?) +
+CreateDispatch + ListRooms again (was it deleted meanwhile?), with ListRooms + ListDispatch
+after an ambiguous failure (up to 5 x request_timeout_s). With LiveKit answering in 8 s (request timeout
+10 s, dispatch deadline 1 s, lease 6 s), a live owner is still waiting for its first answer when
+its lease runs out, and another replica's sweep would resume the same room and two replicas
+would act on it at once — unless the owner renews its lease while it works
+(``orchestrator.room.lease.Lease``), which this checks.
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ from devstack.livekit_server import LiveKitServer
 from devstack.nats_server import NatsServer
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
-from shared import bus
 from shared.messages import RoomCreated
 from shared.settings import LiveKitSettings
 from tests.drills.faultproxy import FaultProxy
-from tests.orchestratorkit import FakePool, make_config, make_settings, running_orchestrator, wait_for_record
+from tests.orchestratorkit import (
+    FakePool,
+    make_config,
+    make_settings,
+    publish_created_room,
+    running_orchestrator,
+    wait_for_record,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +66,10 @@ async def _dispatch_through_slow_livekit(nats_server, nc, livekit_server, config
             kv = await open_bucket(nc.jetstream())
             await proxy.set_mode("slow", delay_s=8.0)
             room = "ornina-lease-1"
-            await bus.publish_room_created(nc.jetstream(), RoomCreated(room=room, region="eu-central"))
+            # Created straight in LiveKit (not through the slow proxy), then announced.
+            await publish_created_room(
+                nc.jetstream(), livekit_server, RoomCreated(room=room, region="eu-central")
+            )
             rec = await wait_for_record(kv, room, {RoomState.DISPATCHED}, within=40)
             await proxy.set_mode("pass")
             return rec

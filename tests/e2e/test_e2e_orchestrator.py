@@ -17,7 +17,14 @@ from orchestrator.records import RoomRecord, RoomState
 from orchestrator.store import open_bucket
 from shared import bus
 from shared.messages import RoomCreated, RoomEnded
-from tests.orchestratorkit import AGENT, make_config, make_settings, running_orchestrator, wait_for_record
+from tests.orchestratorkit import (
+    AGENT,
+    make_config,
+    make_settings,
+    publish_created_room,
+    running_orchestrator,
+    wait_for_record,
+)
 from tests.workerkit import (
     Listener,
     WorkerFactory,
@@ -58,7 +65,7 @@ async def test_room_in_eu_gets_one_eu_agent_that_joins_and_speaks(
         kv = await open_bucket(js)
         async with Listener(livekit_server, room):  # a user is in the room, as in production
             published = time.monotonic()
-            await bus.publish_room_created(js, RoomCreated(room=room, region="eu-central"))
+            await publish_created_room(js, livekit_api, RoomCreated(room=room, region="eu-central"))
             joined = await wait_for_record(kv, room, {S.JOINED, S.SPEAKING}, within=40)
             t_joined = time.monotonic() - published
             rec = await wait_for_record(kv, room, {S.SPEAKING}, within=40)
@@ -92,7 +99,7 @@ async def test_twenty_rooms_spread_over_two_eu_pools_by_headroom(
         # measured in bench/ with stand-in pools; here every agent is real.
         records: list[RoomRecord] = []
         for room in rooms:
-            await bus.publish_room_created(js, RoomCreated(room=room, region="eu-central"))
+            await publish_created_room(js, livekit_api, RoomCreated(room=room, region="eu-central"))
             records.append(await wait_for_record(kv, room, {S.JOINED, S.SPEAKING}, within=60))
         per_pool = Counter(r.pool for r in records)
         assert set(per_pool) == {"eu-central-a", "eu-central-b"}
@@ -123,10 +130,10 @@ async def test_full_home_region_spills_abroad_then_comes_home_when_it_frees_up(
     js = nc.jetstream()
     async with running_orchestrator(make_settings(nats_server, livekit_server), _config()):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room="ornina-home-1", region="eu-central"))
+        await publish_created_room(js, livekit_api, RoomCreated(room="ornina-home-1", region="eu-central"))
         first = await wait_for_record(kv, "ornina-home-1", {S.JOINED, S.SPEAKING}, within=40)
         assert first.pool == "eu-central-a"
-        await bus.publish_room_created(js, RoomCreated(room="ornina-home-2", region="eu-central"))
+        await publish_created_room(js, livekit_api, RoomCreated(room="ornina-home-2", region="eu-central"))
         second = await wait_for_record(kv, "ornina-home-2", {S.JOINED, S.SPEAKING}, within=40)
         assert second.pool == "us-east-a"
         assert (
@@ -139,7 +146,7 @@ async def test_full_home_region_spills_abroad_then_comes_home_when_it_frees_up(
             await bus.publish_room_ended(js, RoomEnded(room="ornina-home-1"))
             await beats.wait_for(lambda hb: hb.active == 0, 30, "eu slot free")
         await wait_for_record(kv, "ornina-home-1", {S.ENDED})
-        await bus.publish_room_created(js, RoomCreated(room="ornina-home-3", region="eu-central"))
+        await publish_created_room(js, livekit_api, RoomCreated(room="ornina-home-3", region="eu-central"))
         third = await wait_for_record(kv, "ornina-home-3", {S.JOINED, S.SPEAKING}, within=40)
         assert third.pool == "eu-central-a", [(h.event, h.detail) for h in third.history]
 
@@ -162,7 +169,7 @@ async def test_killed_pool_rooms_get_exactly_one_new_agent_each(
             await listener.__aenter__()
         try:
             for room in rooms:
-                await bus.publish_room_created(js, RoomCreated(room=room, region="eu-central"))
+                await publish_created_room(js, livekit_api, RoomCreated(room=room, region="eu-central"))
             before = await asyncio.gather(*(wait_for_record(kv, r, {S.SPEAKING}, within=90) for r in rooms))
             assert {r.pool for r in before} == {"eu-central-a"}
             killed_at = time.monotonic()
@@ -210,7 +217,7 @@ async def test_pool_that_accepts_but_never_joins_is_abandoned_at_the_join_deadli
     room = "ornina-hang"
     async with running_orchestrator(make_settings(nats_server, livekit_server), _config(join_deadline_s=6)):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room=room, region="eu-central"))
+        await publish_created_room(js, livekit_api, RoomCreated(room=room, region="eu-central"))
         first = await wait_for_record(kv, room, {S.DISPATCHED})
         assert first.pool == "eu-central-a"
         rec = await wait_for_record(kv, room, {S.JOINED, S.SPEAKING}, within=60)

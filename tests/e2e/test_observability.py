@@ -21,9 +21,14 @@ from devstack.nats_server import NatsServer
 from devstack.process import MissingBinaryError
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
-from shared import bus
 from shared.messages import RoomCreated
-from tests.orchestratorkit import AGENT, OrchestratorProcess, make_config, wait_for_record
+from tests.orchestratorkit import (
+    AGENT,
+    OrchestratorProcess,
+    make_config,
+    publish_created_room,
+    wait_for_record,
+)
 from tests.workerkit import Listener, WorkerFactory, workers  # noqa: F401  (fixture)
 
 S = RoomState
@@ -129,8 +134,10 @@ async def test_one_room_one_trace_across_orchestrator_and_worker_in_jaeger(
         kv = await open_bucket(js)
         room = "ornina-observed"
         async with Listener(livekit_server, room):
-            await bus.publish_room_created(
-                js, RoomCreated(room=room, region="eu-central", metadata={"note": USER_SECRET_NOTE})
+            await publish_created_room(
+                js,
+                livekit_server,
+                RoomCreated(room=room, region="eu-central", metadata={"note": USER_SECRET_NOTE}),
             )
             rec = await wait_for_record(kv, room, {S.SPEAKING}, within=60)
         assert rec.trace_id

@@ -35,7 +35,7 @@ from orchestrator.store import open_bucket
 from shared import bus
 from shared.messages import RoomCreated
 from tests.e2e.test_observability import jaeger  # noqa: F401  (fixture)
-from tests.orchestratorkit import AGENT, wait_for_record
+from tests.orchestratorkit import AGENT, publish_created_room, wait_for_record
 
 pytestmark = pytest.mark.e2e
 SWITCHBOARD = str(Path(sys.executable).parent / "switchboard")
@@ -92,7 +92,7 @@ def stack(
     nats_server: NatsServer,
     jaeger: JaegerServer,  # noqa: F811
 ) -> Iterator[Stack]:
-    # The session's livekit-server, unless the test kills LiveKit too.
+    # The session's livekit-server, unless the test has its own (kills it, or keeps the resync on).
     livekit_fixture = "own_livekit" if "own_livekit" in request.fixturenames else "livekit_server"
     livekit_server: LiveKitServer = request.getfixturevalue(livekit_fixture)
     config = tmp_path / "switchboard.yaml"
@@ -158,61 +158,67 @@ def _sigterm_and_time(procs: list[ServerProcess]) -> dict[str, tuple[int | None,
 
 
 async def test_parts_started_as_the_readme_shows_have_their_service_names_in_jaeger(
+    own_livekit: LiveKitServer,
     stack: Stack,
     nc: NATS,
-    livekit_api: lkapi.LiveKitAPI,
     jaeger: JaegerServer,  # noqa: F811
 ) -> None:
-    _start_parts(stack)
-    js = nc.jetstream()
-    await bus.ensure_streams(js)
-    kv = await open_bucket(js)
-    # The README's own way for a backend to announce a room.
-    await bus.publish_room_created(
-        js, RoomCreated(room="ornina-readme-1", sid="RM_readme1", region="eu-central")
-    )
-    record = await wait_for_record(kv, "ornina-readme-1", {RoomState.JOINED, RoomState.SPEAKING}, within=90)
-    assert record.pool == "eu-central-a"
+    # A livekit-server of its own: the README's config keeps the resync on, which would serve the
+    # session server's rooms of other tests too (and keep the worker busy past its SIGTERM).
+    async with lkapi.LiveKitAPI(
+        own_livekit.http_url, own_livekit.api_key, own_livekit.api_secret
+    ) as livekit_api:
+        _start_parts(stack)
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        kv = await open_bucket(js)
+        # The README's own way for a backend to announce a room: create it in LiveKit, then publish
+        # its event with the room's sid.
+        await publish_created_room(js, livekit_api, RoomCreated(room="ornina-readme-1", region="eu-central"))
+        record = await wait_for_record(
+            kv, "ornina-readme-1", {RoomState.JOINED, RoomState.SPEAKING}, within=90
+        )
+        assert record.pool == "eu-central-a"
 
-    # An operator's command against the running parts: the orchestrator answers for the pools, and
-    # the command's own NATS close is no warning.
-    status = await asyncio.to_thread(
-        subprocess.run,
-        [SWITCHBOARD, "status", "--json"],
-        env={
-            **os.environ,
-            "NATS_URL": stack.env["NATS_URL"],
-            "SWITCHBOARD_CONFIG": stack.env["SWITCHBOARD_CONFIG"],
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert status.returncode == 0, status.stderr
-    assert "WARNING" not in status.stderr and "Traceback" not in status.stderr, status.stderr
-    seen = json.loads(status.stdout)
-    assert seen["pools_from"].startswith("orchestrator "), seen["pools_from"]
-    assert [(p["pool"], p["liveness"]) for p in seen["pools"]] == [("eu-central-a", "alive")]
+        # An operator's command against the running parts: the orchestrator answers for the pools, and
+        # the command's own NATS close is no warning.
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [SWITCHBOARD, "status", "--json"],
+            env={
+                **os.environ,
+                "NATS_URL": stack.env["NATS_URL"],
+                "SWITCHBOARD_CONFIG": stack.env["SWITCHBOARD_CONFIG"],
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "WARNING" not in status.stderr and "Traceback" not in status.stderr, status.stderr
+        seen = json.loads(status.stdout)
+        assert seen["pools_from"].startswith("orchestrator "), seen["pools_from"]
+        assert [(p["pool"], p["liveness"]) for p in seen["pools"]] == [("eu-central-a", "alive")]
 
-    wanted = {"switchboard-orchestrator", "switchboard-worker"}
-    services = await _await_services(jaeger, wanted, within_s=30)
-    assert wanted <= services, f"Jaeger lists {sorted(services)}"
-    assert not any(s.startswith("unknown_service") for s in services), sorted(services)
+        wanted = {"switchboard-orchestrator", "switchboard-worker"}
+        services = await _await_services(jaeger, wanted, within_s=30)
+        assert wanted <= services, f"Jaeger lists {sorted(services)}"
+        assert not any(s.startswith("unknown_service") for s in services), sorted(services)
 
-    # The call ends (a running job would rightly get the worker's drain grace on SIGTERM).
-    await livekit_api.room.delete_room(lkapi.DeleteRoomRequest(room="ornina-readme-1"))
-    await wait_for_record(kv, "ornina-readme-1", {RoomState.ENDED}, within=30)
-    outcome = _sigterm_and_time(list(stack.parts.values()))
-    for name, (code, seconds) in outcome.items():
-        assert code == 0, f"{name} exited {code} after {seconds:.1f}s:\n{stack.parts[name].log_tail()}"
-        assert seconds < STOP_WITHIN_S, f"{name} took {seconds:.1f}s to stop"
-        log = stack.log(name)
-        assert "Traceback" not in log, log
-        # Jaeger takes no OTLP metrics: said at most once, with what to do, never every 10 s.
-        refusals = log.count("Failed to export metrics")
-        assert refusals <= 1, log
-        if refusals:
-            assert "OTEL_METRICS_EXPORTER=none" in log
+        # The call ends (a running job would rightly get the worker's drain grace on SIGTERM).
+        await livekit_api.room.delete_room(lkapi.DeleteRoomRequest(room="ornina-readme-1"))
+        await wait_for_record(kv, "ornina-readme-1", {RoomState.ENDED}, within=30)
+        outcome = _sigterm_and_time(list(stack.parts.values()))
+        for name, (code, seconds) in outcome.items():
+            assert code == 0, f"{name} exited {code} after {seconds:.1f}s:\n{stack.parts[name].log_tail()}"
+            assert seconds < STOP_WITHIN_S, f"{name} took {seconds:.1f}s to stop"
+            log = stack.log(name)
+            assert "Traceback" not in log, log
+            # Jaeger takes no OTLP metrics: said at most once, with what to do, never every 10 s.
+            refusals = log.count("Failed to export metrics")
+            assert refusals <= 1, log
+            if refusals:
+                assert "OTEL_METRICS_EXPORTER=none" in log
 
 
 async def test_sigterm_with_nats_livekit_and_the_trace_backend_gone_exits_cleanly_within_5s(

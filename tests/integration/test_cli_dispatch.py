@@ -10,9 +10,15 @@ from devstack.nats_server import NatsServer
 from orchestrator.ops.dispatch import manual_dispatch
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
-from shared import bus
 from shared.messages import RoomCreated
-from tests.orchestratorkit import FakePool, make_config, make_settings, running_orchestrator, wait_for_record
+from tests.orchestratorkit import (
+    FakePool,
+    make_config,
+    make_settings,
+    publish_created_room,
+    running_orchestrator,
+    wait_for_record,
+)
 
 S = RoomState
 pytestmark = pytest.mark.integration
@@ -29,7 +35,7 @@ async def test_manual_dispatch_pins_the_pool_restarts_a_finished_room_and_refuse
     async with running_orchestrator(settings, make_config(no_pool_deadline_s=0.3)):
         kv = await open_bucket(js)
         # A room no rule matches is ignored; an operator dispatches it by hand, naming agent and pool.
-        await bus.publish_room_created(js, RoomCreated(room="vip-lobby"))
+        await publish_created_room(js, livekit_server, RoomCreated(room="vip-lobby"))
         await wait_for_record(kv, "vip-lobby", {S.IGNORED})
         outcome = await manual_dispatch(
             nc, settings.livekit, "vip-lobby", agent=a.agent_name.split(".")[0], pool="eu-central-b"

@@ -16,12 +16,12 @@ from devstack.nats_server import NatsServer
 from orchestrator.ops.explain import explain_record, explain_unknown
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
-from shared import bus
 from shared.messages import RoomCreated
 from tests.orchestratorkit import (
     FakePool,
     make_config,
     make_settings,
+    publish_created_room,
     running_orchestrator,
     wait_for_record,
     wait_until,
@@ -46,7 +46,7 @@ async def test_explain_speaking_redispatched_ignored_failed_and_unknown_rooms(
         async with running_orchestrator(make_settings(nats_server, livekit_server), config):
             kv = await open_bucket(js)
             for room in ("ornina-x-speaks", "ornina-x-moves", "lobby-x"):
-                await bus.publish_room_created(js, RoomCreated(room=room, region="eu-central"))
+                await publish_created_room(js, livekit_server, RoomCreated(room=room, region="eu-central"))
             # Speaking: joined and voice reported on its first dispatch.
             rec = await wait_for_record(kv, "ornina-x-speaks", {S.DISPATCHED})
             pool = a if rec.pool == a.pool else b
@@ -67,7 +67,7 @@ async def test_explain_speaking_redispatched_ignored_failed_and_unknown_rooms(
             ignored = await wait_for_record(kv, "lobby-x", {S.IGNORED})
         wrong = make_settings(nats_server, livekit_server, secret="wrong-secret-0123456789-abcdefghijklmnop")
         async with running_orchestrator(wrong, config):
-            await bus.publish_room_created(js, RoomCreated(room="ornina-x-auth"))
+            await publish_created_room(js, livekit_server, RoomCreated(room="ornina-x-auth"))
             failed = await wait_for_record(kv, "ornina-x-auth", {S.FAILED})
     finally:
         await a.stop()

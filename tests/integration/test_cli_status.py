@@ -18,7 +18,14 @@ from orchestrator.store import open_bucket
 from shared import bus, subjects
 from shared.control import PoolCommand
 from shared.messages import RoomCreated
-from tests.orchestratorkit import FakePool, make_config, make_settings, running_orchestrator, wait_for_record
+from tests.orchestratorkit import (
+    FakePool,
+    make_config,
+    make_settings,
+    publish_created_room,
+    running_orchestrator,
+    wait_for_record,
+)
 from tests.workerkit import inbox
 
 pytestmark = pytest.mark.integration
@@ -50,7 +57,9 @@ async def test_status_json_matches_the_stack_and_drain_moves_new_rooms_away(
     try:
         async with running_orchestrator(make_settings(nats_server, livekit_server), config):
             kv = await open_bucket(js)
-            await bus.publish_room_created(js, RoomCreated(room="ornina-st-1", region="eu-central"))
+            await publish_created_room(
+                js, livekit_server, RoomCreated(room="ornina-st-1", region="eu-central")
+            )
             await bus.publish_room_created(js, RoomCreated(room="lobby-st"))
             rec = await wait_for_record(kv, "ornina-st-1", {S.DISPATCHED})
             assert rec.pool == "eu-central-a" and rec.dispatch_id
@@ -98,7 +107,9 @@ async def test_status_json_matches_the_stack_and_drain_moves_new_rooms_away(
                 assert "eu-central-a-w1" in out
                 command = await commands.wait_for(lambda c: c.command == "drain", 10, "drain command")
             assert command.worker is None
-            await bus.publish_room_created(js, RoomCreated(room="ornina-st-2", region="eu-central"))
+            await publish_created_room(
+                js, livekit_server, RoomCreated(room="ornina-st-2", region="eu-central")
+            )
             rec = await wait_for_record(kv, "ornina-st-2", {S.DISPATCHED})
             assert rec.pool == "us-east-a"
             assert "draining" in rec.history[2].data["rejections"]["eu-central-a"]

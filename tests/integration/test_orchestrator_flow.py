@@ -1,14 +1,13 @@
 """The orchestrator against real nats-server and livekit-server, with stand-in pools on NATS.
 
 The pools here are the test itself publishing heartbeats and status reports over real NATS (the
-real livekit-agents workers are exercised in test_e2e_*); LiveKit is real, so every dispatch,
-deletion and auto-created room below is LiveKit's own.
+real livekit-agents workers are exercised in test_e2e_*); LiveKit is real, so every room (created
+by the test first, as a user's backend does), dispatch and deletion below is LiveKit's own.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 from livekit import api as lkapi
@@ -21,10 +20,12 @@ from orchestrator.store import open_bucket
 from shared import bus, subjects
 from shared.dispatch_metadata import read_dispatch_metadata
 from shared.messages import RoomCreated, RoomEnded
+from tests.drills.faultproxy import FaultProxy
 from tests.orchestratorkit import (
     FakePool,
     make_config,
     make_settings,
+    publish_created_room,
     running_orchestrator,
     wait_for_record,
     wait_until,
@@ -50,8 +51,10 @@ async def test_room_is_dispatched_to_its_region_and_reaches_speaking(
     await us.start()
     async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
         kv = await open_bucket(js)
-        await bus.publish_room_created(
-            js, RoomCreated(room="ornina-flow-1", region="eu-central", metadata={"lang": "de"})
+        await publish_created_room(
+            js,
+            livekit_server,
+            RoomCreated(room="ornina-flow-1", region="eu-central", metadata={"lang": "de"}),
         )
         rec = await wait_for_record(kv, "ornina-flow-1", {S.DISPATCHED})
         assert rec.pool == "eu-central-a" and rec.attempt == 1 and rec.dispatch_id
@@ -86,6 +89,24 @@ async def test_room_matching_no_rule_is_ignored_with_the_reason(
     assert await _named_dispatches(livekit_api, "lobby-1") == []
 
 
+async def test_room_event_for_a_room_livekit_does_not_have_ends_it_without_creating_it(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, livekit_api: lkapi.LiveKitAPI
+) -> None:
+    """CreateDispatch creates a room it does not find (a ghost nobody will ever join): the
+    orchestrator asks LiveKit first, and a room it does not have is over (``room_gone``)."""
+    js = nc.jetstream()
+    pool = FakePool(nc, "eu-central-a", "eu-central")
+    await pool.start()
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+        kv = await open_bucket(js)
+        await bus.publish_room_created(js, RoomCreated(room="ornina-ghost", region="eu-central"))
+        rec = await wait_for_record(kv, "ornina-ghost", {S.ENDED, S.FAILED, S.DISPATCHED})
+        assert rec.state == S.ENDED and rec.reason == "room_gone", rec.history
+        assert rec.dispatch_id is None and "LiveKit has no room" in rec.history[-1].detail
+    await pool.stop()
+    assert not (await livekit_api.room.list_rooms(lkapi.ListRoomsRequest(names=["ornina-ghost"]))).rooms
+
+
 async def test_full_home_region_spills_to_the_neighbour(
     nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer
 ) -> None:
@@ -96,7 +117,7 @@ async def test_full_home_region_spills_to_the_neighbour(
     await us.start()
     async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room="ornina-spill", region="eu-central"))
+        await publish_created_room(js, livekit_server, RoomCreated(room="ornina-spill", region="eu-central"))
         rec = await wait_for_record(kv, "ornina-spill", {S.DISPATCHED})
         assert rec.pool == "us-east-a"
         assert "full" in rec.history[2].data["rejections"]["eu-central-a"]
@@ -115,7 +136,9 @@ async def test_join_timeout_redispatches_elsewhere_and_deletes_the_old_dispatch(
         make_settings(nats_server, livekit_server), make_config(join_deadline_s=1)
     ):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room="ornina-timeout", region="eu-central"))
+        await publish_created_room(
+            js, livekit_server, RoomCreated(room="ornina-timeout", region="eu-central")
+        )
         first = await wait_for_record(kv, "ornina-timeout", {S.DISPATCHED})
         # Nobody reports joined: after the deadline the room goes to the other pool.
         await wait_for_record(kv, "ornina-timeout", {S.REDISPATCHING, S.DISPATCHING})
@@ -139,7 +162,7 @@ async def test_when_every_pool_has_failed_the_room_once_it_tries_the_best_again(
         make_settings(nats_server, livekit_server), make_config(join_deadline_s=1, max_attempts=4)
     ):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room="ornina-slow", region="eu-central"))
+        await publish_created_room(js, livekit_server, RoomCreated(room="ornina-slow", region="eu-central"))
         # Nobody joins anywhere: attempt 1 and 2 time out on each pool, attempt 3 goes back.
         rec = await wait_until(kv, "ornina-slow", lambda r: r.attempt == 3, "a third attempt")
         assert rec.state not in (S.FAILED, S.WAITING_FOR_POOL), rec.history[-1]
@@ -161,7 +184,7 @@ async def test_dead_pool_moves_its_speaking_rooms(
     await us.start()
     async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room="ornina-dies", region="eu-central"))
+        await publish_created_room(js, livekit_server, RoomCreated(room="ornina-dies", region="eu-central"))
         rec = await wait_for_record(kv, "ornina-dies", {S.DISPATCHED})
         assert rec.dispatch_id
         await eu.report("ornina-dies", rec.dispatch_id, 1, "joined")
@@ -181,7 +204,7 @@ async def test_room_waits_for_a_pool_and_goes_when_one_appears(
     js = nc.jetstream()
     async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room="ornina-wait"))
+        await publish_created_room(js, livekit_server, RoomCreated(room="ornina-wait"))
         rec = await wait_for_record(kv, "ornina-wait", {S.WAITING_FOR_POOL})
         assert "no pool" in rec.history[-1].detail or "no live pool" in rec.history[-1].detail
         pool = FakePool(nc, "eu-central-a", "eu-central")
@@ -199,7 +222,7 @@ async def test_no_pool_until_the_deadline_fails_the_room(
         make_settings(nats_server, livekit_server), make_config(no_pool_deadline_s=0.5)
     ):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room="ornina-nopool"))
+        await publish_created_room(js, livekit_server, RoomCreated(room="ornina-nopool"))
         rec = await wait_for_record(kv, "ornina-nopool", {S.FAILED})
         assert rec.reason == "no_pool"
 
@@ -212,7 +235,7 @@ async def test_room_end_stops_watching_and_deletes_the_dispatch(
     await pool.start()
     async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room="ornina-end"))
+        await publish_created_room(js, livekit_server, RoomCreated(room="ornina-end"))
         await wait_for_record(kv, "ornina-end", {S.DISPATCHED})
         await bus.publish_room_ended(js, RoomEnded(room="ornina-end"))
         # Ended is written first, with the dispatch kept for removal; the removal follows.
@@ -237,7 +260,7 @@ async def test_wrong_secret_fails_the_room_naming_authentication_without_leaking
             make_settings(nats_server, livekit_server, secret=wrong), make_config()
         ):
             kv = await open_bucket(js)
-            await bus.publish_room_created(js, RoomCreated(room="ornina-auth"))
+            await publish_created_room(js, livekit_server, RoomCreated(room="ornina-auth"))
             rec = await wait_for_record(kv, "ornina-auth", {S.FAILED})
     await pool.stop()
     assert rec.reason == "unauthenticated"
@@ -259,7 +282,7 @@ async def test_bad_messages_are_dead_lettered_and_good_ones_around_them_still_fl
         kv = await open_bucket(js)
         await js.publish(subjects.ROOM_CREATED, b"\xff not json", headers={"Nats-Msg-Id": "bad-1"})
         await js.publish(subjects.ROOM_CREATED, b'{"v":9,"room":"x"}', headers={"Nats-Msg-Id": "bad-2"})
-        await bus.publish_room_created(js, RoomCreated(room="ornina-good"))
+        await publish_created_room(js, livekit_server, RoomCreated(room="ornina-good"))
         await js.publish(subjects.ROOM_STATUS, b'{"v":1}', headers={"Nats-Msg-Id": "bad-3"})
         await wait_for_record(kv, "ornina-good", {S.DISPATCHED})
         dead = await js.pull_subscribe(
@@ -275,41 +298,50 @@ async def test_bad_messages_are_dead_lettered_and_good_ones_around_them_still_fl
 
 
 async def test_livekit_down_for_a_while_then_back_dispatches_with_bounded_retries(
-    nc: NATS, nats_server: NatsServer, tmp_path: Path
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer
 ) -> None:
-    """LiveKit stops; a room arrives; LiveKit comes back on the same port: the room is dispatched,
-    after a bounded number of tries (each CreateDispatch try is a span, counted here)."""
+    """LiveKit's API becomes unreachable (a proxy in front of it refuses connections, as a stopped
+    server would; stopping the server itself would also lose its rooms); a room arrives; LiveKit
+    comes back on the same address: the room waits for it, then is dispatched, after a bounded
+    number of rounds (each CreateDispatch try is a span, counted here)."""
     js = nc.jetstream()
-    livekit = LiveKitServer(tmp_path / "lk")
-    livekit.start()
     pool = FakePool(nc, "eu-central-a", "eu-central")
     await pool.start()
     try:
-        config = make_config(dispatch_deadline_s=1.5)
-        async with running_orchestrator(make_settings(nats_server, livekit), config):
-            kv = await open_bucket(js)
-            livekit.stop()
-            await bus.publish_room_created(js, RoomCreated(room="ornina-outage"))
-            # Wait until the orchestrator has really failed at least one round against the dead server.
-            rec = await wait_until(
-                kv,
-                "ornina-outage",
-                lambda r: any(h.event == "dispatch_error" for h in r.history),
-                "a failed dispatch round",
+        async with FaultProxy("127.0.0.1", livekit_server.port) as proxy:
+            settings = make_settings(nats_server, livekit_server)
+            settings = settings.model_copy(
+                update={"livekit": settings.livekit.model_copy(update={"url": proxy.url})}
             )
-            assert (
-                "cannot connect to LiveKit"
-                in next(h for h in rec.history if h.event == "dispatch_error").detail
-            )
-            livekit.start()
-            rec = await wait_for_record(kv, "ornina-outage", {S.DISPATCHED}, within=20)
-            rounds = [h for h in rec.history if h.event == "dispatch_error"]
-            assert 1 <= len(rounds) < config.orchestrator.max_dispatch_rounds
-            async with lkapi.LiveKitAPI(livekit.http_url, livekit.api_key, livekit.api_secret) as api:
-                assert [d.id for d in await _named_dispatches(api, "ornina-outage")] == [rec.dispatch_id]
+            config = make_config(dispatch_deadline_s=1.5, livekit_retry_s=1)
+            async with running_orchestrator(settings, config):
+                kv = await open_bucket(js)
+                await proxy.set_mode("down")
+                await publish_created_room(js, livekit_server, RoomCreated(room="ornina-outage"))
+                # Wait until the orchestrator has really failed at least one round against the
+                # unreachable server.
+                rec = await wait_until(
+                    kv,
+                    "ornina-outage",
+                    lambda r: any(h.event == "dispatch_error" for h in r.history),
+                    "a failed dispatch round",
+                )
+                assert (
+                    "cannot connect to LiveKit"
+                    in next(h for h in rec.history if h.event == "dispatch_error").detail
+                )
+                rec = await wait_for_record(kv, "ornina-outage", {S.WAITING_FOR_LIVEKIT})
+                assert rec.reason == "unreachable", rec.history[-1]
+                await proxy.set_mode("pass")
+                rec = await wait_for_record(kv, "ornina-outage", {S.DISPATCHED}, within=20)
+                rounds = [h for h in rec.history if h.event == "dispatch_error"]
+                assert 1 <= len(rounds) < config.orchestrator.max_dispatch_rounds
+                async with lkapi.LiveKitAPI(
+                    livekit_server.http_url, livekit_server.api_key, livekit_server.api_secret
+                ) as api:
+                    assert [d.id for d in await _named_dispatches(api, "ornina-outage")] == [rec.dispatch_id]
     finally:
         await pool.stop()
-        livekit.stop()
 
 
 async def test_dispatch_livekit_never_assigns_is_redispatched_before_the_join_deadline(
@@ -323,7 +355,7 @@ async def test_dispatch_livekit_never_assigns_is_redispatched_before_the_join_de
     config = make_config(assign_check_s=0.5, join_deadline_s=60)
     async with running_orchestrator(make_settings(nats_server, livekit_server), config):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room="ornina-unassigned"))
+        await publish_created_room(js, livekit_server, RoomCreated(room="ornina-unassigned"))
         first = await wait_for_record(kv, "ornina-unassigned", {S.DISPATCHED})
         rec = await wait_until(kv, "ornina-unassigned", lambda r: r.attempt >= 2, "a second attempt")
         redispatch = next(h for h in rec.history if h.event == "redispatch")

@@ -16,9 +16,16 @@ from devstack.livekit_server import LiveKitServer
 from devstack.nats_server import NatsServer
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
-from shared import bus, subjects
+from shared import subjects
 from shared.messages import RoomCreated
-from tests.orchestratorkit import FakePool, make_config, make_settings, running_orchestrator, wait_for_record
+from tests.orchestratorkit import (
+    FakePool,
+    make_config,
+    make_settings,
+    publish_created_room,
+    running_orchestrator,
+    wait_for_record,
+)
 
 S = RoomState
 pytestmark = pytest.mark.integration
@@ -60,7 +67,7 @@ async def test_span_tree_of_a_room_that_goes_straight_to_speaking(
     await pool.start()
     async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room="ornina-trace-1", sid="RM_trace1"))
+        event = await publish_created_room(js, livekit_api, RoomCreated(room="ornina-trace-1"))
         rec = await wait_for_record(kv, "ornina-trace-1", {S.DISPATCHED})
         assert rec.dispatch_id
         meta = await _dispatch_metadata(livekit_api, "ornina-trace-1", rec.dispatch_id)
@@ -75,7 +82,7 @@ async def test_span_tree_of_a_room_that_goes_straight_to_speaking(
         for s in finished
         if s.name == f"send {subjects.ROOM_CREATED}"
         and s.attributes
-        and s.attributes.get("messaging.message.id") == "RM_trace1"
+        and s.attributes.get("messaging.message.id") == event.sid
     )
     assert send.kind == SpanKind.PRODUCER and send.parent is None
     assert send.context is not None
@@ -129,7 +136,7 @@ async def test_span_tree_of_a_room_redispatched_after_its_pool_died(
     await us.start()
     async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
         kv = await open_bucket(js)
-        await bus.publish_room_created(js, RoomCreated(room="ornina-trace-2", sid="RM_trace2"))
+        await publish_created_room(js, livekit_server, RoomCreated(room="ornina-trace-2"))
         rec = await wait_for_record(kv, "ornina-trace-2", {S.DISPATCHED})
         assert rec.dispatch_id
         await eu.report("ornina-trace-2", rec.dispatch_id, 1, "voice")
