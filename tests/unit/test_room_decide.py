@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from orchestrator.records import Replaced, RoomRecord, RoomState
-from orchestrator.room.decide import Context, decide, due, needs_placement
+from orchestrator.room.decide import Context, decide, due, incarnation, needs_placement, tombstone
 from orchestrator.room.facts import (
     AgentLost,
     Claimed,
@@ -28,8 +28,9 @@ from orchestrator.room.facts import (
 from orchestrator.room.step import EnsureDispatch, RemoveReplaced
 from orchestrator.scheduler import PoolView, Topology
 from orchestrator.store import UnreadableRecord, _parse
+from orchestrator.transitions import note
 from shared.config import SwitchboardConfig
-from shared.messages import AgentStatus, RoomEnded
+from shared.messages import AgentStatus, RoomCreated, RoomEnded
 
 S = RoomState
 NOW = 1_000_000.0
@@ -325,3 +326,31 @@ def test_a_record_from_a_newer_build_is_read_and_a_corrupt_one_is_named() -> Non
     assert _parse("room-a", newer.encode()).state == S.SPEAKING
     with pytest.raises(UnreadableRecord, match="room-a"):
         _parse("room-a", b"{not json")
+
+
+def test_a_dispatch_that_lands_stray_after_the_room_ended_marks_the_new_room_a_ghost() -> None:
+    ended = step(dispatching(), Ended(RoomEnded(room="room-a"))).record
+    after = step(ended, DispatchLanded("room-a/1", "AD_9", 1, False, "RM_1", stray_sid="RM_ghost")).record
+    assert after.ghost_sid == "RM_ghost" and after.replaced[-1].dispatch_id == "AD_9"
+    assert incarnation(after, RoomCreated(room="room-a", sid="RM_ghost")) == "ghost"
+
+
+def test_incarnations_by_sid_and_by_creation_time() -> None:
+    t = lambda s: datetime.fromtimestamp(s, UTC)  # noqa: E731
+    live = holding(S.SPEAKING, sid="RM_1", event_at=NOW - 100)
+    assert incarnation(live, RoomCreated(room="room-a", sid="RM_1")) == "same"
+    assert incarnation(live, RoomCreated(room="room-a", sid="RM_2")) == "newer"  # its end was lost
+    assert incarnation(live, RoomCreated(room="room-a", sid="RM_0", created_at=t(NOW - 200))) == "older"
+    # Without a sid on one side, only a creation time tells; a live record is not superseded by it.
+    assert incarnation(live, RoomCreated(room="room-a", created_at=t(NOW))) == "same"
+    sidless = holding(S.SPEAKING, event_at=NOW - 100)
+    assert incarnation(sidless, RoomCreated(room="room-a", created_at=t(NOW))) == "newer"
+    assert incarnation(sidless, RoomCreated(room="room-a", created_at=t(NOW - 100))) == "same"
+    # An ended record: a room created after its end is newer, even when notes came after the end.
+    ended = step(sidless, Ended(RoomEnded(room="room-a")), c=ctx(NOW - 10)).record
+    noted = note(ended, now=NOW + 50, event="removed", detail="replaced agents gone")
+    assert incarnation(noted, RoomCreated(room="room-a", created_at=t(NOW))) == "newer"
+    assert incarnation(noted, RoomCreated(room="room-a", created_at=t(NOW - 50))) == "same"
+    # A tombstone (an end without a start): its room's late start is the same room.
+    tomb = tombstone(RoomEnded(room="room-a"), ctx(NOW))
+    assert incarnation(tomb, RoomCreated(room="room-a", sid="RM_1", created_at=t(NOW - 5))) == "same"

@@ -48,7 +48,12 @@ def decide_dispatch_outcome(rec: RoomRecord, outcome: DispatchLanded | DispatchF
         # room placed again): a dispatch that landed for it is unwanted — remove it.
         if isinstance(outcome, DispatchLanded) and outcome.dispatch_id != rec.dispatch_id:
             entry = Replaced(dispatch_id=outcome.dispatch_id, key=outcome.key)
-            return Step(record=remember(rec, entry))
+            kept = remember(rec, entry)
+            if outcome.stray_sid is not None and outcome.stray_sid != rec.sid:
+                # It landed after the room was deleted (the room ended meanwhile): LiveKit made the
+                # room again for it. That room is never served on the strength of its own event.
+                kept = kept.model_copy(update={"ghost_sid": outcome.stray_sid})
+            return Step(record=kept)
         return REST
     if isinstance(outcome, DispatchFailed) and rec.owner != ctx.replica:
         return REST  # another replica took the step over; it looks before it dispatches

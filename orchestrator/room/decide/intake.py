@@ -7,7 +7,7 @@ from typing import Literal
 
 from orchestrator.home_region import home_region, region_hint
 from orchestrator.override import OVERRIDE_KEY, DispatchOverride, read_override
-from orchestrator.records import RoomRecord, RoomState
+from orchestrator.records import TERMINAL, RoomRecord, RoomState
 from orchestrator.room.decide.context import Context
 from orchestrator.room.decide.retire import remove_step, retire
 from orchestrator.room.step import REST, Step
@@ -76,7 +76,8 @@ def incarnation(rec: RoomRecord, event: RoomCreated) -> Incarnation:
     if rec.event_at is not None and created < rec.event_at:
         return "older"
     if rec.terminal:
-        ended_at = rec.history[-1].at if rec.history else rec.received_at
+        # When the record became terminal (later notes, such as a removal's, do not count).
+        ended_at = next((h.at for h in rec.history if h.state in TERMINAL), rec.received_at)
         return "newer" if created > ended_at else "same"
     sidless = event.sid is None and rec.sid is None
     return "newer" if sidless and rec.event_at is not None and created > rec.event_at else "same"
