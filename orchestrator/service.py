@@ -210,7 +210,10 @@ class OrchestratorService:
             if isinstance(message, RoomCreated):
                 await controller.on_room_created(message)
             elif isinstance(message, RoomEnded):
-                await controller.on_room_ended(message)
+                # When the end was published (JetStream's stamp): a sid-less end must not end a
+                # newer room of the same name that started after it.
+                stamp = msg.metadata.timestamp if msg.metadata is not None else None
+                await controller.on_room_ended(message, stamp.timestamp() if stamp is not None else None)
 
         return handle
 

@@ -31,6 +31,7 @@ class Report:
 @dataclass(frozen=True, slots=True)
 class Ended:
     event: RoomEnded
+    published_at: float | None = None  # unix seconds, JetStream's stamp on the end's message
 
 
 @dataclass(frozen=True, slots=True)

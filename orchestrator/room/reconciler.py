@@ -31,6 +31,7 @@ from orchestrator.room.decide import (
     new_record,
     superseding,
     tombstone,
+    wrongly_ended,
 )
 from orchestrator.room.effects import Effects, RetryPolicy
 from orchestrator.room.facts import Claimed, Ended, Fact, PlaceInput, Report
@@ -121,7 +122,10 @@ class Reconciler:
                 existing = await self.read(event.room)
                 if existing is None:
                     raise Conflict(event.room)  # deleted between the two calls: the redelivery creates
-                if not is_new_incarnation(existing.record, event):
+                revive = origin == "resync" and wrongly_ended(
+                    existing.record, event, record.received_at, self.cfg.resync_grace_s
+                )
+                if not is_new_incarnation(existing.record, event) and not revive:
                     log.info(
                         "room event ignored: %s",
                         _NOT_NEW[incarnation(existing.record, event)],
@@ -136,7 +140,7 @@ class Reconciler:
             await self._drive(created, None)
             return True
 
-    async def on_room_ended(self, event: RoomEnded) -> None:
+    async def on_room_ended(self, event: RoomEnded, published_at: float | None = None) -> None:
         async with self.locks.hold(event.room):
             current = await self.read(event.room)
             if current is None:
@@ -148,7 +152,7 @@ class Reconciler:
                 current = await self.read(event.room)  # created meanwhile: end that one
                 if current is None:
                     return  # a key deleted by hand: nothing to end, nothing to keep
-            await self._drive(current, Ended(event))
+            await self._drive(current, Ended(event, published_at))
 
     async def on_status(self, status: AgentStatus) -> None:
         await self.on_fact(status.room, Report(status))

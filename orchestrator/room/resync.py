@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # Rooms the pass works on at once (each one a KV read and write, maybe LiveKit calls).
 CONCURRENCY = 16
+# How long a listed room whose (terminal) record was read is not read again.
+SETTLED_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +162,9 @@ class Resync:
         self.lease = lease
         self.cfg = reconciler.cfg
         # Rooms LiveKit lists whose record (a terminal one: the index keeps only live records) was
-        # already read once: name -> sid. Kept to the names of the last listing.
-        self._settled: dict[str, str | None] = {}
+        # read and found to cover them: name -> (sid, until when not to read it again). Kept to the
+        # names of the last listing; read again after SETTLED_S (a stale end is found then).
+        self._settled: dict[str, tuple[str | None, float]] = {}
 
     async def run(self, ready: Callable[[], bool]) -> None:
         """Every ``resync_interval_s``: take the lease, make one pass, write it down."""
@@ -221,7 +224,8 @@ class Resync:
         for room in rooms:
             if room.created_at is not None and room.created_at > listed_at - self.cfg.resync_grace_s:
                 continue  # its room_started is normally in flight at this age
-            if room.name in self._settled and self._settled[room.name] == room.sid:
+            settled = self._settled.get(room.name)
+            if settled is not None and settled[0] == room.sid and settled[1] > listed_at:
                 continue
             current = self.r.index.get(room.name)
             if current is not None and current.record.sid in (room.sid, None):
@@ -279,7 +283,7 @@ class Resync:
             return 0
         served = await self.r.on_room_created(event, origin="resync")
         if not served:
-            self._settled[room.name] = room.sid
+            self._settled[room.name] = (room.sid, listed_at + SETTLED_S)
         return int(served)
 
     async def _vanished(self, rec: RoomRecord, listed: dict[str, LiveRoom], listed_at: float) -> int:

@@ -11,7 +11,15 @@ from datetime import UTC, datetime
 import pytest
 
 from orchestrator.records import Replaced, RoomRecord, RoomState
-from orchestrator.room.decide import Context, decide, due, incarnation, needs_placement, tombstone
+from orchestrator.room.decide import (
+    Context,
+    decide,
+    due,
+    incarnation,
+    needs_placement,
+    tombstone,
+    wrongly_ended,
+)
 from orchestrator.room.facts import (
     AgentLost,
     Claimed,
@@ -354,3 +362,17 @@ def test_incarnations_by_sid_and_by_creation_time() -> None:
     # A tombstone (an end without a start): its room's late start is the same room.
     tomb = tombstone(RoomEnded(room="room-a"), ctx(NOW))
     assert incarnation(tomb, RoomCreated(room="room-a", sid="RM_1", created_at=t(NOW - 5))) == "same"
+
+
+def test_a_stale_sidless_end_does_not_end_a_newer_room_and_a_wrong_end_is_undone_by_the_resync() -> None:
+    newer = holding(S.DISPATCHED, sid="RM_2", event_at=NOW - 5)
+    stale = Ended(RoomEnded(room="room-a"), published_at=NOW - 6)  # published before this room began
+    assert step(newer, stale).record is None
+    ended = step(newer, Ended(RoomEnded(room="room-a"), published_at=NOW - 4), c=ctx(NOW - 4)).record
+    assert ended.state == S.ENDED and ended.reason == "room_ended"
+    listed = RoomCreated(room="room-a", sid="RM_2")
+    assert wrongly_ended(ended, listed, NOW, grace_s=3.0)
+    assert not wrongly_ended(ended, listed, NOW - 2, grace_s=3.0)  # too fresh: LiveKit may lag
+    assert not wrongly_ended(ended, RoomCreated(room="room-a", sid="RM_3"), NOW, grace_s=3.0)
+    gone = step(newer, Vanished(None, NOW + 60), c=ctx(NOW + 60)).record
+    assert not wrongly_ended(gone, listed, NOW + 100, grace_s=3.0)  # only an end by an event

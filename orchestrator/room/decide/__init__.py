@@ -22,6 +22,7 @@ from orchestrator.room.decide.intake import (
     new_record,
     superseding,
     tombstone,
+    wrongly_ended,
 )
 from orchestrator.room.decide.place import PLACING, decide_place, needs_placement
 from orchestrator.room.decide.redispatch import redispatch
@@ -61,6 +62,7 @@ __all__ = [
     "new_record",
     "superseding",
     "tombstone",
+    "wrongly_ended",
 ]
 
 
@@ -79,8 +81,8 @@ def decide(
     match fact:
         case Report(status):
             return decide_report(rec, status, ctx)
-        case Ended(event):
-            return decide_ended(rec, event, ctx)
+        case Ended(event, published_at):
+            return decide_ended(rec, event, ctx, published_at)
         case RemovalDone():
             return decide_removal_done(rec, fact, ctx)
         case RemovalFailed():

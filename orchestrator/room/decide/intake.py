@@ -92,6 +92,18 @@ def is_new_incarnation(rec: RoomRecord, event: RoomCreated) -> bool:
     return incarnation(rec, event) == "newer" or (rec.terminal and manual)
 
 
+def wrongly_ended(rec: RoomRecord, event: RoomCreated, now: float, grace_s: float) -> bool:
+    """The resync sees a room ``rec`` says ended (by a ``room_finished``): LiveKit, the truth about
+    rooms, still lists it longer than ``grace_s`` after the end — a stale end (one without a sid,
+    of an older room of the name) ended this one. It is served again."""
+    if rec.state != RoomState.ENDED or rec.reason != "room_ended":
+        return False
+    if event.sid is None or (rec.sid is not None and rec.sid != event.sid):
+        return False
+    ended_at = next((h.at for h in rec.history if h.state in TERMINAL), rec.received_at)
+    return ended_at < now - grace_s
+
+
 def superseding(new: RoomRecord, old: RoomRecord) -> RoomRecord:
     """``new`` taking the place of ``old``: whatever of the old room's dispatches is not confirmed
     gone comes along, so its removal happens before the new room is placed."""
@@ -121,9 +133,16 @@ def tombstone(event: RoomEnded, ctx: Context) -> RoomRecord:
     )
 
 
-def decide_ended(rec: RoomRecord, event: RoomEnded, ctx: Context) -> Step:
+def decide_ended(rec: RoomRecord, event: RoomEnded, ctx: Context, published_at: float | None = None) -> Step:
     if event.sid and rec.sid and event.sid != rec.sid:
         return REST  # the end of an older incarnation of this room name
+    if (
+        event.sid is None
+        and published_at is not None
+        and rec.event_at is not None
+        and published_at < rec.event_at
+    ):
+        return REST  # a sid-less end published before this room of the name was created
     if rec.terminal:
         return remove_step(rec)  # a removal left pending by a crash is finished now
     ended = transition(
