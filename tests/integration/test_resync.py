@@ -22,8 +22,10 @@ from orchestrator.records import RoomState
 from orchestrator.room.resync import read_last_pass
 from orchestrator.store import open_bucket
 from shared import bus, subjects
+from shared.config import Rule, SwitchboardConfig
 from shared.messages import RoomCreated, RoomEnded
 from tests.orchestratorkit import (
+    AGENT,
     FakePool,
     make_config,
     make_settings,
@@ -37,6 +39,13 @@ pytestmark = pytest.mark.integration
 
 # A pass every half second; rooms and records count as settled after half a second.
 RESYNC = {"resync_interval_s": 0.5, "resync_grace_s": 0.5}
+
+
+def config(**orchestrator: object) -> SwitchboardConfig:
+    """The kit's config with a rule for this module's rooms only: the session's livekit-server
+    still lists other tests' ``rs-*`` rooms, which a resync here would otherwise serve."""
+    base = make_config(**orchestrator)
+    return base.model_copy(update={"rules": [Rule(name="rs", match="rs-*", agent=AGENT, priority=10)]})
 
 
 async def _create(api: lkapi.LiveKitAPI, room: str) -> str:
@@ -55,22 +64,22 @@ async def test_a_room_whose_event_never_came_is_served_and_one_whose_end_never_c
     pool = FakePool(nc, "eu-central-a", "eu-central")
     await pool.start()
     try:
-        async with running_orchestrator(make_settings(nats_server, livekit_server), make_config(**RESYNC)):
+        async with running_orchestrator(make_settings(nats_server, livekit_server), config(**RESYNC)):
             kv = await open_bucket(js)
-            sid = await _create(livekit_api, "ornina-lost-start")
+            sid = await _create(livekit_api, "rs-lost-start")
             await _create(livekit_api, "lobby-lost-start")  # matches no rule: left alone
-            rec = await wait_for_record(kv, "ornina-lost-start", {S.DISPATCHED})
+            rec = await wait_for_record(kv, "rs-lost-start", {S.DISPATCHED})
             assert rec.sid == sid and rec.origin == "resync" and rec.pool == "eu-central-a"
             assert rec.history[0].event == "reconciled" and "never arrived" in rec.history[0].detail
             # Nothing was published for it: the stream holds no room event.
             assert (await js.stream_info(subjects.ROOMS_STREAM)).state.messages == 0
             assert "lobby-lost-start" not in await kv.keys()  # the same pass saw it, and left it alone
 
-            await pool.report("ornina-lost-start", rec.dispatch_id or "", 1, "voice")
-            await wait_for_record(kv, "ornina-lost-start", {S.SPEAKING})
+            await pool.report("rs-lost-start", rec.dispatch_id or "", 1, "voice")
+            await wait_for_record(kv, "rs-lost-start", {S.SPEAKING})
             # The room ends in LiveKit and its room_finished is lost: the resync ends the record.
-            await livekit_api.room.delete_room(lkapi.DeleteRoomRequest(room="ornina-lost-start"))
-            rec = await wait_for_record(kv, "ornina-lost-start", {S.ENDED})
+            await livekit_api.room.delete_room(lkapi.DeleteRoomRequest(room="rs-lost-start"))
+            rec = await wait_for_record(kv, "rs-lost-start", {S.ENDED})
             assert rec.reason == "room_gone" and "no longer lists" in rec.history[-1].detail
 
             last = await read_last_pass(js)
@@ -86,22 +95,22 @@ async def test_an_end_before_its_start_and_a_start_for_a_missing_room_never_crea
     pool = FakePool(nc, "eu-central-a", "eu-central")
     await pool.start()
     try:
-        async with running_orchestrator(make_settings(nats_server, livekit_server), make_config(**RESYNC)):
+        async with running_orchestrator(make_settings(nats_server, livekit_server), config(**RESYNC)):
             kv = await open_bucket(js)
             # room_finished handled before room_started (another replica, a backlog).
-            await bus.publish_room_ended(js, RoomEnded(room="ornina-early-end", sid="RM_early"))
-            await wait_for_record(kv, "ornina-early-end", {S.ENDED})
-            await bus.publish_room_created(js, RoomCreated(room="ornina-early-end", sid="RM_early"))
+            await bus.publish_room_ended(js, RoomEnded(room="rs-early-end", sid="RM_early"))
+            await wait_for_record(kv, "rs-early-end", {S.ENDED})
+            await bus.publish_room_created(js, RoomCreated(room="rs-early-end", sid="RM_early"))
             # An event for a room LiveKit does not have (it ended before the event was handled).
-            await bus.publish_room_created(js, RoomCreated(room="ornina-no-room", sid="RM_none"))
-            rec = await wait_for_record(kv, "ornina-no-room", {S.ENDED, S.DISPATCHED})
+            await bus.publish_room_created(js, RoomCreated(room="rs-no-room", sid="RM_none"))
+            rec = await wait_for_record(kv, "rs-no-room", {S.ENDED, S.DISPATCHED})
             assert rec.state == S.ENDED and rec.reason == "room_gone" and rec.dispatch_id is None
-            early = await wait_for_record(kv, "ornina-early-end", {S.ENDED})
+            early = await wait_for_record(kv, "rs-early-end", {S.ENDED})
             assert [h.event for h in early.history] == ["ended"]
             # Two resync passes later LiveKit still has neither room: no dispatch created one.
             await wait_for_pass(js, after=rec.history[-1].at + 1.0)
-            assert await _listed(livekit_api, "ornina-no-room") == []
-            assert await _listed(livekit_api, "ornina-early-end") == []
+            assert await _listed(livekit_api, "rs-no-room") == []
+            assert await _listed(livekit_api, "rs-early-end") == []
     finally:
         await pool.stop()
 
@@ -113,23 +122,23 @@ async def test_a_newer_room_of_the_same_name_supersedes_a_live_record(
     pool = FakePool(nc, "eu-central-a", "eu-central")
     await pool.start()
     try:
-        config = make_config(resync_interval_s=0)  # the events alone decide here
-        async with running_orchestrator(make_settings(nats_server, livekit_server), config):
+        events_only = config(resync_interval_s=0)  # the events alone decide here
+        async with running_orchestrator(make_settings(nats_server, livekit_server), events_only):
             kv = await open_bucket(js)
-            first = await _create(livekit_api, "ornina-reused")
+            first = await _create(livekit_api, "rs-reused")
             await bus.publish_room_created(
-                js, RoomCreated(room="ornina-reused", sid=first, created_at=datetime.now(UTC))
+                js, RoomCreated(room="rs-reused", sid=first, created_at=datetime.now(UTC))
             )
-            old = await wait_for_record(kv, "ornina-reused", {S.DISPATCHED})
+            old = await wait_for_record(kv, "rs-reused", {S.DISPATCHED})
             # The room ends, its room_finished is lost, and a new room of the name starts.
-            await livekit_api.room.delete_room(lkapi.DeleteRoomRequest(room="ornina-reused"))
-            second = await _create(livekit_api, "ornina-reused")
+            await livekit_api.room.delete_room(lkapi.DeleteRoomRequest(room="rs-reused"))
+            second = await _create(livekit_api, "rs-reused")
             await bus.publish_room_created(
-                js, RoomCreated(room="ornina-reused", sid=second, created_at=datetime.now(UTC))
+                js, RoomCreated(room="rs-reused", sid=second, created_at=datetime.now(UTC))
             )
             new = await wait_until(
                 kv,
-                "ornina-reused",
+                "rs-reused",
                 lambda r: r.sid == second and r.state == S.DISPATCHED,
                 "the new room dispatched",
             )
@@ -138,14 +147,14 @@ async def test_a_newer_room_of_the_same_name_supersedes_a_live_record(
             assert [r.dispatch_id for r in new.replaced] == [old.dispatch_id] and not new.removal_pending
             # A late duplicate of the first room's event changes nothing.
             seq = await bus.publish_room_created(
-                js, RoomCreated(room="ornina-reused", sid=first, created_at=datetime(2026, 1, 1, tzinfo=UTC))
+                js, RoomCreated(room="rs-reused", sid=first, created_at=datetime(2026, 1, 1, tzinfo=UTC))
             )
             await wait_for_ack(js, seq)
-            after = await wait_for_record(kv, "ornina-reused", {S.DISPATCHED})
+            after = await wait_for_record(kv, "rs-reused", {S.DISPATCHED})
             assert after.sid == second and after.dispatch_id == new.dispatch_id
             [dispatch] = [
                 d
-                for d in await livekit_api.agent_dispatch.list_dispatch(room_name="ornina-reused")
+                for d in await livekit_api.agent_dispatch.list_dispatch(room_name="rs-reused")
                 if d.agent_name
             ]
             assert dispatch.id == new.dispatch_id
