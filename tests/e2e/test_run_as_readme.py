@@ -157,6 +157,15 @@ def _sigterm_and_time(procs: list[ServerProcess]) -> dict[str, tuple[int | None,
     return outcome
 
 
+async def _agent_track_published(api: lkapi.LiveKitAPI, room: str, within_s: float = 30.0) -> None:
+    async with asyncio.timeout(within_s):
+        while True:
+            listed = await api.room.list_participants(lkapi.ListParticipantsRequest(room=room))
+            if any(p.kind == lkapi.ParticipantInfo.Kind.AGENT and p.tracks for p in listed.participants):
+                return
+            await asyncio.sleep(0.1)
+
+
 async def test_parts_started_as_the_readme_shows_have_their_service_names_in_jaeger(
     own_livekit: LiveKitServer,
     stack: Stack,
@@ -205,7 +214,10 @@ async def test_parts_started_as_the_readme_shows_have_their_service_names_in_jae
         assert wanted <= services, f"Jaeger lists {sorted(services)}"
         assert not any(s.startswith("unknown_service") for s in services), sorted(services)
 
-        # The call ends (a running job would rightly get the worker's drain grace on SIGTERM).
+        # The call ends once the agent is fully up (its track published: a room deleted while the
+        # agent still publishes leaves its job waiting for the drain to cancel it), and a running
+        # job would rightly get the worker's drain grace on SIGTERM.
+        await _agent_track_published(livekit_api, "ornina-readme-1")
         await livekit_api.room.delete_room(lkapi.DeleteRoomRequest(room="ornina-readme-1"))
         await wait_for_record(kv, "ornina-readme-1", {RoomState.ENDED}, within=30)
         outcome = _sigterm_and_time(list(stack.parts.values()))
