@@ -19,6 +19,18 @@ async def alongside(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await _stop(task)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` until it has ended. Python 3.11's ``asyncio.wait_for`` (nats-py's request,
+    so every KV update of a lease renewal) swallows a cancel that lands as its answer arrives: one
+    cancel is then not enough, and waiting on the task would wait for ever. ``asyncio.wait`` never
+    swallows the caller's own cancellation."""
+    task.cancel()
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.05)
+        if not task.done():
+            task.cancel()
+    if not task.cancelled():
+        task.result()  # the helper's own failure, as before
