@@ -67,6 +67,8 @@ class Replaced(BaseModel):
     key: str | None = None
     agent_name: str | None = None
     attempt: int = 0
+    # The sid of the room it was dispatched for: found in a newer room of the name, it made that room.
+    sid: str | None = None
     identities: list[str] = Field(default_factory=list)
     removed: bool = False
     # Bumped each time a report re-opens the removal: a removal confirms only the opening it

@@ -168,15 +168,19 @@ class Effects:
             if present is None:
                 return RemovalDone(room_exists=False, entries=entries)
             found: list[Replaced] = []
+            listed: list[str] = []
             for entry in entries:
                 identities = set(entry.identities)
                 dispatch_id = entry.dispatch_id
                 if dispatch_id is None and entry.key and entry.agent_name:
                     dispatch_id = await self.livekit.find_dispatch(room, entry.agent_name, entry.key)
+                    if dispatch_id is not None and entry.key:
+                        listed.append(entry.key)
                 if dispatch_id is not None:
                     jobs = await self.livekit.dispatch_jobs(room, dispatch_id)
                     if jobs is not None:
                         identities |= jobs.identities
+                        listed.append(dispatch_id)
                     await self.livekit.delete_dispatch(dispatch_id, room)
                 for identity in sorted(identities & present):
                     await self.livekit.remove_participant(room, identity)
@@ -196,4 +200,5 @@ class Effects:
             return RemovalFailed(
                 "still_present", f"still in the room after removal: {', '.join(sorted(still))}"
             )
-        return RemovalDone(room_exists=True, entries=tuple(found))
+        others = bool(present - {i for e in found for i in e.identities})
+        return RemovalDone(room_exists=True, entries=tuple(found), listed=tuple(listed), others=others)

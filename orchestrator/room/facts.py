@@ -90,6 +90,10 @@ class RemovalDone:
     room_exists: bool
     # The entries as the effect found them: ids looked up by key, identities learned from jobs.
     entries: tuple[Replaced, ...] = ()
+    # Entries (dispatch id, else key) whose dispatch LiveKit listed in the room, and whether anyone
+    # but the entries' agents was in it.
+    listed: tuple[str, ...] = ()
+    others: bool = True
 
 
 @dataclass(frozen=True, slots=True)

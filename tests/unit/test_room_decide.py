@@ -17,6 +17,7 @@ from orchestrator.room.decide import (
     due,
     incarnation,
     needs_placement,
+    superseding,
     tombstone,
     wrongly_ended,
 )
@@ -376,3 +377,25 @@ def test_a_stale_sidless_end_does_not_end_a_newer_room_and_a_wrong_end_is_undone
     assert not wrongly_ended(ended, RoomCreated(room="room-a", sid="RM_3"), NOW, grace_s=3.0)
     gone = step(newer, Vanished(None, NOW + 60), c=ctx(NOW + 60)).record
     assert not wrongly_ended(gone, listed, NOW + 100, grace_s=3.0)  # only an end by an event
+
+
+def test_a_newer_room_holding_an_old_rooms_dispatch_and_nobody_else_was_made_by_it() -> None:
+    """Our CreateDispatch for room RM_1 landed after RM_1 was deleted and made RM_2 (a ghost); RM_2's
+    own event superseded the record before the landing was known. The removal finds the old
+    dispatch in RM_2, with nobody else there: RM_2 is not served."""
+    old = holding(S.DISPATCHING, sid="RM_1", dispatch_id=None, identity=None, owner=None, lease_until=None)
+    new = superseding(new_rec("RM_2"), old)
+    assert new.replaced[0].sid == "RM_1" and new.removal_pending
+    entry = new.replaced[0].model_copy(update={"dispatch_id": "AD_1", "identities": ["agent-J1"]})
+    ghost = step(new, RemovalDone(True, (entry,), listed=("AD_1",), others=False)).record
+    assert ghost.state == S.ENDED and ghost.ghost_sid == "RM_2" and not ghost.removal_pending
+    # Somebody else is in the room: a real room our late dispatch landed in. Served.
+    real = step(new, RemovalDone(True, (entry,), listed=("AD_1",), others=True)).record
+    assert real.state == S.RECEIVED and not real.removal_pending
+    # The old dispatch is not in the room: an ordinary newer room.
+    plain = step(new, RemovalDone(True, (entry,), listed=(), others=False)).record
+    assert plain.state == S.RECEIVED
+
+
+def new_rec(sid: str) -> RoomRecord:
+    return RoomRecord(room="room-a", sid=sid, received_at=NOW, owner="r1", lease_until=NOW + 15)

@@ -47,7 +47,7 @@ def decide_dispatch_outcome(rec: RoomRecord, outcome: DispatchLanded | DispatchF
         # The room moved on while LiveKit was asked (it ended; the step was taken over and the
         # room placed again): a dispatch that landed for it is unwanted — remove it.
         if isinstance(outcome, DispatchLanded) and outcome.dispatch_id != rec.dispatch_id:
-            entry = Replaced(dispatch_id=outcome.dispatch_id, key=outcome.key)
+            entry = Replaced(dispatch_id=outcome.dispatch_id, key=outcome.key, sid=outcome.room_sid)
             kept = remember(rec, entry)
             if outcome.stray_sid is not None and outcome.stray_sid != rec.sid:
                 # It landed after the room was deleted (the room ended meanwhile): LiveKit made the

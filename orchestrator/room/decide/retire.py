@@ -24,6 +24,7 @@ def current_dispatch(rec: RoomRecord) -> Replaced | None:
         key=rec.dispatch_key,
         agent_name=rec.agent_name,
         attempt=rec.attempt,
+        sid=rec.sid,
         identities=[rec.identity] if rec.identity else [],
     )
 
@@ -42,6 +43,7 @@ def remember(rec: RoomRecord, entry: Replaced) -> RoomRecord:
                         "dispatch_id": old.dispatch_id or entry.dispatch_id,
                         "key": old.key or entry.key,
                         "agent_name": old.agent_name or entry.agent_name,
+                        "sid": old.sid or entry.sid,
                         "identities": identities,
                         "removed": old.removed and entry.removed,
                         "opened": old.opened + (0 if entry.removed else 1),
@@ -118,9 +120,41 @@ def decide_removal_done(rec: RoomRecord, done: RemovalDone, ctx: Context) -> Ste
             )
         )
     new = _settled(rec, done.entries)
+    ghost = _made_by_an_old_dispatch(rec, done)
+    if ghost is not None:
+        return Step(
+            record=transition(
+                new,
+                RoomState.ENDED,
+                now=ctx.now,
+                event="ended",
+                detail=f"this room (sid {rec.sid}) was made by our dispatch {ghost.dispatch_id or ghost.key} "
+                f"for the room of this name that had ended (sid {ghost.sid}), and nobody else is in it: "
+                "not served",
+                reason="room_gone",
+                ghost_sid=rec.sid,
+                deadline=None,
+                owner=None,
+                lease_until=None,
+            )
+        )
     if new == rec:
         return REST
     ids = ", ".join(i for e in done.entries for i in e.identities) or "none present"
     return Step(
         record=note(new, now=ctx.now, event="removed", detail=f"replaced agents gone from the room: {ids}")
     )
+
+
+def _made_by_an_old_dispatch(rec: RoomRecord, done: RemovalDone) -> Replaced | None:
+    """A dispatch of an older room of this name that LiveKit lists in this room, which holds no one
+    but agents we are removing: our CreateDispatch, landing after that room was deleted, created
+    this one (LiveKit creates a missing room for a dispatch). Its own event must not get it served."""
+    if rec.state not in (RoomState.RECEIVED, RoomState.REDISPATCHING, RoomState.WAITING_FOR_POOL):
+        return None
+    if done.others or rec.sid is None:
+        return None
+    for entry in done.entries:
+        if entry.sid is not None and entry.sid != rec.sid and (entry.dispatch_id or entry.key) in done.listed:
+            return entry
+    return None
