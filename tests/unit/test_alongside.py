@@ -40,23 +40,31 @@ def task_ended(renewals: int) -> bool:
 
 
 async def test_the_callers_own_cancellation_is_not_swallowed() -> None:
-    swallowed = 0
+    helper: list[asyncio.Task[object] | None] = []
 
     async def stubborn() -> None:
-        nonlocal swallowed
-        while swallowed < 50:  # swallows cancels for a while (then lets the test end cleanly)
+        helper.append(asyncio.current_task())
+        swallowed = 0
+        while True:
             try:
                 await asyncio.sleep(10)
             except asyncio.CancelledError:
                 swallowed += 1
+                if swallowed >= 5:  # swallows a few cancels, then ends (the test ends cleanly)
+                    raise
 
     async def block() -> None:
         async with alongside(stubborn(), "stubborn"):
             await asyncio.sleep(0.01)  # the helper is running when the block ends
 
     task = asyncio.create_task(block())
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.08)  # alongside is cancelling the stubborn helper again and again
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(task, 1.0)
     assert task.cancelled()
+    [stray] = helper
+    assert stray is not None
+    while not stray.done():
+        stray.cancel()
+        await asyncio.wait({stray}, timeout=0.05)
