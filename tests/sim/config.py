@@ -32,6 +32,13 @@ ORCHESTRATOR = OrchestratorConfig(
     max_dispatch_rounds=3,
     sweep_interval_s=0.5,
     terminal_record_ttl_s=0,
+    # Issue 14: one replica (the resync lease's holder) lists LiveKit's rooms every 5 s; a room
+    # waiting for LiveKit tries again every 2 s and fails only after 150 s of waiting in all —
+    # far beyond the longest outage the sim draws (LONG_OUTAGE_S), so no room may fail of one.
+    resync_interval_s=5.0,
+    resync_grace_s=3.0,
+    livekit_retry_s=2.0,
+    livekit_wait_deadline_s=150.0,
 )
 
 # --- the stand-ins' timings ---------------------------------------------------------------------
@@ -49,6 +56,17 @@ MSG_DELAY_MAX_S = 2.0
 AGENT_GHOST_S = 15.0
 # The real service listens to heartbeats this long before it takes messages or sweeps.
 WARMUP_S = 1.5 * ORCHESTRATOR.heartbeat_interval_s
+# The resync lease outlives two missed passes of its holder (orchestrator/service.py's hold).
+RESYNC_HOLD_S = 3 * ORCHESTRATOR.resync_interval_s
+# A room CreateDispatch made (a ghost) closes once it has been empty this long: LiveKit's
+# departure timeout (20 s by default; its empty_timeout for a room nobody ever joined is longer,
+# one value here keeps the world simple).
+GHOST_EMPTY_S = 20.0
+# The long LiveKit outage (a seed's ``long_outage``): its length, refused for the first half,
+# unanswered for the second. Longer than a few dispatch rounds (dispatch_deadline_s each), well
+# inside livekit_wait_deadline_s.
+LONG_OUTAGE_S = (4 * ORCHESTRATOR.dispatch_deadline_s, 9 * ORCHESTRATOR.dispatch_deadline_s)
+assert LONG_OUTAGE_S[1] + ORCHESTRATOR.dispatch_deadline_s < ORCHESTRATOR.livekit_wait_deadline_s / 2
 
 
 def nak_delay(delivered: int) -> float:

@@ -32,6 +32,7 @@ Message = RoomCreated | RoomEnded | AgentStatus
 class Envelope:
     id: int
     msg: Message
+    published_at: float  # unix seconds: JetStream's stamp (when the stream stored it)
     deliveries: int = 0
 
     @property
@@ -39,7 +40,7 @@ class Envelope:
         m = self.msg
         if isinstance(m, AgentStatus):
             return f"AgentStatus {m.room} {m.state} {m.dispatch_id}"
-        return f"{type(m).__name__} {m.room}"
+        return f"{type(m).__name__} {m.room} {m.sid or '(no sid)'}"
 
 
 # A scripted scenario may choose the replica: (envelope, ready replicas, world) -> one of them.
@@ -56,7 +57,7 @@ class Delivery:
 
     def publish(self, msg: Message) -> None:
         self._ids += 1
-        env = Envelope(self._ids, msg)
+        env = Envelope(self._ids, msg, self.world.wall())
         rng = self.world.faults.msg
         delay = rng.uniform(0.002, 0.03)
         if not self.world.faults.healed and rng.random() < self.world.faults.mix.msg_delay:
@@ -78,7 +79,7 @@ class Delivery:
             self.delivered_rooms.add(env.msg.room)
         world.pending += 1
         world.log(replica.name, f"deliver #{env.id} {env.label} (delivery {env.deliveries})")
-        task = replica.handle(env.msg, env.label)
+        task = replica.handle(env, env.label)
         task.add_done_callback(lambda t: self._settle(env, replica, t))
 
     def _settle(self, env: Envelope, replica: Replica, task: asyncio.Task[Any]) -> None:

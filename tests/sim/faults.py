@@ -19,7 +19,7 @@ Kind = Literal["kv", "lk", "job"]
 # kv: ok | timeout_before (not applied) | timeout_after (applied, answer lost)
 # lk: ok | refuse (unreachable, not applied) | lost (applied, answer lost: the caller times out)
 #     | error_landed (applied, then a 5xx) | slow (applied after the caller's timeout) | blip (a
-#     5xx, not applied)
+#     5xx, not applied) | drop (an outage that does not refuse: not applied, never answered)
 # job: ok | none (LiveKit gives the dispatch no job) | mute (joins, never speaks) | error
 Outcome = str
 
@@ -144,6 +144,7 @@ class Faults:
         self.healed = False
         self.kv_down = False
         self.lk_down = False
+        self.lk_down_mode = "refuse"  # during an outage: refuse | drop (unanswered)
         self.fired: list[tuple[Call, Plan]] = []  # scripted rules that fired (for the log)
 
     def heal(self) -> None:
@@ -204,7 +205,7 @@ class Faults:
         if self.healed:
             return Plan("ok", delay, answer)
         if self.lk_down:
-            return Plan("refuse", 0.01, 0.0)
+            return Plan(self.lk_down_mode, 0.01, 0.0)
         m = self.mix
         mutating = call.op in ("create_dispatch", "delete_dispatch", "remove_participant")
         removal = call.op in ("delete_dispatch", "remove_participant")

@@ -7,7 +7,10 @@ After every step (every loop iteration):
    latest of: the second agent's arrival, the end of the last time nothing could be removed (a
    LiveKit or KV outage, no replica up), the last LiveKit or KV call about the room that failed for
    its caller. A controller that keeps trying is not blamed while the world keeps failing it (the
-   end check still is); one that gave up is, a bound after its last failure.
+   end check still is); one that gave up is, a bound after its last failure. LiveKit holds one
+   room per name at a time, so this is one agent per room incarnation (sid).
+1b. ``agent_in_ghost_room``: no agent stays in a ghost room (one that exists only because
+   CreateDispatch made it, no user in it) for longer than the same bound, counted the same way.
 3. ``unexpected_exception``: a handler or a sweep raised (or logged with a traceback) something the
    consumer does not count as transient (``orchestrator.consumer.is_transient``: a KV timeout, a
    lost compare-and-set, a non-permanent LiveKit error...); in production that dead-letters the
@@ -16,12 +19,24 @@ After every step (every loop iteration):
    key must be preceded by a look (``find_dispatch``) started after the previous CreateDispatch of
    that key ended (answered, failed or abandoned). Flagged only when it does double up: a dispatch
    of that key is live in LiveKit when the blind one is sent.
-5. ``resurrected``: a record of one incarnation (same sid) never leaves a terminal state.
+5. ``resurrected``: a record of one incarnation (same sid) never leaves a terminal state — unless
+   it was ``ended`` while LiveKit still lists that very room (a stale end, repaired).
+6. ``failed_for_livekit``: no record is written ``failed`` for LiveKit being unreachable
+   (``livekit_unreachable``, or a transient call failure as the reason): every outage the sim
+   draws ends well within ``livekit_wait_deadline_s``.
 
-At the end, once every fault is healed and every timer has fired:
-2. every room whose RoomCreated was published is either speaking with exactly its one agent in
-   LiveKit, or terminal with a reason and no agent of ours in it; a room that ended in LiveKit is
-   terminal (or has no record) and has no agent (none put back into a room CreateDispatch re-made).
+At the end, once every fault is healed, every timer has fired and the resync has had its passes
+(2.), per room name, against LiveKit's room list:
+- a user's room LiveKit lists that matches the rule has a record *of its incarnation* (its sid, or
+  for events without a sid its creation time), whatever became of its events (``lost``: no record;
+  ``unserved_room``: only a record of another incarnation), which is ``speaking`` with exactly its
+  one agent (``speaking_without_agent``, ``double_agent``, ``wrong_agent``, ``stuck`` otherwise) or
+  terminal with a reason and no agent of ours (``terminal_without_reason``,
+  ``agent_in_terminal_room``), and not ended while its room is still there (``ended_while_listed``);
+- a ghost room LiveKit lists has no agent (``agent_in_ghost_room``) and no live record serving it
+  (``ghost_served``);
+- a room LiveKit no longer lists has no live record (``ended_room_not_terminal``: a record holding
+  a pool for a room that is gone).
 """
 
 from __future__ import annotations
@@ -33,12 +48,15 @@ from typing import TYPE_CHECKING
 from orchestrator.consumer import is_transient
 from orchestrator.livekit_gateway import LiveKitCallError
 from orchestrator.records import RoomRecord, RoomState
-from tests.sim.config import REMOVAL_BOUND_S
+from tests.sim.config import LOBBY_PREFIX, REMOVAL_BOUND_S
 
 if TYPE_CHECKING:
     from tests.sim.world import World
 
 EXPECTED = "what orchestrator.consumer.is_transient accepts"
+# Failure reasons that mean "LiveKit's API could not be reached" (the waiting deadline's, and the
+# transient call failures'): no room may fail with one in the sim (invariant 6).
+LIVEKIT_UNREACHABLE = frozenset({"livekit_unreachable", "unreachable", "timeout", "unavailable"})
 
 
 class Violation(Exception):
@@ -73,6 +91,7 @@ class Checks:
         self.tolerated: Counter[str] = Counter()
         self.exceptions: Counter[str] = Counter()  # "<activity kind>: <type>" -> count
         self.doubled: dict[str, float] = {}  # room -> since when it holds two agents or more
+        self.ghosted: dict[str, float] = {}  # ghost room -> since when an agent is in it
         self.impaired = True  # no replica is up before the first warm-up ends
         self.clear_since = 0.0  # when the last impairment ended
         self.create_ended: dict[str, float] = {}
@@ -92,29 +111,40 @@ class Checks:
     def after_step(self) -> None:
         if self.violation is not None:
             raise self.violation
-        if self.doubled and not self.impaired:
-            now = self.world.loop.time()
-            for room, since in list(self.doubled.items()):
-                start = max(since, self.clear_since, self.call_failed.get(room, since))
-                if now - start > REMOVAL_BOUND_S:
-                    agents = ", ".join(self.world.livekit.agents_in(room))
-                    self.fail(
-                        "double_agent",
-                        f"{room} has held {agents} since t={since:.3f} "
-                        f"(over REMOVAL_BOUND_S={REMOVAL_BOUND_S:g}s)",
-                        room,
-                    )
-                    self.doubled[room] = float("inf")  # once per episode
+        if (self.doubled or self.ghosted) and not self.impaired:
+            self._overdue(self.doubled, "double_agent", "has held {agents}")
+            self._overdue(self.ghosted, "agent_in_ghost_room", "(a ghost room: no user) has held {agents}")
             if self.violation is not None:
                 raise self.violation
 
-    # -- invariant 1 ---------------------------------------------------------------------------------
+    def _overdue(self, episodes: dict[str, float], kind: str, what: str) -> None:
+        now = self.world.loop.time()
+        for room, since in list(episodes.items()):
+            start = max(since, self.clear_since, self.call_failed.get(room, since))
+            if now - start > REMOVAL_BOUND_S:
+                lk_room = self.world.livekit.rooms.get(room)
+                agents = ", ".join(lk_room.agents()) if lk_room is not None else ""
+                sid = lk_room.sid if lk_room is not None else "?"
+                self.fail(
+                    kind,
+                    f"{room} ({sid}) {what.format(agents=agents)} since t={since:.3f} "
+                    f"(over REMOVAL_BOUND_S={REMOVAL_BOUND_S:g}s)",
+                    room,
+                )
+                episodes[room] = float("inf")  # once per episode
+
+    # -- invariants 1 and 1b -------------------------------------------------------------------------
 
     def on_participants(self, room: str, agents: int) -> None:
         if agents > 1:
             self.doubled.setdefault(room, self.world.loop.time())
         else:
             self.doubled.pop(room, None)
+        lk_room = self.world.livekit.rooms.get(room)
+        if agents and lk_room is not None and lk_room.ghost:
+            self.ghosted.setdefault(room, self.world.loop.time())
+        else:
+            self.ghosted.pop(room, None)
 
     def on_call_failed(self, room: str) -> None:
         self.call_failed[room] = self.world.loop.time()
@@ -173,48 +203,115 @@ class Checks:
     # -- invariant 5 ---------------------------------------------------------------------------------
 
     def on_commit(self, old: RoomRecord | None, new: RoomRecord) -> None:
-        if old is not None and old.terminal and not new.terminal and new.sid == old.sid and not new.manual:
+        # One incarnation: the same sid; for events without one, the same creation time (a record
+        # of a sid-less room that ended may well be followed by the next room of that name).
+        same = (
+            old is not None and new.sid == old.sid and (new.sid is not None or new.event_at == old.event_at)
+        )
+        if old is not None and old.terminal and not new.terminal and same and not new.manual:
+            # Served again while LiveKit still lists that very room (a stale end had ended it, the
+            # resync saw the room alive): a repair, not a resurrection.
+            lk_room = self.world.livekit.rooms.get(new.room)
+            alive = lk_room is not None and not lk_room.ghost and new.sid in (lk_room.sid, None)
+            if alive and old.state == RoomState.ENDED:
+                self.world.log(
+                    "CHECK", f"{new.room}: ended record of a room LiveKit still lists served again"
+                )
+            else:
+                self.fail(
+                    "resurrected",
+                    f"{new.room} went {old.state.value} -> {new.state.value} (same sid {new.sid or '-'})",
+                    new.room,
+                )
+        # -- invariant 6
+        fails = new.state == RoomState.FAILED and (old is None or old.state != RoomState.FAILED)
+        if fails and new.reason in LIVEKIT_UNREACHABLE:
             self.fail(
-                "resurrected", f"{new.room} went {old.state.value} -> {new.state.value} (same sid)", new.room
+                "failed_for_livekit",
+                f"{new.room} failed ({new.reason}) though every LiveKit outage ends well within "
+                f"livekit_wait_deadline_s: {new.history[-1].detail if new.history else ''}",
+                new.room,
             )
 
     # -- invariant 2 (at the end) ----------------------------------------------------------------
 
     def final_problems(self) -> list[tuple[str, str, str]]:
-        """(kind, room, detail) for every room not where it should be once all is healed."""
+        """(kind, room, detail) for every room name not where it should be once all is healed."""
         world = self.world
         problems: list[tuple[str, str, str]] = []
-        for room in world.published_rooms:
-            rec = world.kv.peek(room)
-            agents = world.livekit.agents_in(room)
-            state = rec.state.value if rec is not None else "no record"
-            if room in world.livekit.ended:
-                if rec is not None and not rec.terminal:
-                    problems.append(("ended_room_not_terminal", room, f"record {state}, agents {agents}"))
-                elif agents:
+        for name in world.names:
+            rec = world.kv.peek(name)
+            lk_room = world.livekit.rooms.get(name)
+            state = f"{rec.state.value} (sid {rec.sid or '-'})" if rec is not None else "no record"
+            live = rec is not None and not rec.terminal
+            if lk_room is None:
+                if live:
                     problems.append(
-                        ("agent_in_ended_room", room, f"{agents} in a room CreateDispatch re-made")
+                        ("ended_room_not_terminal", name, f"record {state}, LiveKit has no {name}")
                     )
                 continue
-            if rec is None:
-                dead = any(getattr(e.msg, "room", None) == room for e in world.delivery.dead)
-                problems.append(("lost", room, "RoomCreated dead-lettered" if dead else "no record"))
-            elif rec.terminal:
-                if not rec.reason:
-                    problems.append(("terminal_without_reason", room, state))
+            agents = lk_room.agents()
+            if name.startswith(LOBBY_PREFIX):
                 if agents:
-                    problems.append(("agent_in_terminal_room", room, f"record {state}, agents {agents}"))
+                    problems.append(("agent_in_ignored_room", name, f"{agents}"))
+                continue
+            if lk_room.ghost:
+                if agents:
+                    problems.append(("agent_in_ghost_room", name, f"{agents} in ghost room {lk_room.sid}"))
+                if live:
+                    problems.append(("ghost_served", name, f"record {state} for ghost room {lk_room.sid}"))
+                continue
+            if rec is None:
+                dead = any(getattr(e.msg, "room", None) == name for e in world.delivery.dead)
+                problems.append(("lost", name, "RoomCreated dead-lettered" if dead else "no record"))
+                continue
+            if not self._same_incarnation(rec, lk_room.sid):
+                problems.append(
+                    ("unserved_room", name, f"LiveKit lists {name} as {lk_room.sid}; the record is {state}")
+                )
+                continue
+            if rec.terminal:
+                if not rec.reason:
+                    problems.append(("terminal_without_reason", name, state))
+                if agents:
+                    problems.append(("agent_in_terminal_room", name, f"record {state}, agents {agents}"))
+                if rec.state == RoomState.ENDED:
+                    problems.append(
+                        (
+                            "ended_while_listed",
+                            name,
+                            f"record {state} ({rec.reason}), LiveKit lists {lk_room.sid}",
+                        )
+                    )
             elif rec.state == RoomState.SPEAKING:
                 if len(agents) > 1:
                     problems.append(
-                        ("double_agent", room, f"record speaking ({rec.identity}), agents {agents}")
+                        ("double_agent", name, f"record speaking ({rec.identity}), agents {agents}")
                     )
                 elif not agents:
-                    problems.append(("speaking_without_agent", room, f"record says {rec.identity}"))
+                    problems.append(("speaking_without_agent", name, f"record says {rec.identity}"))
                 elif rec.identity not in agents:
                     problems.append(
-                        ("wrong_agent", room, f"record says {rec.identity}, LiveKit has {agents}")
+                        ("wrong_agent", name, f"record says {rec.identity}, LiveKit has {agents}")
                     )
             else:
-                problems.append(("stuck", room, f"record {state}, agents {agents}"))
+                problems.append(("stuck", name, f"record {state}, agents {agents}"))
+        for name, want in world.scenario.expect.items():
+            rec = world.kv.peek(name)
+            got = f"{rec.state.value}/{rec.reason}" if rec is not None else "no record"
+            if got != want:
+                problems.append(
+                    ("unexpected_outcome", name, f"the scenario expects {want}, the record is {got}")
+                )
         return problems
+
+    def _same_incarnation(self, rec: RoomRecord, sid: str) -> bool:
+        """Whether ``rec`` is the record of LiveKit's room ``sid``: by sid, or (a record of events
+        without a sid that has not learnt one) by the creation time its event carried."""
+        if rec.sid is not None:
+            return rec.sid == sid
+        script = self.world.scripts.get(sid)
+        lk_room = self.world.livekit.rooms.get(rec.room)
+        if script is None or lk_room is None or rec.event_at is None:
+            return False
+        return abs(rec.event_at - lk_room.created_at) < 1e-3

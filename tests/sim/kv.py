@@ -14,13 +14,17 @@ and every watch delivery, so the serialisation the rewrite may change is exercis
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.index import RoomIndex
 from orchestrator.records import RoomRecord
+from orchestrator.room.resync import PassReport, ResyncLease
 from orchestrator.store import Conflict, Versioned
+from tests.sim.config import KV_TIMEOUT_S, RESYNC_HOLD_S
 from tests.sim.faults import Call, Faults
 from tests.sim.loop import ACTIVITY, ACTOR, VirtualLoop
 
@@ -187,3 +191,64 @@ class WatchFeed:
         room, data, revision = self._queue.popleft()
         if not self.stopped:
             self.index.apply(room, Versioned(RoomRecord.model_validate_json(data), revision))
+
+
+class ResyncBucket:
+    """KV bucket ``switchboard_resync``: its one key, the resync lease (owner, until) and the last
+    pass. A call is one round trip applied at the server (the real lease's read and
+    compare-and-set collapsed into one step); it times out as the room bucket's calls do (an
+    outage, ``kv_timeout_before``), with a random stream of its own."""
+
+    def __init__(self, world: World, rng: random.Random) -> None:
+        self.world = world
+        self.rng = rng
+        self.value: dict[str, Any] = {}
+        self.passes = 0  # passes that listed LiveKit's rooms (the settle waits for some)
+
+    def lease(self, replica: str) -> SimResyncLease:
+        return SimResyncLease(self, replica, RESYNC_HOLD_S)
+
+    async def call(self, apply: Callable[[], T]) -> T:
+        faults = self.world.faults
+        if not faults.healed and (faults.kv_down or self.rng.random() < faults.mix.kv_timeout_before):
+            await asyncio.sleep(KV_TIMEOUT_S)
+            raise TimeoutError("KV switchboard_resync timed out")
+        await asyncio.sleep(self.rng.uniform(0.0005, 0.003))
+        result = apply()
+        await asyncio.sleep(self.rng.uniform(0.0005, 0.003))
+        return result
+
+
+class SimResyncLease(ResyncLease):
+    """:class:`orchestrator.room.resync.ResyncLease` on the :class:`ResyncBucket`: taken when free
+    or expired, renewed by its holder every pass; a crashed holder's lease runs out after
+    ``RESYNC_HOLD_S`` (a restarted replica has a new name)."""
+
+    def __init__(self, bucket: ResyncBucket, replica: str, hold_s: float) -> None:  # no NATS KV
+        self.bucket = bucket
+        self.replica = replica
+        self.hold_s = hold_s
+        self.wall = bucket.world.wall
+
+    async def acquire(self) -> bool:
+        def apply() -> bool:
+            value = self.bucket.value
+            now = self.wall()
+            owner = value.get("owner")
+            if owner not in (None, self.replica) and float(value.get("until") or 0.0) > now:
+                return False
+            if owner != self.replica:
+                self.bucket.world.log(self.replica, f"takes the resync lease (from {owner or 'nobody'})")
+            value.update(owner=self.replica, until=now + self.hold_s)
+            return True
+
+        return await self.bucket.call(apply)
+
+    async def record(self, report: PassReport) -> None:
+        def apply() -> None:
+            if self.bucket.value.get("owner") == self.replica:
+                self.bucket.value.update(asdict(report))
+            if report.error is None:
+                self.bucket.passes += 1
+
+        await self.bucket.call(apply)

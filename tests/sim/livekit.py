@@ -6,9 +6,16 @@ the server, applied there, an answer back — or a fault: refused (not applied),
 after applying (ambiguous), applied only after the caller's timeout (slow), a 5xx on a removal
 (not applied), an outage. A caller cancelled mid-call does not un-send its request.
 
-As in LiveKit: CreateDispatch creates the room if it does not exist; DeleteDispatch does not stop
-a job already assigned (its agent still joins); removing the agent ends its job (the worker reports
+As in LiveKit: CreateDispatch creates the room if it does not exist (a *ghost* room: its
+room_started webhook goes out like any other's; once it has been empty for ``GHOST_EMPTY_S`` it
+closes, with a room_finished); a user opening a room whose ghost is there joins the ghost (no
+room_started: the room existed), which is then a user's room; DeleteDispatch does not stop a job
+already assigned (its agent still joins); removing the agent ends its job (the worker reports
 ``left``); deleting a room ends every job in it. "Gone" answers are ``not_found`` (permanent).
+Every room has a sid and a creation time (``ListRooms``, ``room_info``).
+
+A room may be *doomed* (the script's dispatch race): it is deleted right after the dispatch's
+existence check (``room_info``) answered, or just before a CreateDispatch reaches the server.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from orchestrator.livekit_gateway import DispatchJobs, LiveKitCallError, LiveRoom
 from shared.dispatch_metadata import read_dispatch_metadata
-from tests.sim.config import AGENT_GHOST_S, LK_TIMEOUT_S
+from tests.sim.config import AGENT_GHOST_S, GHOST_EMPTY_S, LK_TIMEOUT_S
 from tests.sim.faults import Call
 from tests.sim.loop import ACTIVITY, ACTOR
 
@@ -38,23 +45,35 @@ class Dispatch:
     agent_name: str
     metadata: str
     key: str | None  # our attempt key, parsed from the metadata
+    room_sid: str = ""  # the room (this incarnation) the dispatch is in: its jobs' room
     deleted: bool = False
     jobs: list[str] = field(default_factory=list)
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class LkRoom:
     name: str
     sid: str
+    created_at: float  # unix seconds (the world's wall clock)
+    ghost: bool = False  # made by CreateDispatch, no user has joined it
     participants: dict[str, str] = field(default_factory=dict)  # identity -> "agent" | "standard"
     dispatches: dict[str, Dispatch] = field(default_factory=dict)
+    emptied: int = 0  # bumped whenever the room becomes empty or gains someone (ghost closing)
 
     def agents(self) -> list[str]:
         return [i for i, kind in self.participants.items() if kind == "agent"]
 
 
 def _listed(lk_room: LkRoom) -> LiveRoom:
-    return LiveRoom(lk_room.name, lk_room.sid, None, "", len(lk_room.participants))
+    return LiveRoom(lk_room.name, lk_room.sid, lk_room.created_at, "", len(lk_room.participants))
+
+
+def _show(result: object) -> object:
+    if isinstance(result, LiveRoom):
+        return f"sid {result.sid}"
+    if isinstance(result, list):
+        return " ".join(f"{r.name}/{r.sid}" if isinstance(r, LiveRoom) else str(r) for r in result)
+    return result
 
 
 def _not_found(what: str) -> LiveKitCallError:
@@ -72,7 +91,7 @@ class SimLiveKit:
         self.jobs: dict[str, Job] = {}  # job id -> job (identity agent-<job id>)
         self._ids = 0
         self._calls: dict[tuple[str, str], int] = {}
-        self.ended: set[str] = set()  # rooms the script ended (the RoomEnded that followed)
+        self.doomed: dict[str, tuple[str, str]] = {}  # room -> (sid, after_check | on_wire)
 
     # ==============================================================================================
     # the gateway surface
@@ -87,10 +106,14 @@ class SimLiveKit:
 
         def apply() -> str:
             lk_room = self.rooms.get(room)
-            if lk_room is None:  # LiveKit creates the room for a dispatch
-                lk_room = self._add_room(room, f"RM_auto{self._next()}")
-                self.world.log("livekit", f"room {room} created by CreateDispatch (no one else in it)")
-            dispatch = Dispatch(f"AD_{self._next()}", room, agent_name, metadata, key)
+            if lk_room is None:  # LiveKit creates the room for a dispatch: a ghost room
+                lk_room = self._add_room(room, f"RM_auto{self._next()}", ghost=True)
+                self.world.log(
+                    "livekit", f"room {room} created by CreateDispatch (sid {lk_room.sid}, a ghost: no user)"
+                )
+                self.world.ghost_opened(lk_room)
+                self._empty(lk_room)
+            dispatch = Dispatch(f"AD_{self._next()}", room, agent_name, metadata, key, lk_room.sid)
             lk_room.dispatches[dispatch.id] = dispatch
             self.dispatches[dispatch.id] = dispatch
             self.world.log("livekit", f"dispatch {dispatch.id} created in {room} for {agent_name} key {key}")
@@ -172,7 +195,12 @@ class SimLiveKit:
         return await self._call("room_info", room, apply)
 
     async def list_rooms(self) -> list[LiveRoom]:
-        return await self._call("list_rooms", "-", lambda: [_listed(r) for r in self.rooms.values()])
+        def apply() -> list[LiveRoom]:
+            listed = [_listed(r) for r in self.rooms.values()]
+            self.world.log(ACTOR.get(), f"lk.list_rooms: {' '.join(f'{r.name}/{r.sid}' for r in listed)}")
+            return listed
+
+        return await self._call("list_rooms", "-", apply)
 
     async def check_credentials(self) -> None:
         await self._call("check_credentials", "-", lambda: None)
@@ -199,6 +227,11 @@ class SimLiveKit:
                 answer.set_result(result)  # type: ignore[arg-type]
 
         def at_server() -> None:
+            if plan.outcome == "drop":
+                world.log(actor, f"{what}: FAULT unanswered (LiveKit down), not applied")
+                return
+            if op == "create_dispatch" and plan.outcome not in ("refuse", "blip"):
+                self._race(room, "on_wire")
             if plan.outcome == "refuse":
                 world.log(actor, f"{what}: FAULT refused (unreachable), not applied")
                 reply(None, LiveKitCallError("unreachable", f"{op}: cannot connect", permanent=False))
@@ -212,7 +245,9 @@ class SimLiveKit:
                 error: BaseException | None = None
             except LiveKitCallError as exc:
                 result, error = None, exc
-            shown = error.reason if isinstance(error, LiveKitCallError) else result
+            if op == "room_info" and result is not None:
+                self._race(room, "after_check")
+            shown = error.reason if isinstance(error, LiveKitCallError) else _show(result)
             if plan.outcome == "lost":
                 world.log(actor, f"{what}: FAULT applied ({shown}), answer lost")
                 return
@@ -248,34 +283,75 @@ class SimLiveKit:
         self._ids += 1
         return self._ids
 
-    def _add_room(self, name: str, sid: str) -> LkRoom:
-        lk_room = LkRoom(name, sid)
+    def _add_room(self, name: str, sid: str, ghost: bool = False) -> LkRoom:
+        lk_room = LkRoom(name, sid, self.world.wall(), ghost)
         self.rooms[name] = lk_room
         return lk_room
 
-    def open_room(self, name: str, sid: str) -> None:
-        """A user creates the room and is in it (then the ingest publishes RoomCreated)."""
-        lk_room = self._add_room(name, sid)
+    def open_room(self, name: str, sid: str) -> tuple[LkRoom, bool]:
+        """A user creates the room and is in it (then the ingest publishes RoomCreated); a ghost
+        room of that name is joined instead (no room_started: it existed). Returns the room and
+        whether it is new."""
+        lk_room = self.rooms.get(name)
+        fresh = lk_room is None
+        if lk_room is None:
+            lk_room = self._add_room(name, sid)
+        else:
+            lk_room.ghost = False
+            lk_room.emptied += 1
+            self.world.checks.on_participants(name, len(lk_room.agents()))
         lk_room.participants[f"user-{name}"] = "standard"
+        return lk_room, fresh
 
-    def close_room(self, name: str) -> None:
+    def close_room(self, name: str) -> LkRoom | None:
         """The room ends (DeleteRoom or everyone left): every participant goes, every job ends."""
         lk_room = self.rooms.pop(name, None)
-        self.ended.add(name)
+        self.doomed.pop(name, None)
         if lk_room is None:
-            return
+            return None
         for identity in list(lk_room.participants):
             self._drop(lk_room, identity, "room deleted")
         for d in lk_room.dispatches.values():
             d.deleted = True
         self.world.checks.on_participants(name, 0)
+        return lk_room
+
+    def doom(self, name: str, sid: str, when: str) -> None:
+        """Delete this room (this incarnation) when its dispatch is in flight (``when``)."""
+        self.doomed[name] = (sid, when)
+
+    def _race(self, name: str, when: str) -> None:
+        doomed = self.doomed.get(name)
+        lk_room = self.rooms.get(name)
+        if doomed is None or lk_room is None or doomed != (lk_room.sid, when):
+            return
+        del self.doomed[name]
+        self.world.log("livekit", f"room {name} deleted while its dispatch is in flight ({when})")
+        self.world.close_incarnation(name, lk_room.sid)
+
+    def _empty(self, lk_room: LkRoom) -> None:
+        """A ghost room just became (or was made) empty: it closes if it stays so."""
+        if not lk_room.ghost or lk_room.participants:
+            return
+        lk_room.emptied += 1
+        token = lk_room.emptied
+
+        def close() -> None:
+            if self.rooms.get(lk_room.name) is lk_room and lk_room.ghost and lk_room.emptied == token:
+                self.world.log("livekit", f"ghost room {lk_room.name} ({lk_room.sid}) closes: empty")
+                self.world.close_incarnation(lk_room.name, lk_room.sid)
+
+        self.world.later(GHOST_EMPTY_S, close)
 
     def join(self, job: Job) -> bool:
-        """The job's agent connects; False when the room is gone (the job then fails)."""
+        """The job's agent connects; False when its room is gone (the job then fails): the worker
+        checks the room and its sid before connecting, and leaves (deleting it when empty) a room
+        its connect made again (agent_worker/job.py); a newer room of the name is not its room."""
         lk_room = self.rooms.get(job.room)
-        if lk_room is None:
+        if lk_room is None or lk_room.sid != job.room_sid:
             return False
         lk_room.participants[job.identity] = "agent"
+        lk_room.emptied += 1
         self.jobs[job.id] = job
         self.world.log("livekit", f"{job.identity} joined {job.room} (dispatch {job.dispatch_id})")
         self.world.checks.on_participants(job.room, len(lk_room.agents()))
@@ -288,6 +364,7 @@ class SimLiveKit:
             del lk_room.participants[job.identity]
             self.world.log("livekit", f"{job.identity} left {job.room}")
             self.world.checks.on_participants(job.room, len(lk_room.agents()))
+            self._empty(lk_room)
 
     def ghost(self, job: Job) -> None:
         """The agent's worker died: LiveKit keeps the silent participant for a while, then drops it."""
@@ -298,6 +375,7 @@ class SimLiveKit:
                 del lk_room.participants[job.identity]
                 self.world.log("livekit", f"{job.identity} dropped from {job.room} (its worker died)")
                 self.world.checks.on_participants(job.room, len(lk_room.agents()))
+                self._empty(lk_room)
 
         self.world.later(AGENT_GHOST_S, drop)
 
@@ -309,6 +387,8 @@ class SimLiveKit:
             job = self.jobs.get(identity.removeprefix("agent-"))
             if job is not None:
                 job.pool.agent_gone(job, reason)
+        if self.rooms.get(lk_room.name) is lk_room:
+            self._empty(lk_room)
 
     # -- ground truth for the checks ------------------------------------------------------------
 
@@ -323,5 +403,8 @@ class SimLiveKit:
         return next((d for d in lk_room.dispatches.values() if d.key == key and not d.deleted), None)
 
 
-# Reads are not worth a line each in the interleaving; effects and their failures are.
-_LOGGED = frozenset({"create_dispatch", "delete_dispatch", "remove_participant", "find_dispatch"})
+# Reads are not worth a line each in the interleaving; effects and their failures are (and the
+# existence check before a dispatch).
+_LOGGED = frozenset(
+    {"create_dispatch", "delete_dispatch", "remove_participant", "find_dispatch", "room_info"}
+)

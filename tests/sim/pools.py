@@ -36,6 +36,7 @@ class Job:
     attempt: int
     pool: SimPool
     incarnation: int
+    room_sid: str  # the room (incarnation) of its dispatch
     state: str = "starting"  # starting | in_room | ended
 
     @property
@@ -133,7 +134,7 @@ class SimPool:
         return self.alive and len(self.jobs) < self.capacity
 
     def take(self, dispatch: Dispatch, attempt: int, job_id: str) -> Job:
-        job = Job(job_id, dispatch.id, dispatch.room, attempt, self, self.incarnation)
+        job = Job(job_id, dispatch.id, dispatch.room, attempt, self, self.incarnation, dispatch.room_sid)
         self.jobs[job.id] = job
         self.world.livekit.jobs[job.id] = job
         self.world.log(self.actor, f"job {job.id} for {dispatch.id} in {dispatch.room} (attempt {attempt})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shared.messages import AgentStatus
+from shared.messages import AgentStatus, RoomCreated, RoomEnded
 from tests.sim.delivery import Envelope
 from tests.sim.faults import Rule
 from tests.sim.replica import Replica
@@ -212,6 +212,286 @@ def worker_restart_loses_agent() -> Scenario:
     )
 
 
+# -- issue 14: room lifecycle edges ------------------------------------------------------------
+# Timings: the resync lists LiveKit's rooms every 5 s (from 5 s after a replica starts) and leaves
+# rooms and records younger than 3 s to their events; a ghost room closes 20 s after it is empty.
+
+
+def lost_room_started() -> Scenario:
+    """(9) room-1's RoomCreated is never published (LiveKit's notifier dropped it; an ingest
+    restart is enough). The resync finds it in LiveKit's room list once it is older than the grace
+    and serves it as its event would have (origin ``resync``, nothing published).
+    Before issue 14: ``lost`` (no record, ever)."""
+    return Scenario(
+        name="lost_room_started",
+        replicas=2,
+        pools=TWO_POOLS,
+        rooms=[RoomScript("room-1", at=3.0, lost_created=True)],
+        heal_at=30.0,
+    )
+
+
+def lost_room_finished() -> Scenario:
+    """(9b) One pool with room for one agent: room-1 has it, room-2 waits for a pool. room-2 ends
+    and its RoomEnded is lost: nothing calls LiveKit about a waiting room, so only the resync can
+    see it gone (``room_gone``) — else it waits, holding its place in the queue, until its
+    no-pool deadline fails it. Before issue 14: ``ended_room_not_terminal`` until that deadline."""
+    return Scenario(
+        name="lost_room_finished",
+        replicas=2,
+        pools=[("eu-a", "eu-central", 1)],
+        rooms=[RoomScript("room-1", at=3.0), RoomScript("room-2", at=4.0, end_at=8.0, lost_ended=True)],
+        heal_at=30.0,
+        expect={"room-2": "ended/room_gone"},
+    )
+
+
+def ended_before_created() -> Scenario:
+    """(10) Two rooms live 0.4 s; each one's RoomEnded reaches NATS before its RoomCreated (another
+    replica, a backlog), room-2's without sids. The end leaves a tombstone; the late start is a
+    duplicate of it, never a dispatch (which would create the room again, a ghost)."""
+    return Scenario(
+        name="ended_before_created",
+        replicas=2,
+        pools=TWO_POOLS,
+        rooms=[
+            RoomScript("room-1", at=3.0, end_at=3.4, ended_first=True),
+            RoomScript("room-2", at=3.0, end_at=3.4, ended_first=True, sidless=True),
+        ],
+        heal_at=30.0,
+    )
+
+
+def reused_name_while_live() -> Scenario:
+    """(11) One pool with room for one agent, held by room-2 until 20 s: room-1 waits for a pool
+    (live, no agent). room-1 ends and its RoomEnded is lost; 1 s later a user opens room-1 again,
+    a new sid. Its RoomCreated must supersede the live record of the old sid (not be dropped as a
+    duplicate), and the new room is served once the pool frees. Before issue 14: the new room was
+    a duplicate (``unserved_room``)."""
+    return Scenario(
+        name="reused_name_while_live",
+        replicas=1,
+        pools=[("eu-a", "eu-central", 1)],
+        rooms=[
+            RoomScript("room-2", at=2.0, end_at=20.0),
+            RoomScript("room-1", at=3.0, end_at=8.0, lost_ended=True),
+            RoomScript("room-1", at=9.0, sid="RM_room-1.2"),
+        ],
+        heal_at=40.0,
+    )
+
+
+def reused_name_without_sid() -> Scenario:
+    """(12) Three incarnations of room-1 in a row, every event without a sid (told apart by
+    ``created_at``); the second one's RoomEnded is lost (its agent's ``left`` ends the record).
+    Each must be served in turn. Before issue 14: the second and third were duplicates of the
+    first's ended record (``unserved_room``)."""
+    return Scenario(
+        name="reused_name_without_sid",
+        replicas=2,
+        pools=TWO_POOLS,
+        rooms=[
+            RoomScript("room-1", at=3.0, end_at=10.0, sidless=True),
+            RoomScript("room-1", at=12.0, end_at=20.0, sid="RM_room-1.2", sidless=True, lost_ended=True),
+            RoomScript("room-1", at=21.0, sid="RM_room-1.3", sidless=True),
+        ],
+        heal_at=45.0,
+    )
+
+
+def _deleted_during_dispatch(name: str, when: str) -> Callable[[], Scenario]:
+    def scenario() -> Scenario:
+        return Scenario(
+            name=name,
+            replicas=1,
+            pools=TWO_POOLS,
+            rooms=[RoomScript("room-1", at=3.0, doomed=when)],
+            heal_at=40.0,
+            expect={"room-1": "ended/room_gone"},
+            # The ghost's job at once: its agent is in the ghost room before the record ends.
+            rules=[Rule("job", "assign", room="room-1", delay=0.01)],
+        )
+
+    moment = {
+        "after_check": "right after the dispatch's existence check said it is there",
+        "on_wire": "while CreateDispatch is on its way to LiveKit",
+    }[when]
+    scenario.__doc__ = f"""(13) room-1 is deleted {moment}. CreateDispatch creates it
+    again (a ghost room, its own room_started goes out) and the dispatch's agent joins it. The
+    controller must see the room is not the one it had (the sid after the call), end the record
+    (``room_gone``), remove the agent, and take the ghost's room_started for what it is. Before
+    issue 14: ``agent_in_ghost_room``."""
+    return scenario
+
+
+room_deleted_after_existence_check = _deleted_during_dispatch(
+    "room_deleted_after_existence_check", "after_check"
+)
+room_deleted_while_dispatch_on_wire = _deleted_during_dispatch(
+    "room_deleted_while_dispatch_on_wire", "on_wire"
+)
+
+
+def long_livekit_outage() -> Scenario:
+    """(14) LiveKit's API is refused for 20 s, then unanswered for 20 s (every call times out),
+    while four rooms arrive. Each waits (``waiting_for_livekit``, a round every livekit_retry_s)
+    and is served once LiveKit is back; none fails. Before issue 14: ``failed`` rooms."""
+    return Scenario(
+        name="long_livekit_outage",
+        replicas=2,
+        pools=TWO_POOLS,
+        rooms=[RoomScript(f"room-{i}", at=at) for i, at in enumerate((4.0, 9.0, 21.0, 38.0), 1)],
+        heal_at=55.0,
+        timeline=[Event(2.0, "lk_outage_long", duration=40.0)],
+    )
+
+
+# -- issue 14: sequences the first cut (a8e30a6) got wrong; those still open are KNOWN_BUGS in
+# tests/sim/test_regressions.py -------------------------------------------------------------------
+
+
+def _ghost_events_to_r1(env: Envelope, ready: list[Replica], world: World) -> Replica | None:
+    """A ghost room's RoomCreated (sid RM_auto...) to the second replica, all else to the first."""
+    ghost = isinstance(env.msg, RoomCreated) and (env.msg.sid or "").startswith("RM_auto")
+    return ready[-1] if ghost else ready[0]
+
+
+def ghost_started_on_another_replica() -> Scenario:
+    """(15) room-1 is deleted while CreateDispatch is on the wire; the ghost's room_started reaches
+    the other replica while the dispatching one is still checking the room's sid after the call
+    (0.5 s here). The record says ``dispatching`` (sid RM_room-1) and knows no ghost yet, so the
+    event is a newer incarnation: it supersedes the record and serves the ghost for good.
+    ``agent_in_ghost_room`` until 72cc760 (the removal of the old dispatch finds it in that room,
+    with nobody else: a ghost)."""
+    return Scenario(
+        name="ghost_started_on_another_replica",
+        replicas=2,
+        pools=TWO_POOLS,
+        rooms=[RoomScript("room-1", at=3.0, doomed="on_wire")],
+        heal_at=40.0,
+        router=_ghost_events_to_r1,
+        rules=[Rule("lk", "room_info", room="room-1", nth=1, delay=0.5)],
+    )
+
+
+def _ends_to_r1(env: Envelope, ready: list[Replica], world: World) -> Replica | None:
+    return ready[-1] if isinstance(env.msg, RoomEnded) else ready[0]
+
+
+def room_ended_while_dispatch_on_wire() -> Scenario:
+    """(16) room-1 is deleted while CreateDispatch is on the wire and its RoomEnded ends the record
+    on the other replica before the dispatching one has written what it saw (the sid after the call
+    is another: a ghost). Its write loses the compare-and-set; decided again on the ended record,
+    the landed dispatch is only remembered for removal and the ghost's sid is not kept. The ghost's
+    room_started, waiting for the room's lock on the dispatching replica, then reads as a newer
+    incarnation of an ended room, and is served. ``agent_in_ghost_room`` until 7e50768 (a dispatch
+    that lands after its room ended marks the room it made a ghost)."""
+    return Scenario(
+        name="room_ended_while_dispatch_on_wire",
+        replicas=2,
+        pools=TWO_POOLS,
+        rooms=[RoomScript("room-1", at=3.0, doomed="on_wire")],
+        heal_at=40.0,
+        router=_ends_to_r1,
+        rules=[Rule("lk", "room_info", room="room-1", nth=1, delay=0.5)],
+    )
+
+
+def slow_dispatch_lands_after_room_end() -> Scenario:
+    """(17) CreateDispatch is slow: LiveKit applies it 4.5 s after it was sent, after the caller's
+    2 s timeout. The room ends at 4 s; the retry's existence check finds no room and ends the record
+    (``room_gone``, no ghost known: nothing listed). Then the slow call lands and creates the room
+    again; its room_started reads as a newer incarnation of the ended room, and is served.
+    ``agent_in_ghost_room`` until 72cc760."""
+    return Scenario(
+        name="slow_dispatch_lands_after_room_end",
+        replicas=1,
+        pools=TWO_POOLS,
+        rooms=[RoomScript("room-1", at=3.0, end_at=4.0)],
+        heal_at=40.0,
+        rules=[Rule("lk", "create_dispatch", room="room-1", nth=0, outcome="slow", delay=4.5)],
+    )
+
+
+def user_joins_ghost_room() -> Scenario:
+    """(18) room-1 is deleted while its dispatch is on the wire (handled right: the record ends,
+    the ghost's agent is removed, its room_started is known for a ghost). 6 s later a user opens
+    room-1 again — and LiveKit puts them in the ghost room, still there (it closes 20 s after it
+    is empty), so no room_started is sent. The resync lists the room under the ghost's sid and
+    skips it as our own ghost for good: a user without an agent. ``unserved_room``."""
+    return Scenario(
+        name="user_joins_ghost_room",
+        replicas=1,
+        pools=TWO_POOLS,
+        rooms=[
+            RoomScript("room-1", at=3.0, doomed="on_wire"),
+            RoomScript("room-1", at=10.0, sid="RM_room-1.2"),
+        ],
+        heal_at=40.0,
+    )
+
+
+def new_room_taken_for_ghost() -> Scenario:
+    """(19) room-1's existence check before its dispatch gets no answer (timed out after 2 s: a
+    read, no CreateDispatch was ever sent). Meanwhile room-1 ends and a user opens room-1 again (a
+    new sid; its RoomCreated is lost). The retry's check finds the room under the new sid and, the
+    step having met an ambiguous error, takes it for a room its own CreateDispatch may have made:
+    the record ends with ``ghost_sid`` = the new room's sid. The resync then skips the new room as
+    our ghost on every pass (and its RoomCreated would be ignored as one too): a user without an
+    agent. ``unserved_room``."""
+    return Scenario(
+        name="new_room_taken_for_ghost",
+        replicas=1,
+        pools=TWO_POOLS,
+        rooms=[
+            RoomScript("room-1", at=3.0, end_at=4.0),
+            RoomScript("room-1", at=4.5, sid="RM_room-1.2", lost_created=True),
+        ],
+        heal_at=40.0,
+        rules=[Rule("lk", "room_info", room="room-1", nth=0, outcome="lost")],
+    )
+
+
+def sidless_end_processed_late() -> Scenario:
+    """(20) room-1's events carry no sid. Its first incarnation ends at 10 s; the user opens room-1
+    again 0.3 s later. The first one's agent leaves and its record ends (``room_gone``), the second
+    one's RoomCreated (created later than that) is served; but the first one's RoomEnded, whose
+    first handling hit a KV timeout, is redelivered only then: without sid or time it ends
+    whatever record room-1 has — the second incarnation's — and removes its agent. Nothing brought
+    it back (the resync saw a terminal record of the very sid LiveKit lists): ``ended_while_listed``
+    until 4f1660a (a sid-less end published before the record's room was created ends nothing)."""
+    return Scenario(
+        name="sidless_end_processed_late",
+        replicas=1,
+        pools=TWO_POOLS,
+        rooms=[
+            RoomScript("room-1", at=3.0, end_at=10.0, sidless=True),
+            RoomScript("room-1", at=10.3, sid="RM_room-1.2", sidless=True),
+        ],
+        heal_at=40.0,
+        rules=[Rule("kv", "get", room="room-1", activity="RoomEnded", outcome="timeout_before", delay=2.0)],
+    )
+
+
+def sidless_dispatch_adopts_ghost() -> Scenario:
+    """(21) room-1's events carry no sid. Its room is deleted while CreateDispatch is on the wire,
+    and the call's answer is lost: the call made a ghost room and its dispatch. The retry's
+    existence check finds room-1 — the ghost, but a record without a sid cannot tell — and the
+    look finds the dispatch: the record takes the ghost's sid and the agent stays in the ghost.
+    The room's (sid-less) RoomEnded then ends the record; the resync, seeing LiveKit still list a
+    room of that sid, takes the end for a stale one and serves the record again, the ghost's.
+    ``resurrected``: the revival of wrongly ended rooms (4f1660a) revives the ghost; the
+    reconciler before issue 14 kept every invariant here."""
+    return Scenario(
+        name="sidless_dispatch_adopts_ghost",
+        replicas=1,
+        pools=TWO_POOLS,
+        rooms=[RoomScript("room-1", at=3.0, doomed="on_wire", sidless=True)],
+        heal_at=40.0,
+        rules=[Rule("lk", "create_dispatch", room="room-1", nth=0, outcome="lost")],
+    )
+
+
 SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "late_join_during_redispatch": late_join_during_redispatch,
     "late_join_after_confirmed_removal": late_join_after_confirmed_removal,
@@ -223,4 +503,19 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "stale_agent_removal_swallowed": stale_agent_removal_swallowed,
     "room_ended_before_created": room_ended_before_created,
     "worker_restart_loses_agent": worker_restart_loses_agent,
+    "lost_room_started": lost_room_started,
+    "lost_room_finished": lost_room_finished,
+    "ended_before_created": ended_before_created,
+    "reused_name_while_live": reused_name_while_live,
+    "reused_name_without_sid": reused_name_without_sid,
+    "room_deleted_after_existence_check": room_deleted_after_existence_check,
+    "room_deleted_while_dispatch_on_wire": room_deleted_while_dispatch_on_wire,
+    "long_livekit_outage": long_livekit_outage,
+    "ghost_started_on_another_replica": ghost_started_on_another_replica,
+    "room_ended_while_dispatch_on_wire": room_ended_while_dispatch_on_wire,
+    "slow_dispatch_lands_after_room_end": slow_dispatch_lands_after_room_end,
+    "user_joins_ghost_room": user_joins_ghost_room,
+    "new_room_taken_for_ghost": new_room_taken_for_ghost,
+    "sidless_end_processed_late": sidless_end_processed_late,
+    "sidless_dispatch_adopts_ghost": sidless_dispatch_adopts_ghost,
 }

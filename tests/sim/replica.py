@@ -1,6 +1,8 @@
 """One orchestrator replica as the service runs it (orchestrator/service.py), around the real
 controller: its own room index (fed by the KV watch) and pool registry (fed by heartbeats), a
-sweep every ``sweep_interval_s``, and message handlers. A crash cancels every task it has."""
+sweep every ``sweep_interval_s``, the resync loop (``orchestrator.room.resync.Resync.run`` with a
+lease in the simulated ``switchboard_resync`` bucket), and message handlers. A crash cancels every
+task it has."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ from orchestrator.index import RoomIndex
 from orchestrator.pools import PoolRegistry
 from shared.messages import AgentStatus, RoomCreated, RoomEnded
 from tests.sim.config import ORCHESTRATOR, WARMUP_S
-from tests.sim.delivery import Message
+from tests.sim.delivery import Envelope
 from tests.sim.loop import SimTask
-from tests.sim.subject import make_replica
+from tests.sim.subject import make_replica, make_resync
 
 if TYPE_CHECKING:
     from tests.sim.world import World
@@ -46,6 +48,9 @@ class Replica:
         world.kv.watch(self.name, self.index)
         world.log(self.name, "replica up (index from a KV snapshot, then the watch)")
         world.loop.spawn(self._run(phase), actor=self.name, activity="sweep")
+        # The resync: every replica runs the loop; the lease holder's passes list LiveKit's rooms.
+        resync = make_resync(self.controller, world.livekit, world.resync_bucket.lease(self.name))
+        world.loop.spawn(resync.run(lambda: self.ready), actor=self.name, activity="resync")
 
     async def _run(self, phase: float) -> None:
         # Learn the pools before taking rooms (the service's warm-up), then sweep forever.
@@ -60,15 +65,17 @@ class Replica:
             except Exception as exc:  # the service logs "sweep failed" and goes on
                 self.world.checks.on_exception(self.name, "sweep", exc)
 
-    def handle(self, msg: Message, label: str) -> SimTask[None]:
-        return self.world.loop.spawn(self._handle(msg), actor=self.name, activity=label)
+    def handle(self, env: Envelope, label: str) -> SimTask[None]:
+        return self.world.loop.spawn(self._handle(env), actor=self.name, activity=label)
 
-    async def _handle(self, msg: Message) -> None:
+    async def _handle(self, env: Envelope) -> None:
         c = self.controller
+        msg = env.msg
         if isinstance(msg, RoomCreated):
             await c.on_room_created(msg)
         elif isinstance(msg, RoomEnded):
-            await c.on_room_ended(msg)
+            # As the service: with JetStream's stamp of when the end was published.
+            await c.on_room_ended(msg, env.published_at)
         elif isinstance(msg, AgentStatus):
             await c.on_status(msg)
 

@@ -107,9 +107,12 @@ def campaign(
 ) -> Counter[str]:
     """Run seeds ``start`` .. ``start + count - 1``; print progress (seeds/s) and each violation
     as it is found (the first ``show`` of each kind with their interleaving, then one line).
-    Returns violations per kind."""
+    Returns violations per kind (the tolerated kinds, ``allow``, are counted and listed apart: a
+    seed counts once per kind it tolerated)."""
     kinds: Counter[str] = Counter()
     examples: dict[str, list[int]] = {}
+    tolerated: Counter[str] = Counter()
+    tolerated_seeds: dict[str, list[int]] = {}
     began = last = time.perf_counter()
     print(
         f"campaign: seeds {start}..{start + count - 1}, double-agent bound {REMOVAL_BOUND_S:g}s"
@@ -119,6 +122,9 @@ def campaign(
     )
     for i, seed in enumerate(range(start, start + count), 1):
         result = run_seed(seed, allow=allow)
+        for kind in result.tolerated:
+            tolerated[kind] += 1
+            tolerated_seeds.setdefault(kind, []).append(seed)
         if result.violation is not None:
             kind = result.violation.kind
             kinds[kind] += 1
@@ -132,7 +138,15 @@ def campaign(
             last = now
             rate = i / (now - began)
             found = ", ".join(f"{k} {n}" for k, n in kinds.most_common()) or "none"
-            print(f"[{i}/{count}] {rate:.1f} seeds/s; violations: {found}", file=out, flush=True)
+            allowed = ", ".join(f"{k} {n}" for k, n in tolerated.most_common())
+            print(
+                f"[{i}/{count}] {rate:.1f} seeds/s; violations: {found}"
+                + (f"; tolerated: {allowed}" if allowed else ""),
+                file=out,
+                flush=True,
+            )
     for kind, seeds in sorted(examples.items()):
         print(f"{kind}: {len(seeds)} seeds, e.g. {' '.join(map(str, seeds[:10]))}", file=out, flush=True)
+    for kind, seeds in sorted(tolerated_seeds.items()):
+        print(f"tolerated {kind}: {len(seeds)} seeds: {' '.join(map(str, seeds))}", file=out, flush=True)
     return kinds

@@ -19,19 +19,20 @@ from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import DispatchJobs, LiveKitCallError, LiveRoom
 from orchestrator.pools import PoolRegistry
 from orchestrator.room import Clocks, Reconciler, observe
+from orchestrator.room.resync import Resync, ResyncLease
 from shared.config import SwitchboardConfig
 from shared.messages import AgentStatus, RoomCreated, RoomEnded
 from tests.sim.kv import SimKV
 from tests.sim.livekit import SimLiveKit
 
-__all__ = ["Subject", "deterministic", "make_replica"]
+__all__ = ["Subject", "deterministic", "make_replica", "make_resync"]
 
 
 class Subject(Protocol):
     """The controller's public surface, all the simulator drives."""
 
-    async def on_room_created(self, event: RoomCreated) -> None: ...
-    async def on_room_ended(self, event: RoomEnded) -> None: ...
+    async def on_room_created(self, event: RoomCreated) -> bool: ...
+    async def on_room_ended(self, event: RoomEnded, published_at: float | None = None) -> None: ...
     async def on_status(self, status: AgentStatus) -> None: ...
     async def sweep(self) -> None: ...
 
@@ -58,6 +59,12 @@ def make_replica(
         clocks=Clocks(wall=wall, mono=mono),
         rng=rng,
     )
+
+
+def make_resync(controller: Subject, gateway: SimLiveKit, lease: ResyncLease) -> Resync:
+    """The replica's anti-entropy loop (``Resync.run``), over the same gateway contract."""
+    assert isinstance(controller, Reconciler)
+    return Resync(controller, Gateway(gateway), lease)
 
 
 class Gateway:

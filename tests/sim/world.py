@@ -1,5 +1,9 @@
 """The simulated world of one run: the loop, the stand-ins, the replicas, the script, the checks.
 
+The script's rooms are incarnations (``RoomScript``): opened in LiveKit, announced by RoomCreated
+(or not: a lost webhook; or after their RoomEnded), closed with RoomEnded (or not), perhaps deleted
+while their dispatch is in flight; a ghost room CreateDispatch makes sends LiveKit's own webhooks.
+
 A run has two phases. Until ``heal_at`` the script plays (rooms open and end, faults strike). Then
 every fault is healed (outages end, crashed replicas and pools restart, partitions close, no new
 faults) and the world runs until it is quiet — no message, call, job step or timer of the world
@@ -16,13 +20,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from orchestrator.records import IN_FLIGHT, RoomState
+from orchestrator.room.resync import SETTLED_S
 from shared.messages import PoolHeartbeat, RoomCreated, RoomEnded
-from tests.sim.config import EPOCH, sim_config
+from tests.sim.config import EPOCH, ORCHESTRATOR, sim_config
 from tests.sim.delivery import Delivery
 from tests.sim.faults import Faults
 from tests.sim.invariants import Checks, Violation
-from tests.sim.kv import SimKV
-from tests.sim.livekit import SimLiveKit
+from tests.sim.kv import ResyncBucket, SimKV
+from tests.sim.livekit import LkRoom, SimLiveKit
 from tests.sim.loop import ACTOR, VirtualLoop
 from tests.sim.pools import Workers
 from tests.sim.replica import Replica
@@ -35,8 +40,10 @@ from tests.sim.steplog import StepLog
 STABLE_S = 3.0
 SETTLE_MAX_S = 240.0
 # Wrong and frozen (nothing pending, no record timer) this long — longer than the double-agent
-# bound, for a controller that checks LiveKit on its sweeps — and the end check is final.
-FROZEN_S = 30.0
+# bound, for a controller that checks LiveKit on its sweeps, and than the resync's memory of a
+# listed room it found covered (it reads that room's record again after SETTLED_S, and may then
+# serve a room a stale end had ended) plus two passes — and the end check is final.
+FROZEN_S = max(30.0, SETTLED_S + 2 * ORCHESTRATOR.resync_interval_s)
 # Heartbeats reach the replicas this long after they are sent (core NATS).
 BEAT_LAG_S = 0.005
 
@@ -61,8 +68,12 @@ class World:
         self.workers = Workers(self, scenario.pools)
         self.replicas: list[Replica] = []
         self._incarnations = [0] * scenario.replicas
-        self.published_rooms: dict[str, None] = {}
+        self.names: dict[str, None] = {}  # every room name the script opened, in order
+        self.scripts: dict[str, RoomScript] = {}  # LiveKit sid -> the incarnation it is
         self._outages = {"kv_outage": 0, "lk_outage": 0}
+        # Streams of their own, so the rest of a seed's world is what it was before these existed.
+        self.life_rng = random.Random(f"lifecycle:{seed}")  # ghost rooms' webhooks lost or not
+        self.resync_bucket = ResyncBucket(self, random.Random(f"resync:{seed}"))
         self.loop.after_step = self.checks.after_step
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -113,18 +124,78 @@ class World:
     # -- the script ----------------------------------------------------------------------------------
 
     def _open(self, room: RoomScript) -> None:
-        self.log("world", f"user opens {room.name} (sid {room.sid})")
-        self.livekit.open_room(room.name, room.sid)
-        self.published_rooms[room.name] = None
-        event = RoomCreated(room=room.name, sid=room.sid, region=room.region, created_at=self.now_dt())
-        self.delivery.publish(event)
+        lk_room, fresh = self.livekit.open_room(room.name, room.sid)
+        self.names[room.name] = None
+        if not fresh:
+            # The name's ghost room (CreateDispatch made it) is still there: the user joins it, and
+            # LiveKit sends no room_started (the room existed). It is this incarnation from now on.
+            self.log("world", f"user opens {room.name}: joins its ghost room {lk_room.sid} (no room_started)")
+            room.sid, room.joined_ghost = lk_room.sid, True
+            self.scripts[room.sid] = room
+            return
+        self.log(
+            "world",
+            f"user opens {room.name} (sid {room.sid}{', events without sid' if room.sidless else ''})",
+        )
+        self.scripts[room.sid] = room
+        if room.doomed is not None and not self.faults.healed:
+            self.livekit.doom(room.name, room.sid, room.doomed)
+        if room.ended_first:
+            return  # published after its end
+        if room.lost_created and not self.faults.healed:
+            self.log("world", f"RoomCreated {room.name} {room.sid}: webhook LOST (never published)")
+            return
+        self._publish_created(room.name, None if room.sidless else room.sid, room.region, lk_room.created_at)
         if room.duplicate:
-            self.delivery.publish(event)
+            self._publish_created(
+                room.name, None if room.sidless else room.sid, room.region, lk_room.created_at
+            )
+
+    def _publish_created(self, name: str, sid: str | None, region: str | None, created_at: float) -> None:
+        when = datetime.fromtimestamp(created_at, UTC)
+        self.delivery.publish(RoomCreated(room=name, sid=sid, region=region, created_at=when))
 
     def _end(self, room: RoomScript) -> None:
+        lk_room = self.livekit.rooms.get(room.name)
+        if lk_room is None or lk_room.sid != room.sid:
+            return  # already gone (deleted while its dispatch was in flight)
         self.log("world", f"{room.name} ends")
-        self.livekit.close_room(room.name)
-        self.delivery.publish(RoomEnded(room=room.name, sid=room.sid))
+        self.close_incarnation(room.name, room.sid)
+
+    def close_incarnation(self, name: str, sid: str) -> None:
+        """The room ``name`` (sid ``sid``) closes in LiveKit; its RoomEnded goes out (or is lost)."""
+        lk_room = self.livekit.close_room(name)
+        if lk_room is None:
+            return
+        room = self.scripts.get(sid)
+        if room is None:  # a ghost room: LiveKit's own webhook, with its sid
+            lost = not self.faults.healed and self.life_rng.random() < self.scenario.lifecycle.lost_ended
+            event = RoomEnded(room=name, sid=sid)
+        else:
+            lost = room.lost_ended and not self.faults.healed
+            event = RoomEnded(room=name, sid=None if room.sidless else sid)
+        if lost:
+            self.log("world", f"RoomEnded {name} {sid}: webhook LOST (never published)")
+        else:
+            self.delivery.publish(event)
+        if room is not None and room.ended_first:
+            # Its RoomCreated only now, after its RoomEnded (another replica, a backlog).
+            created = RoomCreated(
+                room=name,
+                sid=None if room.sidless else sid,
+                region=room.region,
+                created_at=datetime.fromtimestamp(lk_room.created_at, UTC),
+            )
+            delay = self.life_rng.uniform(0.05, 1.5)
+            self.later(delay, lambda: self.delivery.publish(created))
+
+    def ghost_opened(self, lk_room: LkRoom) -> None:
+        """CreateDispatch made a room: LiveKit's room_started for it goes out like any other."""
+        self.names[lk_room.name] = None
+        if not self.faults.healed and self.life_rng.random() < self.scenario.lifecycle.lost_created:
+            self.log("world", f"RoomCreated {lk_room.name} {lk_room.sid}: webhook LOST (never published)")
+            return
+        self._publish_created(lk_room.name, lk_room.sid, None, lk_room.created_at)
 
     def _strike(self, event: Event) -> None:
         if self.faults.healed:
@@ -147,6 +218,17 @@ class World:
         elif what in ("kv_outage", "lk_outage"):
             self._outage(what, True)
             self.later(duration, lambda: self._outage(what, False))
+        elif what == "lk_outage_long":
+            self.log("world", f"LONG LiveKit outage for {duration:g}s: refused, then unanswered")
+            self.faults.lk_down_mode = "refuse"
+            self._outage("lk_outage", True)
+            self.later(duration / 2, self._unanswered)
+            self.later(duration, lambda: self._outage("lk_outage", False))
+
+    def _unanswered(self) -> None:
+        if not self.faults.healed:
+            self.log("world", "LiveKit's API stops answering (calls time out)")
+            self.faults.lk_down_mode = "drop"
 
     def _outage(self, what: str, down: bool) -> None:
         """Outage windows may overlap: the service is down while any of them lasts."""
@@ -162,6 +244,8 @@ class World:
             name = "KV" if what == "kv_outage" else "LiveKit"
             self.log("world", f"{name} outage {'begins' if is_down else 'ends'}")
             self.checks.impairment_changed()
+            if not is_down and what == "lk_outage":
+                self.faults.lk_down_mode = "refuse"
 
     def _restart_replica(self, slot: int) -> None:
         if self.replica_in(slot) is None:
@@ -170,6 +254,7 @@ class World:
     def heal(self) -> None:
         self.log("world", "HEAL: faults off, outages over, everything restarted")
         self.faults.heal()
+        self.livekit.doomed.clear()
         for slot in range(self.scenario.replicas):
             self._restart_replica(slot)
         self.workers.heal()
@@ -199,6 +284,7 @@ class World:
         started = self.loop.time()
         quiet_since: float | None = None
         frozen_since: float | None = None
+        passes = 0
         while self.loop.time() - started < SETTLE_MAX_S:
             await asyncio.sleep(1.0)
             now = self.loop.time()
@@ -213,12 +299,14 @@ class World:
                 continue
             quiet_since = None
             # Wrong, and nothing left that could change it: no message, call or job step pending,
-            # no record with a timer or a step in flight. Waiting longer would only cost time.
+            # no record with a timer or a step in flight, and the resync has listed LiveKit's
+            # rooms twice since. Waiting longer would only cost time.
             if self._has_timers(now):
                 frozen_since = None
             else:
-                frozen_since = frozen_since if frozen_since is not None else now
-                if now - frozen_since >= FROZEN_S:
+                if frozen_since is None:
+                    frozen_since, passes = now, self.resync_bucket.passes
+                if now - frozen_since >= FROZEN_S and self.resync_bucket.passes - passes >= 2:
                     break
         problems = self.checks.final_problems()
         if not problems:
