@@ -70,16 +70,19 @@ class Versioned:
 
 async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     """Bind to the rooms bucket, creating it if missing (never reconfiguring an existing one)."""
+    return await open_or_create_kv(
+        js, subjects.ROOMS_BUCKET, "Switchboard room records (state machine + timeline)", replicas
+    )
+
+
+async def open_or_create_kv(js: JetStreamContext, bucket: str, description: str, replicas: int) -> KeyValue:
+    """Bind to a KV bucket of ours (history 1, file storage), creating it if missing."""
     try:
-        return await js.key_value(subjects.ROOMS_BUCKET)
+        return await js.key_value(bucket)
     except BucketNotFoundError:
         return await js.create_key_value(
             KeyValueConfig(
-                bucket=subjects.ROOMS_BUCKET,
-                description="Switchboard room records (state machine + timeline)",
-                history=1,
-                replicas=replicas,
-                storage=StorageType.FILE,
+                bucket=bucket, description=description, history=1, replicas=replicas, storage=StorageType.FILE
             )
         )
 

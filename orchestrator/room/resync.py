@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -40,6 +39,7 @@ from orchestrator.room.decide import incarnation
 from orchestrator.room.facts import AgentLost, Vanished
 from orchestrator.room.ports import LiveKit
 from orchestrator.rules import match_rule
+from orchestrator.store import open_or_create_kv
 from shared import subjects
 from shared.messages import RoomCreated
 
@@ -127,18 +127,12 @@ def _encode(value: dict[str, Any]) -> bytes:
 
 async def open_resync_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     """Bind to the resync bucket, creating it if missing."""
-    try:
-        return await js.key_value(subjects.RESYNC_BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.RESYNC_BUCKET,
-                description="Switchboard resync: which replica lists LiveKit's rooms, and its last pass",
-                history=1,
-                replicas=replicas,
-                storage=StorageType.FILE,
-            )
-        )
+    return await open_or_create_kv(
+        js,
+        subjects.RESYNC_BUCKET,
+        "Switchboard resync: which replica lists LiveKit's rooms, and its last pass",
+        replicas,
+    )
 
 
 async def read_last_pass(js: JetStreamContext) -> dict[str, Any] | None:
