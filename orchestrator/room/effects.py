@@ -104,7 +104,10 @@ class Effects:
                     room = await self.livekit.room_info(rec.room)
                     if room is None or (rec.sid and room.sid and room.sid != rec.sid):
                         span.add_event("room not in LiveKit")
-                        return RoomGone(effect.key, room.sid if room else None, after_ambiguous=look)
+                        # A newer room holding this attempt's dispatch was made by it: the evidence
+                        # that it is our ghost (an ambiguous try alone is not).
+                        ours = room is not None and look and await self._find(rec, effect.key) is not None
+                        return RoomGone(effect.key, room.sid if room else None, after_ambiguous=ours)
                     if look:
                         existing = await self._find(rec, effect.key)
                         if existing is not None:

@@ -53,8 +53,8 @@ class RoomGone:
 
     key: str
     sid: str | None
-    # An earlier try of this step may have landed after the room was deleted, so the room now
-    # listed under ``sid`` may be one our own CreateDispatch created.
+    # LiveKit lists this attempt's dispatch in the room now listed under ``sid``: an earlier try
+    # landed after the room was deleted, and created that room.
     after_ambiguous: bool = False
 
 
