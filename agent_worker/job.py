@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from livekit.agents import JobContext
-from livekit.api import DeleteRoomRequest, ListRoomsRequest
+from livekit.api import DeleteRoomRequest, ListParticipantsRequest, ListRoomsRequest, ParticipantInfo
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -108,8 +108,11 @@ class JobRunner:
             ctx.add_shutdown_callback(finish)
             try:
                 agent = load_entrypoint(self.entrypoint)
+                intended = read.info.sid if read.info else None
                 gate_connect(
-                    ctx, functools.partial(dispatch_listed, ctx), functools.partial(in_its_room, ctx)
+                    ctx,
+                    functools.partial(dispatch_listed, ctx, intended),
+                    functools.partial(in_its_room, ctx),
                 )
                 await agent(ctx)
             except DispatchWithdrawn as withdrawn:
@@ -122,12 +125,23 @@ class JobRunner:
                 raise
 
 
-async def dispatch_listed(ctx: JobContext, timeout_s: float = 1.0) -> bool:
+async def dispatch_listed(ctx: JobContext, intended_sid: str | None = None, timeout_s: float = 1.0) -> bool:
     """Whether the job's room is still there (this very room: its sid) and LiveKit still lists the
     job's dispatch (one ListRooms, one ListDispatch). Connecting to a room LiveKit deleted would
     create it again, empty: a ghost room with our agent in it. When LiveKit cannot say in time, yes:
-    joining is the agent's job, and a replaced one is removed by the orchestrator anyway."""
+    joining is the agent's job, and a replaced one is removed by the orchestrator anyway.
+
+    ``intended_sid``, the room the dispatch was made for (our metadata): a job in a room of
+    another sid comes from a dispatch that landed after its room was deleted, in a room LiveKit
+    made for it. It is refused (:class:`DispatchWithdrawn`), and that room is deleted when no
+    caller is in it (one ListParticipants, only then)."""
     room = ctx.job.room
+    if intended_sid and room.sid and room.sid != intended_sid:
+        emptied = await _delete_if_uncalled(ctx, timeout_s)
+        raise DispatchWithdrawn(
+            f"the dispatch was for the room of sid {intended_sid}, which ended; LiveKit made room "
+            f"{room.sid} for it" + (" (deleted again: nobody is in it)" if emptied else "")
+        )
     try:
         async with asyncio.timeout(timeout_s):
             rooms = await ctx.api.room.list_rooms(ListRoomsRequest(names=[room.name]))
@@ -139,6 +153,22 @@ async def dispatch_listed(ctx: JobContext, timeout_s: float = 1.0) -> bool:
         log.debug("could not check the dispatch before joining: %r", err)
         return True
     return any(d.id == ctx.job.dispatch_id for d in listed)
+
+
+async def _delete_if_uncalled(ctx: JobContext, timeout_s: float) -> bool:
+    """Delete the job's room when only agents (or nobody) are in it; whether it was deleted."""
+    name = ctx.job.room.name
+    try:
+        async with asyncio.timeout(timeout_s):
+            listed = await ctx.api.room.list_participants(ListParticipantsRequest(room=name))
+            machines = (ParticipantInfo.Kind.AGENT, ParticipantInfo.Kind.EGRESS)
+            if any(p.kind not in machines for p in listed.participants):
+                return False
+            await ctx.api.room.delete_room(DeleteRoomRequest(room=name))
+    except Exception as err:
+        log.debug("could not delete the room made for a stale dispatch: %r", err)
+        return False
+    return True
 
 
 async def in_its_room(ctx: JobContext, timeout_s: float = 1.0) -> bool:

@@ -143,6 +143,7 @@ def classify(exc: BaseException, what: str) -> LiveKitCallError:
 class DispatchJobs:
     count: int  # jobs LiveKit created for the dispatch
     identities: frozenset[str]  # participant identities of those jobs that have one
+    sid: str | None = None  # the room the dispatch was made for (our metadata's sid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,11 +254,13 @@ class LiveKitGateway:
         """The jobs LiveKit created for the dispatch (None: the dispatch, or its room, is not listed)."""
         for d in await self._list_dispatch(room) or []:
             if d.id == dispatch_id:
+                info = read_dispatch_metadata(d.metadata).info
                 return DispatchJobs(
                     count=len(d.state.jobs),
                     identities=frozenset(
                         j.state.participant_identity for j in d.state.jobs if j.state.participant_identity
                     ),
+                    sid=info.sid if info is not None else None,
                 )
         return None
 
@@ -295,12 +298,14 @@ class LiveKitGateway:
         infos = await self._participant_infos(room)
         return None if infos is None else frozenset(p.identity for p in infos)
 
-    async def agent_participants(self, room: str) -> frozenset[str] | None:
-        """Identities of the agent participants now in ``room``; None when the room does not exist."""
+    async def callers(self, room: str) -> frozenset[str] | None:
+        """Identities of the participants in ``room`` that are not agents or egress (users, SIP
+        callers, ingress); None when the room does not exist."""
         infos = await self._participant_infos(room)
         if infos is None:
             return None
-        return frozenset(p.identity for p in infos if p.kind == lk.ParticipantInfo.Kind.AGENT)
+        machines = (lk.ParticipantInfo.Kind.AGENT, lk.ParticipantInfo.Kind.EGRESS)
+        return frozenset(p.identity for p in infos if p.kind not in machines)
 
     async def room_exists(self, room: str) -> bool:
         return await self.room_info(room) is not None

@@ -18,8 +18,11 @@ from shared.tracecontext import (
 )
 
 
-def attempt_key(room: str, attempt: int) -> str:
-    return f"{room}/{attempt}"
+def attempt_key(room: str, attempt: int, sid: str | None = None) -> str:
+    """The attempt's key in its dispatch's metadata. With the room's sid in it, a newer room of the
+    name never takes an older room's dispatch (a late one, sitting in the room it created) for its
+    own attempt."""
+    return f"{room}/{sid}/{attempt}" if sid else f"{room}/{attempt}"
 
 
 def build_dispatch_metadata(user_metadata: str | None, info: DispatchInfo) -> str:

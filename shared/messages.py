@@ -160,8 +160,11 @@ class AgentStatus(Message):
 class DispatchInfo(Message):
     """Our part of a LiveKit dispatch's metadata (under ``_switchboard``, see shared.dispatch_metadata).
 
-    ``key`` marks the attempt (``<room>/<attempt>``): after an ambiguous CreateDispatch failure the
-    orchestrator looks for it in ``list_dispatch`` before dispatching again.
+    ``key`` marks the attempt (``<room>/<sid>/<attempt>``, ``<room>/<attempt>`` for a room known
+    without a sid): after an ambiguous CreateDispatch failure the orchestrator looks for it in
+    ``list_dispatch`` before dispatching again. ``sid`` is the room (incarnation) the dispatch is
+    for: CreateDispatch creates a room it does not find, so a dispatch landing after its room was
+    deleted sits in a room made for it, and a worker given a job in a room of another sid refuses it.
     """
 
     v: Literal[1] = 1
@@ -171,5 +174,6 @@ class DispatchInfo(Message):
     region: Region
     agent: Identifier
     key: Annotated[str, StringConstraints(max_length=300)]
+    sid: Identifier | None = None
     traceparent: Annotated[str, StringConstraints(max_length=128)] | None = None
     tracestate: Annotated[str, StringConstraints(max_length=512)] | None = None

@@ -20,6 +20,7 @@ from orchestrator.records import Replaced, RoomRecord
 from orchestrator.room.facts import (
     DispatchFailed,
     DispatchLanded,
+    GhostFound,
     JobsSeen,
     JobsUnknown,
     Outcome,
@@ -76,7 +77,7 @@ class Effects:
                 async with alongside(lease.keep(), "lease_renewal"):
                     return await self._ensure_dispatch(effect, lease)
             case RemoveReplaced(entries):
-                return await self._remove(rec.room, entries)
+                return await self._remove(rec, entries)
             case CheckJobs(dispatch_id):
                 try:
                     jobs = await self.livekit.dispatch_jobs(rec.room, dispatch_id)
@@ -89,6 +90,9 @@ class Effects:
         started = self.mono()
         tries = 0
         look = effect.look_first
+        # The sid the first try saw, for a record known without one: a later try finding another
+        # room under the name finds a newer room, maybe one an earlier try of ours created.
+        seen: str | None = None
         while True:
             rec = lease.current.record
             # No new try once the claim is in doubt: whoever takes the step over after the lease
@@ -102,12 +106,14 @@ class Effects:
                     # CreateDispatch creates a room it does not find: ask first whether the
                     # record's room (this very incarnation) is there.
                     room = await self.livekit.room_info(rec.room)
-                    if room is None or (rec.sid and room.sid and room.sid != rec.sid):
+                    expected = rec.sid or seen
+                    if room is None or (expected and room.sid and room.sid != expected):
                         span.add_event("room not in LiveKit")
                         # A newer room holding this attempt's dispatch was made by it: the evidence
                         # that it is our ghost (an ambiguous try alone is not).
                         ours = room is not None and look and await self._find(rec, effect.key) is not None
                         return RoomGone(effect.key, room.sid if room else None, after_ambiguous=ours)
+                    seen = seen or room.sid
                     if look:
                         existing = await self._find(rec, effect.key)
                         if existing is not None:
@@ -116,7 +122,7 @@ class Effects:
                             return DispatchLanded(effect.key, existing, tries, found=True, room_sid=room.sid)
                     # Built inside this try's span: the worker's job span becomes its child.
                     dispatch_id = await self.livekit.create_dispatch(
-                        rec.room, rec.agent_name or "", self._metadata(rec)
+                        rec.room, rec.agent_name or "", self._metadata(rec, room.sid)
                     )
                     span.set_attribute("switchboard.dispatch_id", dispatch_id)
                     self.observer.call(self.mono() - began, "ok", retry=tries > 1)
@@ -150,7 +156,9 @@ class Effects:
     async def _find(self, rec: RoomRecord, key: str) -> str | None:
         return await self.livekit.find_dispatch(rec.room, rec.agent_name or "", key)
 
-    def _metadata(self, rec: RoomRecord) -> str:
+    def _metadata(self, rec: RoomRecord, listed_sid: str | None) -> str:
+        """Our part of the dispatch's metadata; ``sid``, the room it is for, tells its worker not to
+        join a room LiveKit made for it after that one was deleted."""
         assert rec.pool and rec.agent and rec.dispatch_key and rec.home_region
         info = DispatchInfo(
             room=rec.room,
@@ -159,31 +167,43 @@ class Effects:
             region=self.region_of(rec.pool) or rec.home_region,
             agent=rec.agent,
             key=rec.dispatch_key,
+            sid=rec.sid or listed_sid,
         )
         return build_dispatch_metadata(rec.user_metadata, info)
 
-    async def _remove(self, room: str, entries: tuple[Replaced, ...]) -> Outcome:
+    async def _remove(self, rec: RoomRecord, entries: tuple[Replaced, ...]) -> Outcome:
         """Delete each replaced dispatch, evict its agents, then confirm with the participant list.
         The room's existence is asked first: for a room LiveKit already deleted, DeleteDispatch
-        answers only after seconds, and there is nobody left to remove."""
+        answers only after seconds, and there is nobody left to remove.
+
+        A replaced dispatch of another room of the name found here, with no caller in the room, is
+        reported (:class:`GhostFound`) before anything is deleted, unless the record knows it."""
+        room = rec.room
         try:
             present = await self.livekit.participants(room)
             if present is None:
                 return RemovalDone(room_exists=False, entries=entries)
+            ours = {i for e in entries for i in e.identities}
             found: list[Replaced] = []
-            listed: list[str] = []
             for entry in entries:
                 identities = set(entry.identities)
                 dispatch_id = entry.dispatch_id
+                listed = False
+                intended = entry.sid
                 if dispatch_id is None and entry.key and entry.agent_name:
                     dispatch_id = await self.livekit.find_dispatch(room, entry.agent_name, entry.key)
-                    if dispatch_id is not None and entry.key:
-                        listed.append(entry.key)
+                    listed = dispatch_id is not None
                 if dispatch_id is not None:
                     jobs = await self.livekit.dispatch_jobs(room, dispatch_id)
                     if jobs is not None:
                         identities |= jobs.identities
-                        listed.append(dispatch_id)
+                        listed = True
+                        intended = intended or jobs.sid
+                    if listed and intended is not None and not present - ours - identities:
+                        stale = entry.model_copy(update={"dispatch_id": dispatch_id, "sid": intended})
+                        ghost = await self._ghost(rec, stale)
+                        if ghost is not None:
+                            return ghost
                     await self.livekit.delete_dispatch(dispatch_id, room)
                 for identity in sorted(identities & present):
                     await self.livekit.remove_participant(room, identity)
@@ -203,5 +223,15 @@ class Effects:
             return RemovalFailed(
                 "still_present", f"still in the room after removal: {', '.join(sorted(still))}"
             )
-        others = bool(present - {i for e in found for i in e.identities})
-        return RemovalDone(room_exists=True, entries=tuple(found), listed=tuple(listed), others=others)
+        return RemovalDone(room_exists=True, entries=tuple(found))
+
+    async def _ghost(self, rec: RoomRecord, entry: Replaced) -> GhostFound | None:
+        """``entry``'s dispatch is listed in a room holding no caller: whether that room is another
+        one than the dispatch was for, and the record does not know it yet. (Asked only then: a
+        room being served again has its caller in it.)"""
+        if entry.sid is None:
+            return None
+        info = await self.livekit.room_info(rec.room)
+        if info is None or info.sid is None or info.sid in (entry.sid, rec.ghost_sid):
+            return None
+        return GhostFound(entry, info.sid)

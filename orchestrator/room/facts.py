@@ -90,10 +90,17 @@ class RemovalDone:
     room_exists: bool
     # The entries as the effect found them: ids looked up by key, identities learned from jobs.
     entries: tuple[Replaced, ...] = ()
-    # Entries (dispatch id, else key) whose dispatch LiveKit listed in the room, and whether anyone
-    # but the entries' agents was in it.
-    listed: tuple[str, ...] = ()
-    others: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GhostFound:
+    """A removal found a replaced dispatch of an older room of this name (``entry``) in the room
+    LiveKit lists now (``sid``), with nobody but agents there: our CreateDispatch, landing after
+    that room was deleted, made this one (LiveKit creates a missing room for a dispatch). Reported
+    before anything is deleted: that dispatch is the only evidence, and it must be recorded first."""
+
+    entry: Replaced
+    sid: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,5 +131,14 @@ class PlaceInput:
     seed: int
 
 
-Outcome = DispatchLanded | DispatchFailed | RoomGone | RemovalDone | RemovalFailed | JobsSeen | JobsUnknown
+Outcome = (
+    DispatchLanded
+    | DispatchFailed
+    | RoomGone
+    | RemovalDone
+    | RemovalFailed
+    | GhostFound
+    | JobsSeen
+    | JobsUnknown
+)
 Fact = Claimed | Report | Ended | Vanished | AgentLost | Outcome

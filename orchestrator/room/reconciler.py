@@ -15,7 +15,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from orchestrator.index import RoomIndex
@@ -112,9 +112,16 @@ class Reconciler:
 
     # -- inputs ----------------------------------------------------------------------------------
 
-    async def on_room_created(self, event: RoomCreated, origin: str = "event") -> bool:
+    async def on_room_created(
+        self,
+        event: RoomCreated,
+        origin: str = "event",
+        occupied: Callable[[], Awaitable[bool]] | None = None,
+    ) -> bool:
         """Open the room's record (``origin``: its event, or the resync); False when the record
-        of this room was already there (a duplicate, an older room, our own ghost)."""
+        of this room was already there (a duplicate, an older room, our own ghost). ``occupied``
+        (the resync's): asked when the room is our ghost, whether a caller is in it now, which
+        makes it a room to serve."""
         record = new_record(event, self._ctx(), trace_fields(), origin)
         async with self.locks.hold(event.room):
             created = await self.store.create(record)
@@ -125,7 +132,11 @@ class Reconciler:
                 revive = origin == "resync" and wrongly_ended(
                     existing.record, event, record.received_at, self.cfg.resync_grace_s
                 )
-                if not is_new_incarnation(existing.record, event) and not revive:
+                ghost = incarnation(existing.record, event) == "ghost"
+                taken = ghost and occupied is not None and await occupied()
+                if taken:
+                    record = new_record(event, self._ctx(), trace_fields(), origin, occupied=True)
+                if not is_new_incarnation(existing.record, event, taken) and not revive:
                     log.info(
                         "room event ignored: %s",
                         _NOT_NEW[incarnation(existing.record, event)],
@@ -144,7 +155,7 @@ class Reconciler:
         async with self.locks.hold(event.room):
             current = await self.read(event.room)
             if current is None:
-                created = await self.store.create(tombstone(event, self._ctx()))
+                created = await self.store.create(tombstone(event, self._ctx(), published_at))
                 if created is not None:
                     self.seen(created)
                     log.info("room ended before its start was seen", extra={"room": event.room})

@@ -222,8 +222,9 @@ class Resync:
             if settled is not None and settled[0] == room.sid and settled[1] > listed_at:
                 continue
             current = self.r.index.get(room.name)
-            if current is not None and current.record.sid in (room.sid, None):
-                continue
+            rec = current.record if current is not None else None
+            if rec is not None and rec.sid in (room.sid, None) and rec.ghost_sid != room.sid:
+                continue  # this very room's record (our ghost's is looked at: a caller may be in it)
             if match_rule(room.name, self.r.config.rules).rule is None:
                 continue
             out.append(room)
@@ -273,10 +274,20 @@ class Resync:
         if not isinstance(event, RoomCreated):
             return 0
         current = self.r.index.get(room.name)
-        if current is not None and incarnation(current.record, event) != "newer":
+        if current is not None and incarnation(current.record, event) not in ("newer", "ghost"):
             return 0
-        served = await self.r.on_room_created(event, origin="resync")
-        if not served:
+        ghost = False
+
+        async def occupied() -> bool:
+            # Our ghost, until a caller is in it: LiveKit puts a user opening the name there (no
+            # room_started: the room exists), and that user is owed an agent. Asked again on
+            # every pass while the ghost is listed.
+            nonlocal ghost
+            ghost = True
+            return room.participants > 0 and bool(await self.livekit.callers(room.name))
+
+        served = await self.r.on_room_created(event, origin="resync", occupied=occupied)
+        if not served and not ghost:
             self._settled[room.name] = (room.sid, listed_at + SETTLED_S)
         return int(served)
 

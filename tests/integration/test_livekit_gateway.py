@@ -162,13 +162,13 @@ async def test_participants(
     listed = await livekit_api.room.list_participants(lkapi.ListParticipantsRequest(room=missing))
     assert list(listed.participants) == []
     assert await gateway.participants(missing) is None
-    assert await gateway.agent_participants(missing) is None
+    assert await gateway.callers(missing) is None
     assert not await gateway.room_exists(missing)
 
     room = room_name("participants")
     await make_room(livekit_api, room)
     assert await gateway.participants(room) == frozenset()
-    assert await gateway.agent_participants(room) == frozenset()
+    assert await gateway.callers(room) == frozenset()
 
     agent, visitor = rtc.Room(), rtc.Room()
     try:
@@ -178,7 +178,7 @@ async def test_participants(
             livekit_server.ws_url, join_token(livekit_server, room, "a-visitor", "standard")
         )
         assert await gateway.participants(room) == frozenset({"the-agent", "a-visitor"})
-        assert await gateway.agent_participants(room) == frozenset({"the-agent"})
+        assert await gateway.callers(room) == frozenset({"a-visitor"})
     finally:
         await agent.disconnect()
         await visitor.disconnect()

@@ -145,7 +145,10 @@ class SimLiveKit:
             d = lk_room.dispatches.get(dispatch_id) if lk_room is not None else None
             if d is None or d.deleted:
                 return None
-            return DispatchJobs(len(d.jobs), frozenset(f"agent-{j}" for j in d.jobs))
+            info = read_dispatch_metadata(d.metadata).info
+            return DispatchJobs(
+                len(d.jobs), frozenset(f"agent-{j}" for j in d.jobs), info.sid if info else None
+            )
 
         return await self._call("dispatch_jobs", room, apply, dispatch_id)
 
@@ -177,12 +180,14 @@ class SimLiveKit:
 
         return await self._call("participants", room, apply)
 
-    async def agent_participants(self, room: str) -> frozenset[str] | None:
+    async def callers(self, room: str) -> frozenset[str] | None:
         def apply() -> frozenset[str] | None:
             lk_room = self.rooms.get(room)
-            return frozenset(lk_room.agents()) if lk_room is not None else None
+            if lk_room is None:
+                return None
+            return frozenset(i for i, kind in lk_room.participants.items() if kind != "agent")
 
-        return await self._call("agent_participants", room, apply)
+        return await self._call("callers", room, apply)
 
     async def room_exists(self, room: str) -> bool:
         return await self._call("room_exists", room, lambda: room in self.rooms)
@@ -356,6 +361,14 @@ class SimLiveKit:
         self.world.log("livekit", f"{job.identity} joined {job.room} (dispatch {job.dispatch_id})")
         self.world.checks.on_participants(job.room, len(lk_room.agents()))
         return True
+
+    def delete_if_uncalled(self, name: str, sid: str) -> None:
+        """A worker's DeleteRoom for this room (this incarnation) when nobody but agents is in it."""
+        lk_room = self.rooms.get(name)
+        if lk_room is None or lk_room.sid != sid or any(k != "agent" for k in lk_room.participants.values()):
+            return
+        self.world.log("livekit", f"room {name} ({sid}) deleted by a worker: made for a stale dispatch")
+        self.world.close_incarnation(name, sid)
 
     def leave(self, job: Job) -> None:
         """The agent disconnects by itself (its job ended)."""

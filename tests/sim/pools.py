@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from shared.dispatch_metadata import read_dispatch_metadata
 from shared.messages import AgentState, AgentStatus, PoolHeartbeat
 from shared.subjects import pool_agent_name
 from tests.sim.config import AGENT, EPOCH, ORCHESTRATOR
@@ -37,6 +38,7 @@ class Job:
     pool: SimPool
     incarnation: int
     room_sid: str  # the room (incarnation) of its dispatch
+    intended_sid: str | None = None  # the room the dispatch was made for (its metadata's sid)
     state: str = "starting"  # starting | in_room | ended
 
     @property
@@ -134,7 +136,17 @@ class SimPool:
         return self.alive and len(self.jobs) < self.capacity
 
     def take(self, dispatch: Dispatch, attempt: int, job_id: str) -> Job:
-        job = Job(job_id, dispatch.id, dispatch.room, attempt, self, self.incarnation, dispatch.room_sid)
+        info = read_dispatch_metadata(dispatch.metadata).info
+        job = Job(
+            job_id,
+            dispatch.id,
+            dispatch.room,
+            attempt,
+            self,
+            self.incarnation,
+            dispatch.room_sid,
+            info.sid if info is not None else None,
+        )
         self.jobs[job.id] = job
         self.world.livekit.jobs[job.id] = job
         self.world.log(self.actor, f"job {job.id} for {dispatch.id} in {dispatch.room} (attempt {attempt})")
@@ -147,6 +159,16 @@ class SimPool:
 
     def _join(self, job: Job) -> None:
         if not self._runs(job) or job.state != "starting":
+            return
+        if job.intended_sid and job.intended_sid != job.room_sid:
+            # agent_worker/job.py dispatch_listed: a dispatch that landed in a room made for it
+            # after its own room ended; the worker deletes that room when no caller is in it.
+            self.world.log(
+                self.actor,
+                f"job {job.id} refused: its dispatch is for {job.intended_sid}, the room is {job.room_sid}",
+            )
+            self.world.livekit.delete_if_uncalled(job.room, job.room_sid)
+            self._end(job, "left", "dispatch withdrawn")
             return
         if not self.world.livekit.join(job):
             self._end(job, "left", "could not connect: the room is gone")

@@ -101,8 +101,8 @@ class Gateway:
     async def participants(self, room: str) -> frozenset[str] | None:
         return await self.lk.participants(room)
 
-    async def agent_participants(self, room: str) -> frozenset[str] | None:
-        return await self.lk.agent_participants(room)
+    async def callers(self, room: str) -> frozenset[str] | None:
+        return await self.lk.callers(room)
 
     async def room_exists(self, room: str) -> bool:
         return await self.lk.room_exists(room)

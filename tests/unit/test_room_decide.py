@@ -16,6 +16,7 @@ from orchestrator.room.decide import (
     decide,
     due,
     incarnation,
+    is_new_incarnation,
     needs_placement,
     superseding,
     tombstone,
@@ -27,6 +28,7 @@ from orchestrator.room.facts import (
     DispatchFailed,
     DispatchLanded,
     Ended,
+    GhostFound,
     PlaceInput,
     RemovalDone,
     RemovalFailed,
@@ -382,19 +384,32 @@ def test_a_stale_sidless_end_does_not_end_a_newer_room_and_a_wrong_end_is_undone
 def test_a_newer_room_holding_an_old_rooms_dispatch_and_nobody_else_was_made_by_it() -> None:
     """Our CreateDispatch for room RM_1 landed after RM_1 was deleted and made RM_2 (a ghost); RM_2's
     own event superseded the record before the landing was known. The removal finds the old
-    dispatch in RM_2, with nobody else there: RM_2 is not served."""
+    dispatch in RM_2, with no caller there, and says so before deleting it: RM_2 is not served,
+    and the removal goes on from the ended record."""
     old = holding(S.DISPATCHING, sid="RM_1", dispatch_id=None, identity=None, owner=None, lease_until=None)
     new = superseding(new_rec("RM_2"), old)
     assert new.replaced[0].sid == "RM_1" and new.removal_pending
     entry = new.replaced[0].model_copy(update={"dispatch_id": "AD_1", "identities": ["agent-J1"]})
-    ghost = step(new, RemovalDone(True, (entry,), listed=("AD_1",), others=False)).record
-    assert ghost.state == S.ENDED and ghost.ghost_sid == "RM_2" and not ghost.removal_pending
-    # Somebody else is in the room: a real room our late dispatch landed in. Served.
-    real = step(new, RemovalDone(True, (entry,), listed=("AD_1",), others=True)).record
-    assert real.state == S.RECEIVED and not real.removal_pending
-    # The old dispatch is not in the room: an ordinary newer room.
-    plain = step(new, RemovalDone(True, (entry,), listed=(), others=False)).record
-    assert plain.state == S.RECEIVED
+    ghost = step(new, GhostFound(entry, "RM_2")).record
+    assert ghost.state == S.ENDED and ghost.reason == "room_gone" and ghost.ghost_sid == "RM_2"
+    assert ghost.removal_pending and step(ghost).effect == RemoveReplaced(tuple(ghost.replaced))
+    assert step(ghost, GhostFound(entry, "RM_2")).record is None  # known: the removal goes on
+
+
+def test_an_ended_record_whose_dispatch_is_found_in_a_newer_room_remembers_that_room_as_a_ghost() -> None:
+    """The room ended while our CreateDispatch was on its way; the dispatch landed, made the room
+    again (RM_2) and stayed there. The ended record's removal finds it there, no caller in it:
+    RM_2's own event, arriving later, is our ghost's; once a caller joins RM_2 it is served."""
+    old = holding(S.DISPATCHING, sid="RM_1", dispatch_id=None, identity=None, owner=None, lease_until=None)
+    ended = step(old, Ended(RoomEnded(room="room-a", sid="RM_1"))).record
+    assert ended.state == S.ENDED and ended.removal_pending
+    marked = step(ended, GhostFound(ended.replaced[0], "RM_2")).record
+    assert marked.ghost_sid == "RM_2" and marked.state == S.ENDED and marked.removal_pending
+    assert marked.history[-1].event == "ghost"
+    ghost_event = RoomCreated(room="room-a", sid="RM_2")
+    assert incarnation(marked, ghost_event) == "ghost"
+    assert not is_new_incarnation(marked, ghost_event)
+    assert is_new_incarnation(marked, ghost_event, occupied=True)
 
 
 def new_rec(sid: str) -> RoomRecord:

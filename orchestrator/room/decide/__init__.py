@@ -28,7 +28,7 @@ from orchestrator.room.decide.place import PLACING, decide_place, needs_placemen
 from orchestrator.room.decide.redispatch import redispatch
 from orchestrator.room.decide.reports import decide_report
 from orchestrator.room.decide.resync import decide_agent_lost, decide_vanished
-from orchestrator.room.decide.retire import decide_removal_done, remove_step
+from orchestrator.room.decide.retire import decide_ghost_found, decide_removal_done, remove_step
 from orchestrator.room.decide.timers import REDISPATCH_CAUSES, due, leased_by_other
 from orchestrator.room.facts import (
     AgentLost,
@@ -37,6 +37,7 @@ from orchestrator.room.facts import (
     DispatchLanded,
     Ended,
     Fact,
+    GhostFound,
     JobsSeen,
     JobsUnknown,
     PlaceInput,
@@ -87,6 +88,8 @@ def decide(
             return decide_removal_done(rec, fact, ctx)
         case RemovalFailed():
             return REST  # the removal stays pending in the record; the sweep tries again
+        case GhostFound():
+            return decide_ghost_found(rec, fact, ctx)
         case DispatchLanded() | DispatchFailed():
             return decide_dispatch_outcome(rec, fact, ctx)
         case RoomGone():

@@ -16,11 +16,15 @@ from shared.messages import RoomCreated, RoomEnded
 
 
 def new_record(
-    event: RoomCreated, ctx: Context, trace: dict[str, str | None], origin: str = "event"
+    event: RoomCreated,
+    ctx: Context,
+    trace: dict[str, str | None],
+    origin: str = "event",
+    occupied: bool = False,
 ) -> RoomRecord:
     """The record of a room just announced, claimed by this replica (``received`` is in flight).
     ``origin``: ``event`` (a room event), or ``resync`` (found in LiveKit's room list, its event
-    never having arrived)."""
+    never having arrived); ``occupied``: a ghost room a caller has joined since."""
     override = read_override(event.metadata)
     user_meta = {k: v for k, v in event.metadata.items() if k != OVERRIDE_KEY} if event.metadata else None
     record = RoomRecord(
@@ -42,6 +46,8 @@ def new_record(
     what = f"manual dispatch by {override.requested_by or 'an operator'}" if override else "room event"
     if origin == "resync":
         what = "found in LiveKit's room list; its room event never arrived"
+    if occupied:
+        what = "a caller joined the room our late CreateDispatch had made: it is a room to serve now"
     return note(
         record,
         now=ctx.now,
@@ -83,13 +89,15 @@ def incarnation(rec: RoomRecord, event: RoomCreated) -> Incarnation:
     return "newer" if sidless and rec.event_at is not None and created > rec.event_at else "same"
 
 
-def is_new_incarnation(rec: RoomRecord, event: RoomCreated) -> bool:
+def is_new_incarnation(rec: RoomRecord, event: RoomCreated, occupied: bool = False) -> bool:
     """Whether ``event`` starts the room over: a newer LiveKit room of this name (which supersedes
-    a live record too: its old dispatch is retired first), or an operator asking again, by hand,
-    for a room that failed or ended (the outage case)."""
+    a live record too: its old dispatch is retired first), our ghost room once a caller is in it
+    (``occupied``: LiveKit put a user opening the name there), or an operator asking again, by
+    hand, for a room that failed or ended (the outage case)."""
     override: DispatchOverride | None = read_override(event.metadata)
     manual = override is not None and override.manual
-    return incarnation(rec, event) == "newer" or (rec.terminal and manual)
+    kind = incarnation(rec, event)
+    return kind == "newer" or (kind == "ghost" and occupied) or (rec.terminal and manual)
 
 
 def wrongly_ended(rec: RoomRecord, event: RoomCreated, now: float, grace_s: float) -> bool:
@@ -98,7 +106,7 @@ def wrongly_ended(rec: RoomRecord, event: RoomCreated, now: float, grace_s: floa
     of an older room of the name) ended this one. It is served again."""
     if rec.state != RoomState.ENDED or rec.reason != "room_ended":
         return False
-    if event.sid is None or (rec.sid is not None and rec.sid != event.sid):
+    if event.sid is None or (rec.sid is not None and rec.sid != event.sid) or rec.ghost_sid == event.sid:
         return False
     ended_at = next((h.at for h in rec.history if h.state in TERMINAL), rec.received_at)
     return ended_at < now - grace_s
@@ -119,14 +127,16 @@ def superseding(new: RoomRecord, old: RoomRecord) -> RoomRecord:
     )
 
 
-def tombstone(event: RoomEnded, ctx: Context) -> RoomRecord:
+def tombstone(event: RoomEnded, ctx: Context, published_at: float | None = None) -> RoomRecord:
     """The record of a room whose end arrived before its start (another replica, a backlog): kept
     so the late ``room_started`` is a duplicate, not a dispatch that would create the room again
-    (CreateDispatch creates a missing room)."""
+    (CreateDispatch creates a missing room). It ended when its end was published (JetStream's
+    stamp), not when it was read: a sid-less room of the name created after that is a newer one."""
+    ended_at = min(published_at, ctx.now) if published_at is not None else ctx.now
     return transition(
         RoomRecord(room=event.room, sid=event.sid, received_at=ctx.now),
         RoomState.ENDED,
-        now=ctx.now,
+        now=ended_at,
         event="ended",
         detail="room ended before its start was seen",
         reason="room_ended",

@@ -143,7 +143,7 @@ def decide_place(rec: RoomRecord, place: PlaceInput, ctx: Context) -> Step:
         )
         return Step(record=new, decision=decision)
     attempt = rec.attempt + 1
-    key = attempt_key(rec.room, attempt)
+    key = attempt_key(rec.room, attempt, rec.sid)
     new = transition(
         rec,
         S.DISPATCHING,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from orchestrator.records import MAX_REPLACED, Replaced, RoomRecord, RoomState
 from orchestrator.room.decide.context import Context
-from orchestrator.room.facts import RemovalDone
+from orchestrator.room.facts import GhostFound, RemovalDone
 from orchestrator.room.step import REST, RemoveReplaced, Step
 from orchestrator.transitions import note, transition
 
@@ -120,24 +120,6 @@ def decide_removal_done(rec: RoomRecord, done: RemovalDone, ctx: Context) -> Ste
             )
         )
     new = _settled(rec, done.entries)
-    ghost = _made_by_an_old_dispatch(rec, done)
-    if ghost is not None:
-        return Step(
-            record=transition(
-                new,
-                RoomState.ENDED,
-                now=ctx.now,
-                event="ended",
-                detail=f"this room (sid {rec.sid}) was made by our dispatch {ghost.dispatch_id or ghost.key} "
-                f"for the room of this name that had ended (sid {ghost.sid}), and nobody else is in it: "
-                "not served",
-                reason="room_gone",
-                ghost_sid=rec.sid,
-                deadline=None,
-                owner=None,
-                lease_until=None,
-            )
-        )
     if new == rec:
         return REST
     ids = ", ".join(i for e in done.entries for i in e.identities) or "none present"
@@ -146,15 +128,37 @@ def decide_removal_done(rec: RoomRecord, done: RemovalDone, ctx: Context) -> Ste
     )
 
 
-def _made_by_an_old_dispatch(rec: RoomRecord, done: RemovalDone) -> Replaced | None:
-    """A dispatch of an older room of this name that LiveKit lists in this room, which holds no one
-    but agents we are removing: our CreateDispatch, landing after that room was deleted, created
-    this one (LiveKit creates a missing room for a dispatch). Its own event must not get it served."""
-    if rec.state not in (RoomState.RECEIVED, RoomState.REDISPATCHING, RoomState.WAITING_FOR_POOL):
-        return None
-    if done.others or rec.sid is None:
-        return None
-    for entry in done.entries:
-        if entry.sid is not None and entry.sid != rec.sid and (entry.dispatch_id or entry.key) in done.listed:
-            return entry
-    return None
+def decide_ghost_found(rec: RoomRecord, found: GhostFound, ctx: Context) -> Step:
+    """The room LiveKit lists under this name now is our ghost: never served on the strength of
+    its own event (or of the resync, until a caller is in it). An ended record remembers its sid;
+    a live one ends, its own dispatch retired (its room is gone, or is that ghost). The removal
+    goes on once this is written."""
+    if rec.ghost_sid == found.sid:
+        return REST
+    entry = found.entry
+    detail = (
+        f"the room now listed as {rec.room} (sid {found.sid}) was made by our dispatch "
+        f"{entry.dispatch_id or entry.key} for the room of this name that had ended (sid {entry.sid}), "
+        "and no caller is in it: not served"
+    )
+    if rec.terminal:
+        return Step(
+            record=note(
+                rec.model_copy(update={"ghost_sid": found.sid}), now=ctx.now, event="ghost", detail=detail
+            )
+        )
+    return Step(
+        record=transition(
+            retire(rec),
+            RoomState.ENDED,
+            now=ctx.now,
+            event="ended",
+            detail=detail,
+            reason="room_gone",
+            ghost_sid=found.sid,
+            deadline=None,
+            owner=None,
+            lease_until=None,
+            waiting_since=None,
+        )
+    )
