@@ -143,7 +143,17 @@ def classify(exc: BaseException, what: str) -> LiveKitCallError:
 class DispatchJobs:
     count: int  # jobs LiveKit created for the dispatch
     identities: frozenset[str]  # participant identities of those jobs that have one
-    sid: str | None = None  # the room the dispatch was made for (our metadata's sid)
+
+
+@dataclass(frozen=True, slots=True)
+class ListedDispatch:
+    """A dispatch as LiveKit lists it in a room, with what our metadata says of it."""
+
+    id: str
+    agent_name: str
+    key: str | None  # our attempt key (None: not a dispatch of ours)
+    sid: str | None  # the room it was made for (our metadata)
+    identities: frozenset[str]  # participant identities of its jobs that have one
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,17 +260,36 @@ class LiveKitGateway:
                     return str(d.id)
         return None
 
+    async def room_dispatches(self, room: str) -> list[ListedDispatch] | None:
+        """Every dispatch LiveKit lists in ``room`` (one ListDispatch); None when the room does not exist."""
+        listed = await self._list_dispatch(room)
+        if listed is None:
+            return None
+        out: list[ListedDispatch] = []
+        for d in listed:
+            info = read_dispatch_metadata(d.metadata).info
+            out.append(
+                ListedDispatch(
+                    id=str(d.id),
+                    agent_name=d.agent_name,
+                    key=info.key if info is not None else None,
+                    sid=info.sid if info is not None else None,
+                    identities=frozenset(
+                        j.state.participant_identity for j in d.state.jobs if j.state.participant_identity
+                    ),
+                )
+            )
+        return out
+
     async def dispatch_jobs(self, room: str, dispatch_id: str) -> DispatchJobs | None:
         """The jobs LiveKit created for the dispatch (None: the dispatch, or its room, is not listed)."""
         for d in await self._list_dispatch(room) or []:
             if d.id == dispatch_id:
-                info = read_dispatch_metadata(d.metadata).info
                 return DispatchJobs(
                     count=len(d.state.jobs),
                     identities=frozenset(
                         j.state.participant_identity for j in d.state.jobs if j.state.participant_identity
                     ),
-                    sid=info.sid if info is not None else None,
                 )
         return None
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from orchestrator.alongside import alongside
-from orchestrator.livekit_gateway import LiveKitCallError
+from orchestrator.livekit_gateway import ListedDispatch, LiveKitCallError
 from orchestrator.records import Replaced, RoomRecord
 from orchestrator.room.facts import (
     DispatchFailed,
@@ -172,41 +172,33 @@ class Effects:
         return build_dispatch_metadata(rec.user_metadata, info)
 
     async def _remove(self, rec: RoomRecord, entries: tuple[Replaced, ...]) -> Outcome:
-        """Delete each replaced dispatch, evict its agents, then confirm with the participant list.
-        The room's existence is asked first: for a room LiveKit already deleted, DeleteDispatch
-        answers only after seconds, and there is nobody left to remove.
+        """Delete each replaced dispatch (every one LiveKit lists under its id or its attempt key:
+        an ambiguous try and its retry can both have landed), evict its agents, then confirm with
+        the participant list. The room's existence is asked first: for a room LiveKit already
+        deleted, DeleteDispatch answers only after seconds, and there is nobody left to remove.
 
         A replaced dispatch of another room of the name found here, with no caller in the room, is
         reported (:class:`GhostFound`) before anything is deleted, unless the record knows it."""
         room = rec.room
         try:
             present = await self.livekit.participants(room)
-            if present is None:
+            listed = await self.livekit.room_dispatches(room) if present is not None else None
+            if present is None or listed is None:
                 return RemovalDone(room_exists=False, entries=entries)
             ours = {i for e in entries for i in e.identities}
             found: list[Replaced] = []
             for entry in entries:
-                identities = set(entry.identities)
-                dispatch_id = entry.dispatch_id
-                listed = False
-                intended = entry.sid
-                if dispatch_id is None and entry.key and entry.agent_name:
-                    dispatch_id = await self.livekit.find_dispatch(room, entry.agent_name, entry.key)
-                    listed = dispatch_id is not None
-                if dispatch_id is not None:
-                    jobs = await self.livekit.dispatch_jobs(room, dispatch_id)
-                    if jobs is not None:
-                        identities |= jobs.identities
-                        listed = True
-                        intended = intended or jobs.sid
-                    if listed and intended is not None and not present - ours - identities:
-                        stale = entry.model_copy(update={"dispatch_id": dispatch_id, "sid": intended})
-                        ghost = await self._ghost(rec, stale)
-                        if ghost is not None:
-                            return ghost
-                    await self.livekit.delete_dispatch(dispatch_id, room)
+                mine = [d for d in listed if _of(entry, d)]
+                identities = set(entry.identities).union(*(d.identities for d in mine))
+                if mine and not present - ours - identities:
+                    ghost = await self._ghost(rec, entry, mine)
+                    if ghost is not None:
+                        return ghost
+                for d in mine:
+                    await self.livekit.delete_dispatch(d.id, room)
                 for identity in sorted(identities & present):
                     await self.livekit.remove_participant(room, identity)
+                dispatch_id = entry.dispatch_id or (mine[0].id if mine else None)
                 found.append(
                     entry.model_copy(update={"dispatch_id": dispatch_id, "identities": sorted(identities)})
                 )
@@ -225,13 +217,24 @@ class Effects:
             )
         return RemovalDone(room_exists=True, entries=tuple(found))
 
-    async def _ghost(self, rec: RoomRecord, entry: Replaced) -> GhostFound | None:
-        """``entry``'s dispatch is listed in a room holding no caller: whether that room is another
-        one than the dispatch was for, and the record does not know it yet. (Asked only then: a
-        room being served again has its caller in it.)"""
-        if entry.sid is None:
+    async def _ghost(self, rec: RoomRecord, entry: Replaced, mine: list[ListedDispatch]) -> GhostFound | None:
+        """``entry``'s dispatches are listed in a room holding no caller: whether that room is
+        another one than a dispatch was for, and the record does not know it yet. (Asked only
+        then: a room being served again has its caller in it.)"""
+        intended = {d.sid or entry.sid for d in mine} - {None}
+        if not intended:
             return None
         info = await self.livekit.room_info(rec.room)
-        if info is None or info.sid is None or info.sid in (entry.sid, rec.ghost_sid):
+        if info is None or info.sid is None or info.sid == rec.ghost_sid or intended == {info.sid}:
             return None
-        return GhostFound(entry, info.sid)
+        stale = next(d for d in mine if (d.sid or entry.sid) not in (None, info.sid))
+        return GhostFound(
+            entry.model_copy(update={"dispatch_id": stale.id, "sid": stale.sid or entry.sid}), info.sid
+        )
+
+
+def _of(entry: Replaced, d: ListedDispatch) -> bool:
+    """Whether LiveKit's dispatch ``d`` is the replaced ``entry``'s: its id, or its attempt key."""
+    if entry.dispatch_id is not None and d.id == entry.dispatch_id:
+        return True
+    return entry.key is not None and d.key == entry.key and d.agent_name == (entry.agent_name or d.agent_name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from orchestrator.livekit_gateway import DispatchJobs, LiveRoom
+from orchestrator.livekit_gateway import DispatchJobs, ListedDispatch, LiveRoom
 from orchestrator.records import RoomRecord
 from orchestrator.store import Versioned
 
@@ -28,6 +28,8 @@ class LiveKit(Protocol):
     async def find_dispatch(self, room: str, agent_name: str, key: str) -> str | None: ...
 
     async def dispatch_jobs(self, room: str, dispatch_id: str) -> DispatchJobs | None: ...
+
+    async def room_dispatches(self, room: str) -> list[ListedDispatch] | None: ...
 
     async def delete_dispatch(self, dispatch_id: str, room: str) -> None: ...
 

@@ -16,7 +16,9 @@ from pydantic import SecretStr
 
 from devstack.livekit_server import LiveKitServer
 from devstack.ports import free_tcp_port
-from orchestrator.livekit_gateway import DispatchJobs, LiveKitCallError, LiveKitGateway
+from orchestrator.livekit_gateway import DispatchJobs, ListedDispatch, LiveKitCallError, LiveKitGateway
+from shared.dispatch_metadata import build_dispatch_metadata
+from shared.messages import DispatchInfo
 from shared.settings import LiveKitSettings
 
 pytestmark = pytest.mark.integration
@@ -142,6 +144,19 @@ async def test_dispatch_jobs(livekit_api: lkapi.LiveKitAPI, gateway: LiveKitGate
     assert await twirp_answer(livekit_api.agent_dispatch.list_dispatch(missing)) == (503, "unavailable")
     assert await gateway.dispatch_jobs(missing, dispatch_id) is None
     assert await gateway.find_dispatch(missing, "nobody", "key") is None
+    assert await gateway.room_dispatches(missing) is None
+
+
+async def test_room_dispatches_read_our_key_and_the_room_a_dispatch_was_for(gateway: LiveKitGateway) -> None:
+    room = room_name("listed")
+    info = DispatchInfo(
+        room=room, attempt=1, pool="eu-a", region="eu-central", agent="ornina", key="k/1", sid="RM_x"
+    )
+    ours = await gateway.create_dispatch(room, "nobody", build_dispatch_metadata("user's own", info))
+    theirs = await gateway.create_dispatch(room, "someone", "not ours")
+    listed = {d.id: d for d in await gateway.room_dispatches(room) or []}
+    assert listed[ours] == ListedDispatch(ours, "nobody", "k/1", "RM_x", frozenset())
+    assert listed[theirs] == ListedDispatch(theirs, "someone", None, None, frozenset())
 
 
 def join_token(server: LiveKitServer, room: str, identity: str, kind: Literal["standard", "agent"]) -> str:

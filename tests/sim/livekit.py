@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from orchestrator.livekit_gateway import DispatchJobs, LiveKitCallError, LiveRoom
+from orchestrator.livekit_gateway import DispatchJobs, ListedDispatch, LiveKitCallError, LiveRoom
 from shared.dispatch_metadata import read_dispatch_metadata
 from tests.sim.config import AGENT_GHOST_S, GHOST_EMPTY_S, LK_TIMEOUT_S
 from tests.sim.faults import Call
@@ -138,6 +138,22 @@ class SimLiveKit:
             return None
 
         return await self._call("find_dispatch", room, apply, f"key {key}")
+
+    async def room_dispatches(self, room: str) -> list[ListedDispatch] | None:
+        def apply() -> list[ListedDispatch] | None:
+            lk_room = self.rooms.get(room)
+            if lk_room is None:
+                return None
+            out = []
+            for d in lk_room.dispatches.values():
+                if d.deleted:
+                    continue
+                info = read_dispatch_metadata(d.metadata).info
+                jobs = frozenset(f"agent-{j}" for j in d.jobs)
+                out.append(ListedDispatch(d.id, d.agent_name, d.key, info.sid if info else None, jobs))
+            return out
+
+        return await self._call("room_dispatches", room, apply)
 
     async def dispatch_jobs(self, room: str, dispatch_id: str) -> DispatchJobs | None:
         def apply() -> DispatchJobs | None:

@@ -16,7 +16,7 @@ from typing import Protocol
 from opentelemetry import trace
 
 from orchestrator.index import RoomIndex
-from orchestrator.livekit_gateway import DispatchJobs, LiveKitCallError, LiveRoom
+from orchestrator.livekit_gateway import DispatchJobs, ListedDispatch, LiveKitCallError, LiveRoom
 from orchestrator.pools import PoolRegistry
 from orchestrator.room import Clocks, Reconciler, observe
 from orchestrator.room.resync import Resync, ResyncLease
@@ -83,6 +83,9 @@ class Gateway:
 
     async def dispatch_jobs(self, room: str, dispatch_id: str) -> DispatchJobs | None:
         return await self.lk.dispatch_jobs(room, dispatch_id)
+
+    async def room_dispatches(self, room: str) -> list[ListedDispatch] | None:
+        return await self.lk.room_dispatches(room)
 
     async def delete_dispatch(self, dispatch_id: str, room: str) -> None:
         try:
