@@ -8,7 +8,7 @@ them (compare-and-set decides which one wins).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Mapping
 
 from orchestrator.records import TERMINAL, RoomState
 from orchestrator.store import Versioned
@@ -33,8 +33,13 @@ class RoomIndex:
         # concurrently; without these holds, each decision would read the reservations from
         # before the others' writes landed and they would all herd onto the same pool.
         self._holds: dict[str, str] = {}
-        # Dispatch ids some heartbeat has listed: from then on the job is counted in `active`
-        # (or has ended), never as a reservation again — even before the record catches up.
+        # Reservations, kept as records change so a placement costs what is in flight, not what is
+        # live: the reserving rooms whose job no heartbeat has listed yet (room -> pool, dispatch
+        # id), their count per pool, and the dispatch ids of reserving rooms some heartbeat did list
+        # (from then on the job is counted in `active`, or has ended: never a reservation again,
+        # even before the record catches up).
+        self._unlisted: dict[str, tuple[str, str | None]] = {}
+        self._pending: Counter[str] = Counter()
         self._listed: set[str] = set()
         # Live rooms per state, kept as records come and go (the rooms gauge reads it for free).
         self._by_state: Counter[RoomState] = Counter()
@@ -52,7 +57,7 @@ class RoomIndex:
         if held is not None and (versioned is None or versioned.record.pool == held):
             self._holds.pop(room)  # the written record now carries the reservation itself
         if versioned is None:
-            self._forget(room)
+            self._forget(room, None)
             return
         current = self._rooms.get(room)
         if current is not None and current.revision >= versioned.revision:
@@ -60,16 +65,33 @@ class RoomIndex:
         if versioned.record.terminal and not versioned.record.removal_pending:
             # Terminal records stay in KV for `explain`, but nothing here needs them (one whose old
             # agent is not confirmed gone yet stays until the sweep has removed it).
-            self._forget(room)
-        else:
-            self._forget(room)
-            self._rooms[room] = versioned
-            self._by_state[versioned.record.state] += 1
+            self._forget(room, None)
+            return
+        self._forget(room, versioned)
+        self._rooms[room] = versioned
+        rec = versioned.record
+        self._by_state[rec.state] += 1
+        reserving = _reserving(versioned)
+        if reserving is not None and (reserving[1] is None or reserving[1] not in self._listed):
+            self._unlisted[room] = reserving
+            self._pending[reserving[0]] += 1
 
-    def _forget(self, room: str) -> None:
+    def _forget(self, room: str, next_: Versioned | None) -> None:
+        """Take ``room``'s record out of the counts (``next_``: the record replacing it)."""
         gone = self._rooms.pop(room, None)
-        if gone is not None:
-            self._by_state[gone.record.state] -= 1
+        if gone is None:
+            return
+        self._by_state[gone.record.state] -= 1
+        was = self._unlisted.pop(room, None)
+        if was is not None:
+            self._pending[was[0]] -= 1
+            if not self._pending[was[0]]:
+                del self._pending[was[0]]
+        old_id = gone.record.dispatch_id
+        if old_id is not None and old_id in self._listed:
+            still = _reserving(next_) if next_ is not None else None
+            if still is None or still[1] != old_id:
+                self._listed.discard(old_id)
 
     def by_state(self) -> dict[str, int]:
         """Live rooms per non-terminal state (its value), zeros included."""
@@ -84,25 +106,32 @@ class RoomIndex:
     def __len__(self) -> int:
         return len(self._rooms)
 
-    def reserved(self, pool_jobs: dict[str, frozenset[str]]) -> dict[str, int]:
-        """Per pool: rooms placed on it whose job its heartbeats do not show yet."""
-        counts: dict[str, int] = {}
-        live_ids: set[str] = set()
-        for v in self._rooms.values():
-            rec = v.record
-            if rec.pool is None or rec.state not in _RESERVING:
-                continue
-            if rec.dispatch_id is not None:
-                live_ids.add(rec.dispatch_id)
-                if rec.dispatch_id in pool_jobs.get(rec.pool, frozenset()):
-                    self._listed.add(rec.dispatch_id)
-                    continue
-                if rec.dispatch_id in self._listed:
-                    continue  # its job ran and ended; the record has not caught up yet
-            counts[rec.pool] = counts.get(rec.pool, 0) + 1
-        self._listed &= live_ids  # forget rooms that left the index
+    def reserved(self, pool_jobs: Mapping[str, Container[str]]) -> dict[str, int]:
+        """Per pool: rooms placed on it whose job its heartbeats do not show yet. Costs the rooms
+        in flight (placed, job not yet listed) and this replica's holds, not the live rooms."""
+        still: dict[str, tuple[str, str | None]] = {}
+        for room, (pool, dispatch_id) in self._unlisted.items():
+            if dispatch_id is not None and dispatch_id in pool_jobs.get(pool, ()):
+                self._listed.add(dispatch_id)
+                self._pending[pool] -= 1
+                if not self._pending[pool]:
+                    del self._pending[pool]
+            else:
+                still[room] = (pool, dispatch_id)
+        # A new dict, not deletions: a dict never shrinks, and walking one that once held a burst
+        # of rooms costs that burst's size on every call.
+        self._unlisted = still
+        counts = dict(self._pending)
         for room, pool in self._holds.items():
             current = self._rooms.get(room)
             if current is None or current.record.pool != pool or current.record.state not in _RESERVING:
                 counts[pool] = counts.get(pool, 0) + 1
         return counts
+
+
+def _reserving(versioned: Versioned) -> tuple[str, str | None] | None:
+    """(pool, dispatch id) of a record counted against its pool's headroom; None if it is not."""
+    rec = versioned.record
+    if rec.pool is None or rec.state not in _RESERVING:
+        return None
+    return rec.pool, rec.dispatch_id

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from orchestrator.scheduler.model import Liveness, PoolView
+from orchestrator.scheduler.model import JobIds, Liveness, PoolView
 from shared.config import PinnedPool
 from shared.messages import PoolHeartbeat, PoolSummary
 from shared.subjects import pool_agent_name
@@ -31,6 +31,7 @@ class _Worker:
     beat: PoolHeartbeat
     seen_at: float  # wall (monotonic) time of the beat's arrival, for ages shown to people
     heard_at: float  # the registry's hearing clock at its arrival, for liveness
+    jobs: frozenset[str] = frozenset()  # the beat's job ids, as a set once per beat
 
 
 @dataclass(slots=True)
@@ -84,7 +85,7 @@ class PoolRegistry:
         """Record a worker's beat. The latest arrival wins (core NATS keeps one publisher's order)."""
         self._hearing = self._heard(now)
         self._last_beat_at = max(now, self._last_beat_at or now)
-        self._workers.setdefault(hb.pool, {})[hb.worker] = _Worker(hb, now, self._hearing)
+        self._workers.setdefault(hb.pool, {})[hb.worker] = _Worker(hb, now, self._hearing, frozenset(hb.jobs))
         # The pool's identity follows its newest beat: a redeployed pool may legitimately move.
         self._identity[hb.pool] = _Identity(hb.agent, hb.region, hb.agent_name)
 
@@ -170,14 +171,15 @@ class PoolRegistry:
         if ident is None:
             return None
         workers = self._workers.get(pool, {})
-        live = [w.beat for w in workers.values() if self._alive(w, now)]
+        alive = [w for w in workers.values() if self._alive(w, now)]
+        live = [w.beat for w in alive]
         capacity = sum(b.capacity for b in live)
         active = sum(b.active for b in live)
         open_slots = sum(max(0, b.capacity - b.active) for b in live if not b.draining)
         drained = bool(live) and (pool in self._operator_drained or all(b.draining for b in live))
         liveness: Liveness = "dead" if not live else ("draining" if drained else "alive")
         ages = [now - w.seen_at for w in workers.values()]
-        jobs = frozenset(j for b in live for j in b.jobs)
+        jobs = JobIds(w.jobs for w in alive)
         return PoolView(
             pool=pool,
             agent=ident.agent,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
+from orchestrator.index import _RESERVING as RESERVING
 from orchestrator.index import RoomIndex
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.store import Versioned
@@ -65,3 +70,82 @@ def test_live_rooms_by_state_follow_every_change() -> None:
     index.apply("a", _v("a", S.ENDED, "p", 4))
     index.apply("b", None)  # expired or deleted
     assert sum(index.by_state().values()) == 0
+
+
+class _Walk:
+    """The reservations as the index computed them before they were kept incrementally: a walk over
+    every live record per placement. The reference the kept counts must always agree with."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, RoomRecord] = {}
+        self.holds: dict[str, str] = {}
+        self.listed: set[str] = set()
+
+    def reserved(self, pool_jobs: dict[str, frozenset[str]]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        live_ids: set[str] = set()
+        for rec in self.rooms.values():
+            if rec.pool is None or rec.state not in RESERVING:
+                continue
+            if rec.dispatch_id is not None:
+                live_ids.add(rec.dispatch_id)
+                if rec.dispatch_id in pool_jobs.get(rec.pool, frozenset()):
+                    self.listed.add(rec.dispatch_id)
+                    continue
+                if rec.dispatch_id in self.listed:
+                    continue
+            counts[rec.pool] = counts.get(rec.pool, 0) + 1
+        self.listed &= live_ids
+        for room, pool in self.holds.items():
+            rec = self.rooms.get(room)
+            if rec is None or rec.pool != pool or rec.state not in RESERVING:
+                counts[pool] = counts.get(pool, 0) + 1
+        return counts
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_kept_reservations_agree_with_a_walk_over_every_record(seed: int) -> None:
+    rng = random.Random(seed)
+    index, walk = RoomIndex(), _Walk()
+    revision = 0
+    rooms = [f"r{i}" for i in range(12)]
+    pools = ["p", "q"]
+    # A dispatch id belongs to one room (LiveKit makes a new one per CreateDispatch), only a
+    # reserving record holds one, and a record that drops it never gets it back.
+    generation = dict.fromkeys(rooms, 0)
+    every_id = [f"AD_{room}_{k}" for room in rooms for k in range(40)]
+    for _ in range(300):
+        room = rng.choice(rooms)
+        action = rng.random()
+        if action < 0.55:
+            revision += 1
+            state = rng.choice(list(S))
+            pool = rng.choice([*pools, None])
+            dispatch_id = (
+                f"AD_{room}_{generation[room]}" if state in RESERVING and rng.random() < 0.7 else None
+            )
+            if dispatch_id is None:
+                generation[room] += 1
+            rec = RoomRecord(room=room, state=state, pool=pool, dispatch_id=dispatch_id)
+            index.apply(room, Versioned(rec, revision))
+            if rec.terminal and not rec.removal_pending:
+                walk.rooms.pop(room, None)
+            else:
+                walk.rooms[room] = rec
+            if room in walk.holds and walk.holds[room] == pool:
+                del walk.holds[room]
+        elif action < 0.62:
+            index.apply(room, None)
+            generation[room] += 1
+            walk.rooms.pop(room, None)
+            walk.holds.pop(room, None)
+        elif action < 0.72:
+            pool = rng.choice(pools)
+            index.hold(room, pool)
+            walk.holds[room] = pool
+        elif action < 0.77:
+            index.release(room)
+            walk.holds.pop(room, None)
+        else:
+            jobs = {p: frozenset(rng.sample(every_id, rng.randint(0, 60))) for p in pools}
+            assert index.reserved(jobs) == walk.reserved(jobs)
