@@ -7,11 +7,17 @@ them (compare-and-set decides which one wins).
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import Counter
 from collections.abc import Container, Iterator, Mapping
+from typing import TypeVar
 
-from orchestrator.records import TERMINAL, RoomState
+from orchestrator.records import HOLDING, TERMINAL, RoomState
 from orchestrator.store import Versioned
+from orchestrator.wake import wake_at
+
+K = TypeVar("K")
 
 # Counted against a pool's headroom until its heartbeat lists the dispatch as a job.
 # A room waiting for LiveKit keeps its pool: it is dispatched there as soon as LiveKit answers.
@@ -27,8 +33,19 @@ _RESERVING = frozenset(
 
 
 class RoomIndex:
-    def __init__(self) -> None:
+    def __init__(self, assign_check_s: float = 8.0) -> None:
         self._rooms: dict[str, Versioned] = {}
+        # When each room next needs a look by the clock (decide.timers.wake_at), as a heap with
+        # lazy deletion (an entry counts while `_wake[room]` still says its time): the sweep pops
+        # what is due instead of walking every live room.
+        self._assign_check_s = assign_check_s
+        self._wake: dict[str, float] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._pushes = 0
+        # The holding rooms by what can die under them: their pool, their worker, their job.
+        self._on_pool: dict[str, set[str]] = {}
+        self._on_worker: dict[tuple[str, str], set[str]] = {}
+        self._by_job: dict[str, str] = {}
         # room -> pool chosen by this replica but not written yet. A replica decides many rooms
         # concurrently; without these holds, each decision would read the reservations from
         # before the others' writes landed and they would all herd onto the same pool.
@@ -75,13 +92,28 @@ class RoomIndex:
         if reserving is not None and (reserving[1] is None or reserving[1] not in self._listed):
             self._unlisted[room] = reserving
             self._pending[reserving[0]] += 1
+        if rec.state in HOLDING and rec.pool is not None:
+            self._on_pool.setdefault(rec.pool, set()).add(room)
+            if rec.worker is not None:
+                self._on_worker.setdefault((rec.pool, rec.worker), set()).add(room)
+            if rec.dispatch_id is not None:
+                self._by_job[rec.dispatch_id] = room
+        self._schedule(room, wake_at(rec, assign_check_s=self._assign_check_s))
 
     def _forget(self, room: str, next_: Versioned | None) -> None:
         """Take ``room``'s record out of the counts (``next_``: the record replacing it)."""
         gone = self._rooms.pop(room, None)
+        self._wake.pop(room, None)
         if gone is None:
             return
         self._by_state[gone.record.state] -= 1
+        old = gone.record
+        if old.state in HOLDING and old.pool is not None:
+            _discard(self._on_pool, old.pool, room)
+            if old.worker is not None:
+                _discard(self._on_worker, (old.pool, old.worker), room)
+            if old.dispatch_id is not None and self._by_job.get(old.dispatch_id) == room:
+                del self._by_job[old.dispatch_id]
         was = self._unlisted.pop(room, None)
         if was is not None:
             self._pending[was[0]] -= 1
@@ -92,6 +124,56 @@ class RoomIndex:
             still = _reserving(next_) if next_ is not None else None
             if still is None or still[1] != old_id:
                 self._listed.discard(old_id)
+
+    # -- what the sweep looks at --------------------------------------------------------------------
+
+    def _schedule(self, room: str, at: float | None) -> None:
+        if at is None:
+            return
+        self._wake[room] = at
+        self._pushes += 1
+        heapq.heappush(self._heap, (at, self._pushes, room))
+
+    def due_by_time(self, now: float) -> list[str]:
+        """Rooms whose wake-up time has come. One still due after this (a step in flight, a room
+        waiting for a pool or handled by no one yet) is looked at again on the next call, until
+        its record changes; the others are not seen again before their time."""
+        rooms: list[str] = []
+        while self._heap and self._heap[0][0] <= now:
+            at, _, room = heapq.heappop(self._heap)
+            if self._wake.get(room) == at:
+                rooms.append(room)
+        for room in rooms:
+            self._schedule(room, math.nextafter(now, math.inf))
+        if len(self._heap) > 2 * len(self._wake) + 64:
+            # Mostly superseded entries (records change faster than their times come): rebuild.
+            self._heap = [(at, i, room) for i, (room, at) in enumerate(self._wake.items())]
+            heapq.heapify(self._heap)
+        return rooms
+
+    def next_wake(self) -> float | None:
+        """The earliest wake-up time scheduled (None: no room waits for the clock)."""
+        while self._heap and self._wake.get(self._heap[0][2]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def pools_holding(self) -> list[str]:
+        """Pools some room holds an agent (or a dispatch) on."""
+        return list(self._on_pool)
+
+    def holding_on(self, pool: str) -> set[str]:
+        return set(self._on_pool.get(pool, ()))
+
+    def workers_holding(self) -> list[tuple[str, str]]:
+        """(pool, worker) pairs whose reports named them as a holding room's agent's worker."""
+        return list(self._on_worker)
+
+    def holding_with(self, pool: str, worker: str) -> set[str]:
+        return set(self._on_worker.get((pool, worker), ()))
+
+    def holding_job(self, dispatch_id: str) -> str | None:
+        """The holding room whose dispatch this is."""
+        return self._by_job.get(dispatch_id)
 
     def by_state(self) -> dict[str, int]:
         """Live rooms per non-terminal state (its value), zeros included."""
@@ -135,3 +217,11 @@ def _reserving(versioned: Versioned) -> tuple[str, str | None] | None:
     if rec.pool is None or rec.state not in _RESERVING:
         return None
     return rec.pool, rec.dispatch_id
+
+
+def _discard(by: dict[K, set[str]], key: K, room: str) -> None:
+    rooms = by.get(key)
+    if rooms is not None:
+        rooms.discard(room)
+        if not rooms:
+            del by[key]

@@ -146,12 +146,16 @@ class PoolRegistry:
         """Dispatch ids the last beat of a now-dead worker listed, that no live worker lists: their
         agents died with the worker even when the pool lives on in its other workers (LiveKit never
         gives such a job to another worker). Judged on the hearing clock like pool death."""
-        dead: set[str] = set()
-        live: set[str] = set()
+        dead: list[_Worker] = []
+        live: list[frozenset[str]] = []
         for workers in self._workers.values():
             for w in workers.values():
-                (live if self._alive(w, now) else dead).update(w.beat.jobs)
-        return frozenset(dead - live)
+                if self._alive(w, now):
+                    live.append(w.jobs)
+                else:
+                    dead.append(w)
+        # Only dead workers' jobs are looked at (none, mostly): a sweep costs the dead, not the live.
+        return frozenset(j for w in dead for j in w.jobs if not any(j in jobs for jobs in live))
 
     def worker_gone(self, pool: str, worker: str, now: float) -> bool:
         """The worker is dead, or unknown to a registry that has heard long enough to know every

@@ -89,7 +89,7 @@ class OrchestratorService:
             config.orchestrator.dead_after_missed_beats,
             config.pools,
         )
-        self.index = RoomIndex()
+        self.index = RoomIndex(assign_check_s=config.orchestrator.assign_check_s)
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:

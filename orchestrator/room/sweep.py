@@ -29,13 +29,31 @@ class Sweep:
         self._unheard_warned = False
 
     def due_rooms(self) -> list[str]:
+        """The rooms to step now. Not a walk over every live room: those the index's wake-up heap
+        says are due by the clock, those holding on a pool that is dead (or forgotten), on a
+        worker that is, or on a job only a dead worker listed; then :func:`due` decides each."""
         r = self.r
         now = r.clocks.wall()
         mono = r.clocks.mono()
         views = {v.pool: v for v in r.registry.snapshot(mono)}
+        candidates = set(r.index.due_by_time(now))
+        for pool in r.index.pools_holding():
+            view = views.get(pool)
+            if view is None or view.liveness == "dead":
+                candidates |= r.index.holding_on(pool)
+        for pool, worker in r.index.workers_holding():
+            if r.registry.worker_gone(pool, worker, mono):
+                candidates |= r.index.holding_with(pool, worker)
         orphaned = r.registry.orphaned_jobs(mono)
+        for job in orphaned:
+            room = r.index.holding_job(job)
+            if room is not None:
+                candidates.add(room)
         rooms: list[str] = []
-        for versioned in r.index.live():
+        for room in sorted(candidates):
+            versioned = r.index.get(room)
+            if versioned is None:
+                continue
             rec = versioned.record
             gone = worker_gone = False
             if rec.state in HOLDING and rec.pool is not None:

@@ -30,7 +30,7 @@ class Replica:
         self.name = f"r{slot}" if incarnation == 1 else f"r{slot}.{incarnation}"
         self.alive = True
         self.ready = False  # consumers bound: the service takes messages only after its warm-up
-        self.index = RoomIndex()
+        self.index = RoomIndex(assign_check_s=world.config.orchestrator.assign_check_s)
         self.registry = PoolRegistry(
             ORCHESTRATOR.heartbeat_interval_s, ORCHESTRATOR.dead_after_missed_beats, world.config.pools
         )
