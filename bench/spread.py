@@ -142,7 +142,7 @@ async def trial(work: Path, lk: LiveKitServer, strategy: str, n: int) -> dict[st
                     return sum(
                         1
                         for r in rooms
-                        if (v := service.index.get(r)) is not None and v.record.state in RESTING
+                        if (v := service.index.get(r)) is not None and v.state in RESTING
                     )
 
                 for _ in range(1200):  # the in-process room index, polled for up to 60 s
@@ -152,7 +152,7 @@ async def trial(work: Path, lk: LiveKitServer, strategy: str, n: int) -> dict[st
                 else:
                     raise TimeoutError(f"only {settled()}/{ROOMS} rooms placed after 60 s")
                 all_placed_s = time.monotonic() - t0
-                records = [v.record for r in rooms if (v := service.index.get(r)) is not None]
+                records = [v for r in rooms if (v := service.index.get(r)) is not None]
                 placed = Counter(
                     rec.pool for rec in records if rec.state == RoomState.DISPATCHED and rec.pool
                 )

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from collections import Counter
 from collections.abc import Container, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TypeVar
 
 from orchestrator.records import HOLDING, TERMINAL, RoomState
@@ -32,9 +34,73 @@ _RESERVING = frozenset(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class RoomEntry:
+    """What a replica keeps in memory of a live record: the fields timers, reservations, deaths
+    and the resync read (:class:`RoomView`), not the record's history, decisions and metadata.
+    Steps read the full record from KV; an entry is a few hundred bytes where a parsed record is
+    ~13 kB."""
+
+    room: str
+    revision: int
+    state: RoomState
+    sid: str | None
+    ghost_sid: str | None
+    pool: str | None
+    dispatch_id: str | None
+    worker: str | None
+    identity: str | None
+    owner: str | None
+    lease_until: float | None
+    deadline: float | None
+    dispatched_at: float | None
+    assign_checked_at: float | None
+    joined_at: float | None
+    voice_at: float | None
+    received_at: float
+    event_at: float | None
+    removal_pending: bool
+    ended_at: float | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    @classmethod
+    def of(cls, versioned: Versioned) -> RoomEntry:
+        rec = versioned.record
+        return cls(
+            room=sys.intern(rec.room),
+            revision=versioned.revision,
+            state=rec.state,
+            sid=rec.sid,
+            ghost_sid=rec.ghost_sid,
+            pool=_shared(rec.pool),
+            dispatch_id=rec.dispatch_id,
+            worker=_shared(rec.worker),
+            identity=rec.identity,
+            owner=_shared(rec.owner),
+            lease_until=rec.lease_until,
+            deadline=rec.deadline,
+            dispatched_at=rec.dispatched_at,
+            assign_checked_at=rec.assign_checked_at,
+            joined_at=rec.joined_at,
+            voice_at=rec.voice_at,
+            received_at=rec.received_at,
+            event_at=rec.event_at,
+            removal_pending=rec.removal_pending,
+            ended_at=rec.ended_at,
+        )
+
+
+def _shared(value: str | None) -> str | None:
+    """One copy of a string many entries hold (pool, worker, replica ids; room names)."""
+    return sys.intern(value) if value is not None else None
+
+
 class RoomIndex:
     def __init__(self, assign_check_s: float = 8.0) -> None:
-        self._rooms: dict[str, Versioned] = {}
+        self._rooms: dict[str, RoomEntry] = {}
         # When each room next needs a look by the clock (decide.timers.wake_at), as a heap with
         # lazy deletion (an entry counts while `_wake[room]` still says its time): the sweep pops
         # what is due instead of walking every live room.
@@ -84,30 +150,29 @@ class RoomIndex:
             # agent is not confirmed gone yet stays until the sweep has removed it).
             self._forget(room, None)
             return
-        self._forget(room, versioned)
-        self._rooms[room] = versioned
-        rec = versioned.record
-        self._by_state[rec.state] += 1
-        reserving = _reserving(versioned)
+        entry = RoomEntry.of(versioned)
+        self._forget(room, entry)
+        self._rooms[room] = entry
+        self._by_state[entry.state] += 1
+        reserving = _reserving(entry)
         if reserving is not None and (reserving[1] is None or reserving[1] not in self._listed):
             self._unlisted[room] = reserving
             self._pending[reserving[0]] += 1
-        if rec.state in HOLDING and rec.pool is not None:
-            self._on_pool.setdefault(rec.pool, set()).add(room)
-            if rec.worker is not None:
-                self._on_worker.setdefault((rec.pool, rec.worker), set()).add(room)
-            if rec.dispatch_id is not None:
-                self._by_job[rec.dispatch_id] = room
-        self._schedule(room, wake_at(rec, assign_check_s=self._assign_check_s))
+        if entry.state in HOLDING and entry.pool is not None:
+            self._on_pool.setdefault(entry.pool, set()).add(room)
+            if entry.worker is not None:
+                self._on_worker.setdefault((entry.pool, entry.worker), set()).add(room)
+            if entry.dispatch_id is not None:
+                self._by_job[entry.dispatch_id] = room
+        self._schedule(room, wake_at(entry, assign_check_s=self._assign_check_s))
 
-    def _forget(self, room: str, next_: Versioned | None) -> None:
-        """Take ``room``'s record out of the counts (``next_``: the record replacing it)."""
-        gone = self._rooms.pop(room, None)
+    def _forget(self, room: str, next_: RoomEntry | None) -> None:
+        """Take ``room``'s entry out of the counts (``next_``: the entry replacing it)."""
+        old = self._rooms.pop(room, None)
         self._wake.pop(room, None)
-        if gone is None:
+        if old is None:
             return
-        self._by_state[gone.record.state] -= 1
-        old = gone.record
+        self._by_state[old.state] -= 1
         if old.state in HOLDING and old.pool is not None:
             _discard(self._on_pool, old.pool, room)
             if old.worker is not None:
@@ -119,11 +184,10 @@ class RoomIndex:
             self._pending[was[0]] -= 1
             if not self._pending[was[0]]:
                 del self._pending[was[0]]
-        old_id = gone.record.dispatch_id
-        if old_id is not None and old_id in self._listed:
+        if old.dispatch_id is not None and old.dispatch_id in self._listed:
             still = _reserving(next_) if next_ is not None else None
-            if still is None or still[1] != old_id:
-                self._listed.discard(old_id)
+            if still is None or still[1] != old.dispatch_id:
+                self._listed.discard(old.dispatch_id)
 
     # -- what the sweep looks at --------------------------------------------------------------------
 
@@ -179,10 +243,10 @@ class RoomIndex:
         """Live rooms per non-terminal state (its value), zeros included."""
         return {state.value: self._by_state[state] for state in RoomState if state not in TERMINAL}
 
-    def get(self, room: str) -> Versioned | None:
+    def get(self, room: str) -> RoomEntry | None:
         return self._rooms.get(room)
 
-    def live(self) -> Iterator[Versioned]:
+    def live(self) -> Iterator[RoomEntry]:
         yield from list(self._rooms.values())
 
     def __len__(self) -> int:
@@ -206,17 +270,16 @@ class RoomIndex:
         counts = dict(self._pending)
         for room, pool in self._holds.items():
             current = self._rooms.get(room)
-            if current is None or current.record.pool != pool or current.record.state not in _RESERVING:
+            if current is None or current.pool != pool or current.state not in _RESERVING:
                 counts[pool] = counts.get(pool, 0) + 1
         return counts
 
 
-def _reserving(versioned: Versioned) -> tuple[str, str | None] | None:
+def _reserving(entry: RoomEntry) -> tuple[str, str | None] | None:
     """(pool, dispatch id) of a record counted against its pool's headroom; None if it is not."""
-    rec = versioned.record
-    if rec.pool is None or rec.state not in _RESERVING:
+    if entry.pool is None or entry.state not in _RESERVING:
         return None
-    return rec.pool, rec.dispatch_id
+    return entry.pool, entry.dispatch_id
 
 
 def _discard(by: dict[K, set[str]], key: K, room: str) -> None:

@@ -8,7 +8,7 @@ resume (state, attempt, pool, dispatch id, deadline, lease) and the timeline ``e
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -146,7 +146,60 @@ class RoomRecord(BaseModel):
         return any(not r.removed for r in self.replaced)
 
     @property
+    def ended_at(self) -> float | None:
+        """When the record became terminal (later notes, such as a removal's, do not count)."""
+        if not self.terminal:
+            return None
+        return next((h.at for h in self.history if h.state in TERMINAL), self.received_at)
+
+    @property
     def trace_id(self) -> str | None:
         return (
             self.traceparent.split("-")[1] if self.traceparent and self.traceparent.count("-") >= 3 else None
         )
+
+
+class RoomView(Protocol):
+    """What timers, reservations and the resync read of a room: a full :class:`RoomRecord`, or the
+    compact entry the room index keeps of it (:class:`orchestrator.index.RoomEntry`)."""
+
+    @property
+    def room(self) -> str: ...
+    @property
+    def sid(self) -> str | None: ...
+    @property
+    def ghost_sid(self) -> str | None: ...
+    @property
+    def state(self) -> RoomState: ...
+    @property
+    def pool(self) -> str | None: ...
+    @property
+    def dispatch_id(self) -> str | None: ...
+    @property
+    def worker(self) -> str | None: ...
+    @property
+    def identity(self) -> str | None: ...
+    @property
+    def owner(self) -> str | None: ...
+    @property
+    def lease_until(self) -> float | None: ...
+    @property
+    def deadline(self) -> float | None: ...
+    @property
+    def dispatched_at(self) -> float | None: ...
+    @property
+    def assign_checked_at(self) -> float | None: ...
+    @property
+    def joined_at(self) -> float | None: ...
+    @property
+    def voice_at(self) -> float | None: ...
+    @property
+    def received_at(self) -> float: ...
+    @property
+    def event_at(self) -> float | None: ...
+    @property
+    def terminal(self) -> bool: ...
+    @property
+    def removal_pending(self) -> bool: ...
+    @property
+    def ended_at(self) -> float | None: ...

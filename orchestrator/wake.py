@@ -3,12 +3,12 @@ by (it lives outside :mod:`orchestrator.room`, which imports the index)."""
 
 from __future__ import annotations
 
-from orchestrator.records import HOLDING, IN_FLIGHT, RoomRecord, RoomState
+from orchestrator.records import HOLDING, IN_FLIGHT, RoomState, RoomView
 
 S = RoomState
 
 
-def wake_at(rec: RoomRecord, *, assign_check_s: float) -> float | None:
+def wake_at(rec: RoomView, *, assign_check_s: float) -> float | None:
     """When ``rec`` next needs a look with nothing else happening: the time-driven half of
     ``orchestrator.room.decide.due`` (pool and worker deaths are the other half; they come from
     the registry, not the clock). ``0.0``: now, and again on every sweep until the record changes

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from orchestrator.index import RoomIndex
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.pools import PoolRegistry
-from orchestrator.records import HOLDING, RoomRecord
+from orchestrator.records import HOLDING, RoomRecord, RoomView
 from orchestrator.room.decide import (
     Context,
     decide,
@@ -298,7 +298,7 @@ class Reconciler:
         view = self.registry.view(pool, self.clocks.mono())
         return view is None or view.liveness == "dead"
 
-    def worker_gone(self, rec: RoomRecord, orphaned: frozenset[str] | None = None) -> bool:
+    def worker_gone(self, rec: RoomView, orphaned: frozenset[str] | None = None) -> bool:
         """The worker running the room's agent is dead while its pool may live on: the one its
         reports named, or the one whose beats listed the job before any report came."""
         mono = self.clocks.mono()

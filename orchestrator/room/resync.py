@@ -32,9 +32,10 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.kv import KeyValue
 
 from orchestrator.consumer import is_transient
+from orchestrator.index import RoomEntry
 from orchestrator.ingest.translate import BadEvent, room_created
 from orchestrator.livekit_gateway import LiveKitCallError, LiveRoom
-from orchestrator.records import RoomRecord, RoomState
+from orchestrator.records import RoomState
 from orchestrator.room.decide import incarnation
 from orchestrator.room.facts import AgentLost, Vanished
 from orchestrator.room.ports import LiveKit
@@ -221,8 +222,7 @@ class Resync:
             settled = self._settled.get(room.name)
             if settled is not None and settled[0] == room.sid and settled[1] > listed_at:
                 continue
-            current = self.r.index.get(room.name)
-            rec = current.record if current is not None else None
+            rec = self.r.index.get(room.name)
             if rec is not None and rec.sid in (room.sid, None) and rec.ghost_sid != room.sid:
                 continue  # this very room's record (our ghost's is looked at: a caller may be in it)
             if match_rule(room.name, self.r.config.rules).rule is None:
@@ -230,11 +230,10 @@ class Resync:
             out.append(room)
         return out
 
-    def _missing(self, listed: dict[str, LiveRoom], listed_at: float) -> list[RoomRecord]:
+    def _missing(self, listed: dict[str, LiveRoom], listed_at: float) -> list[RoomEntry]:
         """Live records older than the grace whose room LiveKit does not list (this incarnation)."""
-        out: list[RoomRecord] = []
-        for versioned in self.r.index.live():
-            rec = versioned.record
+        out: list[RoomEntry] = []
+        for rec in self.r.index.live():
             if rec.terminal or rec.received_at > listed_at - self.cfg.resync_grace_s:
                 continue
             room = listed.get(rec.room)
@@ -242,12 +241,11 @@ class Resync:
                 out.append(rec)
         return out
 
-    def _silent_jobs(self, listed: dict[str, LiveRoom], listed_at: float) -> list[RoomRecord]:
+    def _silent_jobs(self, listed: dict[str, LiveRoom], listed_at: float) -> list[RoomEntry]:
         """Rooms with an agent whose job no heartbeat of its (live) pool lists."""
         views = {v.pool: v for v in self.r.registry.snapshot(self.r.clocks.mono())}
-        out: list[RoomRecord] = []
-        for versioned in self.r.index.live():
-            rec = versioned.record
+        out: list[RoomEntry] = []
+        for rec in self.r.index.live():
             if rec.state not in (RoomState.JOINED, RoomState.SPEAKING) or rec.room not in listed:
                 continue
             view = views.get(rec.pool or "")
@@ -274,7 +272,7 @@ class Resync:
         if not isinstance(event, RoomCreated):
             return 0
         current = self.r.index.get(room.name)
-        if current is not None and incarnation(current.record, event) not in ("newer", "ghost"):
+        if current is not None and incarnation(current, event) not in ("newer", "ghost"):
             return 0
         ghost = False
 
@@ -291,14 +289,14 @@ class Resync:
             self._settled[room.name] = (room.sid, listed_at + SETTLED_S)
         return int(served)
 
-    async def _vanished(self, rec: RoomRecord, listed: dict[str, LiveRoom], listed_at: float) -> int:
+    async def _vanished(self, rec: RoomEntry, listed: dict[str, LiveRoom], listed_at: float) -> int:
         room = listed.get(rec.room)
         changed = await self.r.on_fact(rec.room, Vanished(room.sid if room else None, listed_at))
         if changed:
             self.r.observer.reconciled("ended")
         return int(changed)
 
-    async def _agent_lost(self, rec: RoomRecord, listed_at: float) -> int:
+    async def _agent_lost(self, rec: RoomEntry, listed_at: float) -> int:
         present = await self.livekit.participants(rec.room)
         if present is None or rec.identity is None or rec.identity in present:
             return 0

@@ -51,10 +51,9 @@ class Sweep:
                 candidates.add(room)
         rooms: list[str] = []
         for room in sorted(candidates):
-            versioned = r.index.get(room)
-            if versioned is None:
+            rec = r.index.get(room)
+            if rec is None:
                 continue
-            rec = versioned.record
             gone = worker_gone = False
             if rec.state in HOLDING and rec.pool is not None:
                 view = views.get(rec.pool)

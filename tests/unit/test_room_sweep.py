@@ -58,7 +58,7 @@ class Sweeper:
         async def reconcile(room: str) -> None:
             current = self.index.get(room)
             assert current is not None
-            rec, r = current.record, self.controller
+            rec, r = current, self.controller
             cause = due(
                 rec, r.clocks.wall(), replica="r1", pool_gone=r.pool_gone(rec.pool), assign_check_s=8.0
             )

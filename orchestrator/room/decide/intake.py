@@ -7,7 +7,7 @@ from typing import Literal
 
 from orchestrator.home_region import home_region, region_hint
 from orchestrator.override import OVERRIDE_KEY, DispatchOverride, read_override
-from orchestrator.records import TERMINAL, RoomRecord, RoomState
+from orchestrator.records import RoomRecord, RoomState, RoomView
 from orchestrator.room.decide.context import Context
 from orchestrator.room.decide.retire import remove_step, retire
 from orchestrator.room.step import REST, Step
@@ -60,7 +60,7 @@ def new_record(
 Incarnation = Literal["same", "newer", "older", "ghost"]
 
 
-def incarnation(rec: RoomRecord, event: RoomCreated) -> Incarnation:
+def incarnation(rec: RoomView, event: RoomCreated) -> Incarnation:
     """How a room event relates to the record of its name: the same LiveKit room, a newer room of
     that name, a late event of an older one, or the room our own CreateDispatch created when it
     raced the room's deletion (``ghost_sid``; never served on the strength of its event).
@@ -82,8 +82,7 @@ def incarnation(rec: RoomRecord, event: RoomCreated) -> Incarnation:
     if rec.event_at is not None and created < rec.event_at:
         return "older"
     if rec.terminal:
-        # When the record became terminal (later notes, such as a removal's, do not count).
-        ended_at = next((h.at for h in rec.history if h.state in TERMINAL), rec.received_at)
+        ended_at = rec.ended_at if rec.ended_at is not None else rec.received_at
         return "newer" if created > ended_at else "same"
     sidless = event.sid is None and rec.sid is None
     return "newer" if sidless and rec.event_at is not None and created > rec.event_at else "same"
@@ -108,7 +107,7 @@ def wrongly_ended(rec: RoomRecord, event: RoomCreated, now: float, grace_s: floa
         return False
     if event.sid is None or (rec.sid is not None and rec.sid != event.sid) or rec.ghost_sid == event.sid:
         return False
-    ended_at = next((h.at for h in rec.history if h.state in TERMINAL), rec.received_at)
+    ended_at = rec.ended_at if rec.ended_at is not None else rec.received_at
     return ended_at < now - grace_s
 
 

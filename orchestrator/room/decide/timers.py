@@ -3,18 +3,18 @@ the reconciler deciding what a room needs next)."""
 
 from __future__ import annotations
 
-from orchestrator.records import HOLDING, IN_FLIGHT, RoomRecord, RoomState
+from orchestrator.records import HOLDING, IN_FLIGHT, RoomState, RoomView
 
 S = RoomState
 
 
-def leased_by_other(rec: RoomRecord, now: float, replica: str) -> bool:
+def leased_by_other(rec: RoomView, now: float, replica: str) -> bool:
     """Another replica is in the middle of this room's in-flight step and its claim still holds."""
     return rec.state in IN_FLIGHT and rec.owner not in (None, replica) and (rec.lease_until or 0.0) > now
 
 
 def due(
-    rec: RoomRecord,
+    rec: RoomView,
     now: float,
     *,
     replica: str,
