@@ -11,6 +11,7 @@ from orchestrator.room.decide.context import Context
 from orchestrator.room.decide.dispatch import (
     decide_dispatch_outcome,
     decide_dispatching,
+    decide_ghost_found,
     decide_room_gone,
     decide_waiting,
     resume,
@@ -28,7 +29,7 @@ from orchestrator.room.decide.place import PLACING, decide_place, needs_placemen
 from orchestrator.room.decide.redispatch import redispatch
 from orchestrator.room.decide.reports import decide_report
 from orchestrator.room.decide.resync import decide_agent_lost, decide_vanished
-from orchestrator.room.decide.retire import decide_ghost_found, decide_removal_done, remove_step
+from orchestrator.room.decide.retire import decide_removal_done, remove_step
 from orchestrator.room.decide.timers import REDISPATCH_CAUSES, due, leased_by_other
 from orchestrator.room.facts import (
     AgentLost,

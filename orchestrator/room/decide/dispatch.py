@@ -7,7 +7,7 @@ from typing import Any
 from orchestrator.records import Replaced, RoomRecord, RoomState
 from orchestrator.room.decide.context import Context
 from orchestrator.room.decide.retire import remember, remove_step, retire
-from orchestrator.room.facts import Claimed, DispatchFailed, DispatchLanded, RoomGone
+from orchestrator.room.facts import Claimed, DispatchFailed, DispatchLanded, GhostFound, RoomGone
 from orchestrator.room.step import REST, EnsureDispatch, Step
 from orchestrator.transitions import note, transition
 
@@ -151,6 +151,28 @@ def decide_room_gone(rec: RoomRecord, outcome: RoomGone, ctx: Context) -> Step:
         detail = f"LiveKit lists this room name under another sid ({outcome.sid}): this room is over"
     ghost = outcome.sid if outcome.after_ambiguous else None
     return Step(record=gone(rec, ctx, detail, ghost_sid=ghost))
+
+
+def decide_ghost_found(rec: RoomRecord, found: GhostFound, ctx: Context) -> Step:
+    """The room LiveKit lists under this name now is our ghost: never served on the strength of
+    its own event (or of the resync, until a caller is in it). An ended record remembers its sid;
+    a live one ends, its own dispatch retired (its room is gone, or is that ghost). The removal
+    goes on once this is written."""
+    if rec.ghost_sid == found.sid:
+        return REST
+    entry = found.entry
+    detail = (
+        f"the room now listed as {rec.room} (sid {found.sid}) was made by our dispatch "
+        f"{entry.dispatch_id or entry.key} for the room of this name that had ended (sid {entry.sid}), "
+        "and no caller is in it: not served"
+    )
+    if rec.terminal:
+        return Step(
+            record=note(
+                rec.model_copy(update={"ghost_sid": found.sid}), now=ctx.now, event="ghost", detail=detail
+            )
+        )
+    return Step(record=gone(rec, ctx, detail, ghost_sid=found.sid))
 
 
 def gone(rec: RoomRecord, ctx: Context, detail: str, ghost_sid: str | None = None) -> RoomRecord:

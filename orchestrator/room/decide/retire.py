@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from orchestrator.records import MAX_REPLACED, Replaced, RoomRecord, RoomState
 from orchestrator.room.decide.context import Context
-from orchestrator.room.facts import GhostFound, RemovalDone
+from orchestrator.room.facts import RemovalDone
 from orchestrator.room.step import REST, RemoveReplaced, Step
 from orchestrator.transitions import note, transition
 
@@ -125,40 +125,4 @@ def decide_removal_done(rec: RoomRecord, done: RemovalDone, ctx: Context) -> Ste
     ids = ", ".join(i for e in done.entries for i in e.identities) or "none present"
     return Step(
         record=note(new, now=ctx.now, event="removed", detail=f"replaced agents gone from the room: {ids}")
-    )
-
-
-def decide_ghost_found(rec: RoomRecord, found: GhostFound, ctx: Context) -> Step:
-    """The room LiveKit lists under this name now is our ghost: never served on the strength of
-    its own event (or of the resync, until a caller is in it). An ended record remembers its sid;
-    a live one ends, its own dispatch retired (its room is gone, or is that ghost). The removal
-    goes on once this is written."""
-    if rec.ghost_sid == found.sid:
-        return REST
-    entry = found.entry
-    detail = (
-        f"the room now listed as {rec.room} (sid {found.sid}) was made by our dispatch "
-        f"{entry.dispatch_id or entry.key} for the room of this name that had ended (sid {entry.sid}), "
-        "and no caller is in it: not served"
-    )
-    if rec.terminal:
-        return Step(
-            record=note(
-                rec.model_copy(update={"ghost_sid": found.sid}), now=ctx.now, event="ghost", detail=detail
-            )
-        )
-    return Step(
-        record=transition(
-            retire(rec),
-            RoomState.ENDED,
-            now=ctx.now,
-            event="ended",
-            detail=detail,
-            reason="room_gone",
-            ghost_sid=found.sid,
-            deadline=None,
-            owner=None,
-            lease_until=None,
-            waiting_since=None,
-        )
     )
