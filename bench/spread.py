@@ -140,9 +140,7 @@ async def trial(work: Path, lk: LiveKitServer, strategy: str, n: int) -> dict[st
 
                 def settled() -> int:
                     return sum(
-                        1
-                        for r in rooms
-                        if (v := service.index.get(r)) is not None and v.state in RESTING
+                        1 for r in rooms if (v := service.index.get(r)) is not None and v.state in RESTING
                     )
 
                 for _ in range(1200):  # the in-process room index, polled for up to 60 s
