@@ -1,6 +1,6 @@
 """`make bench`: every benchmark against the real servers on loopback, bounded in time, then the report.
 
-    .venv/bin/python -m bench                 # everything, ~10 min on 2 cores: bench/results, bench/REPORT.md
+    .venv/bin/python -m bench                 # everything, ~15 min on 2 cores: bench/results, bench/REPORT.md
     .venv/bin/python -m bench --quick         # small sizes, into a temporary directory
     .venv/bin/python -m bench --only overhead,spread
     .venv/bin/python -m bench --only listrooms --merge --note "…"   # one section into the newest results
@@ -28,7 +28,17 @@ from typing import Any
 
 import uvloop
 
-from bench import compare, failover, footprint, listrooms, overhead, scaleout, scheduler_bench, spread
+from bench import (
+    compare,
+    failover,
+    footprint,
+    listrooms,
+    liverooms,
+    overhead,
+    scaleout,
+    scheduler_bench,
+    spread,
+)
 from bench.common import REPO, machine, now_iso, rounded
 from shared.logs import configure_logging
 
@@ -57,6 +67,7 @@ SECTIONS: dict[str, tuple[Callable[[Path, bool], Awaitable[dict[str, Any]]], flo
     "failover": (failover.run, 300),
     "footprint": (footprint.run, 300),
     "listrooms": (listrooms.run, 200),
+    "liverooms": (liverooms.run, 900),
 }
 
 
@@ -105,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="results directory (default bench/results; --quick: a temp dir)"
     )
-    parser.add_argument("--budget-s", type=float, default=840.0, help="whole-run time limit (default 840)")
+    parser.add_argument("--budget-s", type=float, default=1500.0, help="whole-run time limit (default 1500)")
     parser.add_argument(
         "--merge",
         action="store_true",
