@@ -629,8 +629,8 @@ def _t_overhead(s: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"Events not dispatched or not published: {missing}. Live rooms in the orchestrator after each "
-        f"rate: {', '.join(str(r['live_rooms_after']) for r in s['rates'])} (they accumulate: every "
-        "decision also walks the live-room index for reservations).",
+        f"rate: {', '.join(str(r['live_rooms_after']) for r in s['rates'])} (they accumulate; what "
+        "live rooms cost each event is section 9).",
     ]
     return lines
 
