@@ -12,10 +12,11 @@ liveness transitions are unit-testable with plain numbers.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
-from orchestrator.scheduler.model import JobIds, Liveness, PoolView
+from orchestrator.scheduler.model import Liveness, PoolView
 from shared.config import PinnedPool
 from shared.messages import PoolHeartbeat, PoolSummary
 from shared.subjects import pool_agent_name
@@ -39,6 +40,34 @@ class _Identity:
     agent: str
     region: str
     agent_name: str
+
+
+class ListedJobs(AbstractSet[str]):
+    """The job (dispatch) ids a pool's live workers listed in their last beats, as a read-only set
+    over the registry's job map: membership is one lookup, whatever the pool's size (a view is
+    taken per placement, and each room in flight asks whether its job is listed yet)."""
+
+    __slots__ = ("_alive", "_owner", "_pool")
+
+    def __init__(self, owner: Mapping[str, tuple[str, str]], pool: str, alive: AbstractSet[str]) -> None:
+        self._owner = owner
+        self._pool = pool
+        self._alive = alive
+
+    def __contains__(self, item: object) -> bool:
+        owner = self._owner.get(item) if isinstance(item, str) else None
+        return owner is not None and owner[0] == self._pool and owner[1] in self._alive
+
+    def __iter__(self) -> Iterator[str]:
+        return (job for job in list(self._owner) if job in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"ListedJobs({sorted(self)!r})"
+
+    __hash__ = AbstractSet._hash
 
 
 class PoolRegistry:
@@ -72,6 +101,8 @@ class PoolRegistry:
         self._hearing = 0.0  # the hearing clock at the last beat
         self._last_beat_at: float | None = None  # wall (monotonic) time of the last beat
         self._workers: dict[str, dict[str, _Worker]] = {}
+        # job id -> (pool, worker) of the last beat listing it, kept by each beat's difference.
+        self._job_owner: dict[str, tuple[str, str]] = {}
         self._identity: dict[str, _Identity] = {}
         self._pinned: set[str] = set()
         self._operator_drained: set[str] = set()
@@ -85,9 +116,22 @@ class PoolRegistry:
         """Record a worker's beat. The latest arrival wins (core NATS keeps one publisher's order)."""
         self._hearing = self._heard(now)
         self._last_beat_at = max(now, self._last_beat_at or now)
-        self._workers.setdefault(hb.pool, {})[hb.worker] = _Worker(hb, now, self._hearing, frozenset(hb.jobs))
+        workers = self._workers.setdefault(hb.pool, {})
+        before = workers.get(hb.worker)
+        jobs = frozenset(hb.jobs)
+        workers[hb.worker] = _Worker(hb, now, self._hearing, jobs)
+        self._list_jobs((hb.pool, hb.worker), before.jobs if before is not None else frozenset(), jobs)
         # The pool's identity follows its newest beat: a redeployed pool may legitimately move.
         self._identity[hb.pool] = _Identity(hb.agent, hb.region, hb.agent_name)
+
+    def _list_jobs(self, owner: tuple[str, str], before: frozenset[str], now: frozenset[str]) -> None:
+        if before == now:
+            return
+        for job in now - before:
+            self._job_owner[job] = owner
+        for job in before - now:
+            if self._job_owner.get(job) == owner:
+                del self._job_owner[job]
 
     def forget_worker(self, pool: str, worker: str) -> bool:
         """Drop one worker. True if it was known.
@@ -97,8 +141,10 @@ class PoolRegistry:
         knew that drain either. A pinned pool keeps its identity and shows as dead.
         """
         workers = self._workers.get(pool)
-        if workers is None or workers.pop(worker, None) is None:
+        gone = workers.pop(worker, None) if workers is not None else None
+        if workers is None or gone is None:
             return False
+        self._list_jobs((pool, worker), gone.jobs, frozenset())
         if not workers:
             del self._workers[pool]
             self._operator_drained.discard(pool)
@@ -183,7 +229,7 @@ class PoolRegistry:
         drained = bool(live) and (pool in self._operator_drained or all(b.draining for b in live))
         liveness: Liveness = "dead" if not live else ("draining" if drained else "alive")
         ages = [now - w.seen_at for w in workers.values()]
-        jobs = JobIds(w.jobs for w in alive)
+        jobs = ListedJobs(self._job_owner, pool, frozenset(w.beat.worker for w in alive))
         return PoolView(
             pool=pool,
             agent=ident.agent,

@@ -7,7 +7,7 @@ per second, and everything here is derived from already-validated messages and c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -16,36 +16,6 @@ from typing import Any, Literal
 Strategy = Literal["p2c", "least_loaded"]
 STRATEGIES: tuple[Strategy, ...] = ("p2c", "least_loaded")
 Liveness = Literal["alive", "draining", "dead"]
-
-
-class JobIds(AbstractSet[str]):
-    """The job (dispatch) ids a pool's live workers listed in their last beats: a read-only set
-    over each worker's own set, built once per beat. A view is taken per placement; a union would
-    cost as many steps as the pool has jobs each time, membership costs one per worker."""
-
-    __slots__ = ("_parts",)
-
-    def __init__(self, parts: Iterable[AbstractSet[str]] = ()) -> None:
-        self._parts = tuple(p for p in parts if p)
-
-    def __contains__(self, item: object) -> bool:
-        return any(item in part for part in self._parts)
-
-    def __iter__(self) -> Iterator[str]:
-        seen: set[str] = set()
-        for part in self._parts:
-            for job in part:
-                if job not in seen:
-                    seen.add(job)
-                    yield job
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __repr__(self) -> str:
-        return f"JobIds({sorted(self)!r})"
-
-    __hash__ = AbstractSet._hash
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,3 +253,23 @@ def test_a_pool_census_carries_every_view_field_but_the_job_ids() -> None:
     view = dataclasses.replace(view, jobs=frozenset({"AD_1"}), open_slots=5)
     answer = decode(PoolCensusReply, encode(PoolCensusReply(replica="r1", pools=[summary(view)])))
     assert view_of(answer.pools[0]) == dataclasses.replace(view, jobs=frozenset())
+
+
+def test_a_pools_jobs_are_those_its_live_workers_last_listed() -> None:
+    """Membership is one lookup in the registry's job map, kept by each beat's difference."""
+    reg = registry()
+    reg.observe(beat("w1", jobs=("AD_1", "AD_2")), now=0.0)
+    reg.observe(beat("w2", jobs=("AD_3",)), now=0.0)
+    reg.observe(beat("w9", pool="other", jobs=("AD_9",)), now=0.0)
+    jobs = view(reg, 0.5).jobs
+    assert "AD_1" in jobs and "AD_3" in jobs and "AD_9" not in jobs and "AD_x" not in jobs
+    assert set(jobs) == {"AD_1", "AD_2", "AD_3"} and len(jobs) == 3
+    reg.observe(beat("w1", jobs=("AD_2", "AD_4")), now=1.0)  # AD_1 ended, AD_4 started
+    jobs = view(reg, 1.0).jobs
+    assert "AD_1" not in jobs and "AD_4" in jobs
+    reg.observe(beat("w1", jobs=("AD_2", "AD_4")), now=2.0)
+    reg.observe(beat("w1", jobs=("AD_2", "AD_4")), now=3.0)
+    # w2 silent for 3 s: dead, its job no longer listed; forgotten, nothing of it is left.
+    assert "AD_3" not in view(reg, 3.0).jobs and "AD_2" in view(reg, 3.0).jobs
+    assert reg.forget_worker("eu-a", "w2")
+    assert "AD_3" not in view(reg, 3.0).jobs and "AD_3" not in reg._job_owner
