@@ -109,7 +109,7 @@ class RoomIndex:
         # Plain tuples (an entry's fields), not entries: the garbage collector stops tracking an
         # exact tuple of plain values, never a tuple subclass (see RoomEntry).
         self._rooms: dict[str, tuple[Any, ...]] = {}
-        # When each room next needs a look by the clock (decide.timers.wake_at), as a heap with
+        # When each room next needs a look by the clock (orchestrator.wake.wake_at), as a heap with
         # lazy deletion (an entry counts while `_wake[room]` still says its time): the sweep pops
         # what is due instead of walking every live room.
         self._assign_check_s = assign_check_s
@@ -225,12 +225,6 @@ class RoomIndex:
             self._heap = [(at, i, room) for i, (room, at) in enumerate(self._wake.items())]
             heapq.heapify(self._heap)
         return rooms
-
-    def next_wake(self) -> float | None:
-        """The earliest wake-up time scheduled (None: no room waits for the clock)."""
-        while self._heap and self._wake.get(self._heap[0][2]) != self._heap[0][0]:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
 
     def pools_holding(self) -> list[str]:
         """Pools some room holds an agent (or a dispatch) on."""
