@@ -167,6 +167,11 @@ class LiveRoom:
     participants: int
 
 
+def _job_identities(d: lk.AgentDispatch) -> frozenset[str]:
+    """The participant identities of a dispatch's jobs that have one (a job joined its room)."""
+    return frozenset(j.state.participant_identity for j in d.state.jobs if j.state.participant_identity)
+
+
 def _live_room(r: lk.Room) -> LiveRoom:
     created_ms = r.creation_time_ms or r.creation_time * 1000
     return LiveRoom(
@@ -274,9 +279,7 @@ class LiveKitGateway:
                     agent_name=d.agent_name,
                     key=info.key if info is not None else None,
                     sid=info.sid if info is not None else None,
-                    identities=frozenset(
-                        j.state.participant_identity for j in d.state.jobs if j.state.participant_identity
-                    ),
+                    identities=_job_identities(d),
                 )
             )
         return out
@@ -287,9 +290,7 @@ class LiveKitGateway:
             if d.id == dispatch_id:
                 return DispatchJobs(
                     count=len(d.state.jobs),
-                    identities=frozenset(
-                        j.state.participant_identity for j in d.state.jobs if j.state.participant_identity
-                    ),
+                    identities=_job_identities(d),
                 )
         return None
 

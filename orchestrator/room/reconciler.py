@@ -132,16 +132,12 @@ class Reconciler:
                 revive = origin == "resync" and wrongly_ended(
                     existing.record, event, record.received_at, self.cfg.resync_grace_s
                 )
-                ghost = incarnation(existing.record, event) == "ghost"
-                taken = ghost and occupied is not None and await occupied()
+                kind = incarnation(existing.record, event)
+                taken = kind == "ghost" and occupied is not None and await occupied()
                 if taken:
                     record = new_record(event, self._ctx(), trace_fields(), origin, occupied=True)
                 if not is_new_incarnation(existing.record, event, taken) and not revive:
-                    log.info(
-                        "room event ignored: %s",
-                        _NOT_NEW[incarnation(existing.record, event)],
-                        extra={"room": event.room},
-                    )
+                    log.info("room event ignored: %s", _NOT_NEW[kind], extra={"room": event.room})
                     return False
                 # Same name, new LiveKit room: start over; the old room's agent goes first.
                 created = await self.store.update(superseding(record, existing.record), existing.revision)
