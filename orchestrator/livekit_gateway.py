@@ -17,6 +17,7 @@ import aiohttp
 from livekit import api as lk
 from livekit.protocol.agent_dispatch import JobRestartPolicy
 
+from orchestrator.livekit_tokens import LiveKitServices
 from shared.dispatch_metadata import read_dispatch_metadata
 from shared.settings import LiveKitSettings
 
@@ -186,15 +187,12 @@ def _live_room(r: lk.Room) -> LiveRoom:
 class LiveKitGateway:
     def __init__(self, settings: LiveKitSettings) -> None:
         self._settings = settings
-        self._api: lk.LiveKitAPI | None = None
+        self._api: LiveKitServices | None = None
 
     async def __aenter__(self) -> LiveKitGateway:
         # Built inside the running loop (aiohttp session), as livekit-api requires.
-        self._api = lk.LiveKitAPI(
-            self._settings.url,
-            self._settings.api_key,
-            self._settings.api_secret.get_secret_value(),
-            failover=False,
+        self._api = LiveKitServices.open(
+            self._settings.url, self._settings.api_key, self._settings.api_secret.get_secret_value()
         )
         return self
 
@@ -206,7 +204,7 @@ class LiveKitGateway:
             self._api = None
 
     @property
-    def api(self) -> lk.LiveKitAPI:
+    def api(self) -> LiveKitServices:
         if self._api is None:
             raise RuntimeError("LiveKitGateway used outside 'async with'")
         return self._api
