@@ -215,6 +215,18 @@ class PoolRegistry:
         """Seconds since any worker was last heard; None before the first beat."""
         return None if self._last_beat_at is None else max(0.0, now - self._last_beat_at)
 
+    def pool_dead(self, pool: str, now: float) -> bool:
+        """What a view's ``None`` or ``dead`` liveness says (never heard of, or no live worker),
+        asked per room step without building the view (a sum over the pool's workers)."""
+        if pool not in self._identity:
+            return True
+        return not any(self._alive(w, now) for w in self._workers.get(pool, {}).values())
+
+    def region(self, pool: str) -> str | None:
+        """The region the pool's newest beat (or its pin) names; None for a pool never heard of."""
+        ident = self._identity.get(pool)
+        return ident.region if ident is not None else None
+
     def view(self, pool: str, now: float) -> PoolView | None:
         """The pool's view at ``now``; None for a pool the registry has never heard of."""
         ident = self._identity.get(pool)

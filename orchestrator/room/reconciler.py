@@ -289,10 +289,7 @@ class Reconciler:
 
     def pool_gone(self, pool: str | None) -> bool:
         """A pool the registry does not know (any more) or hears nothing from: its rooms fail over."""
-        if pool is None:
-            return False
-        view = self.registry.view(pool, self.clocks.mono())
-        return view is None or view.liveness == "dead"
+        return pool is not None and self.registry.pool_dead(pool, self.clocks.mono())
 
     def worker_gone(self, rec: RoomView, orphaned: frozenset[str] | None = None) -> bool:
         """The worker running the room's agent is dead while its pool may live on: the one its
@@ -305,8 +302,7 @@ class Reconciler:
         return rec.dispatch_id is not None and rec.dispatch_id in orphaned
 
     def _pool_region(self, pool: str) -> str | None:
-        view = self.registry.view(pool, self.clocks.mono())
-        return view.region if view is not None else None
+        return self.registry.region(pool)
 
     async def read(self, room: str) -> Versioned | None:
         got = await self.store.get(room)

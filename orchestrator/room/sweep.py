@@ -35,12 +35,10 @@ class Sweep:
         r = self.r
         now = r.clocks.wall()
         mono = r.clocks.mono()
-        views = {v.pool: v for v in r.registry.snapshot(mono)}
+        dead = {pool for pool in r.index.pools_holding() if r.registry.pool_dead(pool, mono)}
         candidates = set(r.index.due_by_time(now))
-        for pool in r.index.pools_holding():
-            view = views.get(pool)
-            if view is None or view.liveness == "dead":
-                candidates |= r.index.holding_on(pool)
+        for pool in dead:
+            candidates |= r.index.holding_on(pool)
         for pool, worker in r.index.workers_holding():
             if r.registry.worker_gone(pool, worker, mono):
                 candidates |= r.index.holding_with(pool, worker)
@@ -56,8 +54,7 @@ class Sweep:
                 continue
             gone = worker_gone = False
             if rec.state in HOLDING and rec.pool is not None:
-                view = views.get(rec.pool)
-                gone = view is None or view.liveness == "dead"
+                gone = rec.pool in dead
                 worker_gone = not gone and r.worker_gone(rec, orphaned)
             cause = due(
                 rec,

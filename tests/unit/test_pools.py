@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from datetime import UTC, datetime
 
 import pytest
@@ -273,3 +274,27 @@ def test_a_pools_jobs_are_those_its_live_workers_last_listed() -> None:
     assert "AD_3" not in view(reg, 3.0).jobs and "AD_2" in view(reg, 3.0).jobs
     assert reg.forget_worker("eu-a", "w2")
     assert "AD_3" not in view(reg, 3.0).jobs and "AD_3" not in reg._job_owner
+
+
+def test_pool_dead_and_region_say_what_the_view_says_without_building_it() -> None:
+    rng = random.Random(15)
+    pinned = [PinnedPool(id="pinned", agent="ornina", region="us-east")]
+    reg = PoolRegistry(heartbeat_interval_s=1.0, dead_after_missed_beats=3, pinned=pinned)
+    pools = ["eu-a", "eu-b", "pinned", "never"]
+    now = 0.0
+    for _ in range(400):
+        now += rng.choice((0.1, 0.5, 1.5, 4.0))
+        action = rng.random()
+        pool = rng.choice(pools[:3])
+        worker = f"w{rng.randrange(3)}"
+        if action < 0.6:
+            reg.observe(beat(worker, pool=pool, draining=rng.random() < 0.2, region="eu-central"), now)
+        elif action < 0.7:
+            reg.forget_worker(pool, worker)
+        elif action < 0.75:
+            reg.mark_draining(pool)
+        probe = now + rng.choice((0.0, 1.0, 2.9, 3.1, 10.0))
+        for p in pools:
+            view = reg.view(p, probe)
+            assert reg.pool_dead(p, probe) == (view is None or view.liveness == "dead"), (p, probe)
+            assert reg.region(p) == (view.region if view is not None else None)
