@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orchestrator.index import RoomIndex
 from orchestrator.metrics import OrchestratorMetrics
@@ -62,6 +62,13 @@ MAX_CONFLICTS = 5
 # Turns of the loop per input: a room needs at most about six (remove, place, claim, dispatch,
 # dispatched, check); more means two decisions undo each other, which must not spin.
 MAX_TURNS = 16
+# The revision of a record the loop is to create (KV revisions start at 1).
+UNSTORED = 0
+
+
+class RecordExists(Exception):
+    """The room has a record already: the event that would create one is a duplicate, an older
+    room's, or a newer room's (decided by the caller from the record found)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +131,14 @@ class Reconciler:
         makes it a room to serve."""
         record = new_record(event, self._ctx(), trace_fields(), origin)
         async with self.locks.hold(event.room):
-            created = await self.store.create(record)
-            if created is None:
+            try:
+                # The record is created by the loop's first write, placed already (one write,
+                # not a `received` record and then its placement).
+                await self._drive(Versioned(record, UNSTORED), None)
+            except RecordExists:
                 existing = await self.read(event.room)
                 if existing is None:
-                    raise Conflict(event.room)  # deleted between the two calls: the redelivery creates
+                    raise Conflict(event.room) from None  # deleted in between: the redelivery creates
                 revive = origin == "resync" and wrongly_ended(
                     existing.record, event, record.received_at, self.cfg.resync_grace_s
                 )
@@ -141,10 +151,10 @@ class Reconciler:
                     return False
                 # Same name, new LiveKit room: start over; the old room's agent goes first.
                 created = await self.store.update(superseding(record, existing.record), existing.revision)
-            self.seen(created)
+                self.seen(created)
+                await self._drive(created, None)
             if origin == "resync":
                 self.observer.reconciled("found")
-            await self._drive(created, None)
             return True
 
     async def on_room_ended(self, event: RoomEnded, published_at: float | None = None) -> None:
@@ -198,6 +208,8 @@ class Reconciler:
                 rec = current.record
                 with log_context(room=rec.room, pool=rec.pool, attempt=rec.attempt):
                     step = self._decide(rec, fact)
+                    if step.record is None and current.revision == UNSTORED:
+                        step = replace(step, record=rec)  # nothing to change, but still to create
                     if step.cause is not None:
                         span = spans.enter_context(room_span("redispatch", rec))
                         span.set_attribute("switchboard.redispatch.cause", step.cause)
@@ -256,7 +268,13 @@ class Reconciler:
             # this replica see it.
             self.index.hold(new.room, hold)
         try:
-            written = self.seen(await self.store.update(new, current.revision))
+            if current.revision == UNSTORED:
+                created = await self.store.create(new)
+                if created is None:
+                    raise RecordExists(new.room)
+                written = self.seen(created)
+            else:
+                written = self.seen(await self.store.update(new, current.revision))
         except BaseException:
             if hold is not None:
                 self.index.release(new.room)
