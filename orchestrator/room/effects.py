@@ -217,6 +217,32 @@ class Effects:
             )
         return RemovalDone(room_exists=True, entries=tuple(found))
 
+    async def ghost_of(self, room: str, sid: str) -> GhostFound | None:
+        """Whether the room LiveKit lists as ``sid`` holds a dispatch of ours made for another room
+        of the name, and no caller: our ghost, made by a try that LiveKit applied after the room it
+        was for had been deleted (a timed-out try can land seconds later, after the record has
+        forgotten its attempt). Asked before a newer room of a known name is served. A failed look
+        counts as no evidence: the room is served, as it was before this look existed."""
+        try:
+            listed = await self.livekit.room_dispatches(room)
+            stale = next((d for d in listed or () if d.key and d.sid and d.sid != sid), None)
+            if stale is None:
+                return None
+            callers = await self.livekit.callers(room)
+        except LiveKitCallError as err:
+            log.warning("ghost check of %s failed: %s", room, err, extra={"reason": err.reason})
+            return None
+        if callers is None or callers:
+            return None
+        entry = Replaced(
+            dispatch_id=stale.id,
+            key=stale.key,
+            agent_name=stale.agent_name,
+            sid=stale.sid,
+            identities=sorted(stale.identities),
+        )
+        return GhostFound(entry, sid)
+
     async def _ghost(self, rec: RoomRecord, entry: Replaced, mine: list[ListedDispatch]) -> GhostFound | None:
         """``entry``'s dispatches are listed in a room holding no caller: whether that room is
         another one than a dispatch was for, and the record does not know it yet. (Asked only

@@ -149,6 +149,12 @@ class Reconciler:
                 if not is_new_incarnation(existing.record, event, taken) and not revive:
                     log.info("room event ignored: %s", _NOT_NEW[kind], extra={"room": event.room})
                     return False
+                if kind == "newer" and event.sid is not None and not revive:
+                    ghost = await self.effects.ghost_of(event.room, event.sid)
+                    if ghost is not None:
+                        await self._drive(existing, ghost)  # remembered: never served on its event
+                        log.info("room event ignored: %s", _NOT_NEW["ghost"], extra={"room": event.room})
+                        return False
                 # Same name, new LiveKit room: start over; the old room's agent goes first.
                 created = await self.store.update(superseding(record, existing.record), existing.revision)
                 self.seen(created)
