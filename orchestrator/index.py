@@ -209,22 +209,31 @@ class RoomIndex:
         self._pushes += 1
         heapq.heappush(self._heap, (at, self._pushes, room))
 
-    def due_by_time(self, now: float) -> list[str]:
-        """Rooms whose wake-up time has come. One still due after this (a step in flight, a room
-        waiting for a pool or handled by no one yet) is looked at again on the next call, until
-        its record changes; the others are not seen again before their time."""
+    def due_by_time(self, now: float, again_at: float | None = None) -> list[str]:
+        """Rooms whose wake-up time has come. Each is armed again for ``again_at`` (default: the
+        next call), in case it is still due then (a step in flight, a room waiting for a pool or
+        handled by no one yet), until its record changes; the others are not seen again before
+        their time."""
         rooms: list[str] = []
         while self._heap and self._heap[0][0] <= now:
             at, _, room = heapq.heappop(self._heap)
             if self._wake.get(room) == at:
                 rooms.append(room)
+        again = again_at if again_at is not None and again_at > now else math.nextafter(now, math.inf)
         for room in rooms:
-            self._schedule(room, math.nextafter(now, math.inf))
+            self._schedule(room, again)
         if len(self._heap) > 2 * len(self._wake) + 64:
             # Mostly superseded entries (records change faster than their times come): rebuild.
             self._heap = [(at, i, room) for i, (room, at) in enumerate(self._wake.items())]
             heapq.heapify(self._heap)
         return rooms
+
+    def next_wake(self) -> float | None:
+        """The earliest wake-up time of any room (superseded entries dropped on the way)."""
+        heap = self._heap
+        while heap and self._wake.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def pools_holding(self) -> list[str]:
         """Pools some room holds an agent (or a dispatch) on."""

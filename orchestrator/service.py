@@ -305,15 +305,7 @@ class OrchestratorService:
         self.index.apply(room, versioned)
 
     async def _sweep(self, controller: Reconciler) -> None:
-        interval = self.config.orchestrator.sweep_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            if not self.readiness.index_synced:
-                continue
-            try:
-                await controller.sweep()
-            except Exception:
-                log.exception("sweep failed; next one in %.2fs", interval)
+        await controller.sweep_loop(lambda: self.readiness.index_synced)
 
     async def _resync(self, controller: Reconciler, gateway: LiveKitGateway, kv: KeyValue) -> None:
         # The lease outlives two missed passes of its holder, then another replica takes over.

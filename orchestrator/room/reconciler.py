@@ -181,7 +181,14 @@ class Reconciler:
         await self.on_fact(status.room, Report(status))
 
     async def sweep(self, concurrency: int = 32) -> None:
+        """One pass of the sweep, its steps awaited (tests)."""
         await self._sweep.run(concurrency)
+
+    async def sweep_loop(
+        self, ready: Callable[[], bool], on_error: Callable[[Exception], None] | None = None
+    ) -> None:
+        """The sweep, until cancelled: each timer when it is due (:meth:`Sweep.loop`)."""
+        await self._sweep.loop(ready, on_error=on_error)
 
     async def on_fact(self, room: str, fact: Fact) -> bool:
         """Decide ``fact`` about ``room`` (a report, a resync finding); whether its record changed."""

@@ -161,10 +161,7 @@ class SimLiveKit:
             d = lk_room.dispatches.get(dispatch_id) if lk_room is not None else None
             if d is None or d.deleted:
                 return None
-            info = read_dispatch_metadata(d.metadata).info
-            return DispatchJobs(
-                len(d.jobs), frozenset(f"agent-{j}" for j in d.jobs), info.sid if info else None
-            )
+            return DispatchJobs(len(d.jobs), frozenset(f"agent-{j}" for j in d.jobs))
 
         return await self._call("dispatch_jobs", room, apply, dispatch_id)
 

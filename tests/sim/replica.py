@@ -58,12 +58,10 @@ class Replica:
         self.ready = True
         self.world.log(self.name, "consumers bound, sweeping")
         self.world.checks.impairment_changed()
-        while True:
-            await asyncio.sleep(ORCHESTRATOR.sweep_interval_s)
-            try:
-                await self.controller.sweep()
-            except Exception as exc:  # the service logs "sweep failed" and goes on
-                self.world.checks.on_exception(self.name, "sweep", exc)
+        # The service's loop; a failed pass is counted where the service logs it, and goes on.
+        await self.controller.sweep_loop(
+            lambda: True, on_error=lambda exc: self.world.checks.on_exception(self.name, "sweep", exc)
+        )
 
     def handle(self, env: Envelope, label: str) -> SimTask[None]:
         return self.world.loop.spawn(self._handle(env), actor=self.name, activity=label)

@@ -65,6 +65,22 @@ def test_a_room_waits_for_its_time_and_one_still_due_comes_back_until_it_changes
     assert index.due_by_time(1000.0) == []
 
 
+def test_the_next_wake_is_the_earliest_live_time_and_a_still_due_room_waits_for_again_at() -> None:
+    index = RoomIndex(assign_check_s=ASSIGN_CHECK_S)
+    assert index.next_wake() is None
+    joined = RoomRecord(room="b", state=S.JOINED, pool="p", dispatch_id="AD_2", deadline=50.0)
+    index.apply("b", Versioned(joined, 1))
+    assert index.next_wake() == 50.0
+    index.apply("b", Versioned(joined.model_copy(update={"deadline": 70.0}), 2))
+    assert index.next_wake() == 70.0  # the superseded 50.0 is dropped, not woken for
+    assert index.due_by_time(70.0, again_at=70.25) == ["b"]
+    assert index.next_wake() == 70.25  # still due: looked at again then, not at once
+    assert index.due_by_time(70.1, again_at=70.35) == []
+    assert index.due_by_time(70.25, again_at=70.5) == ["b"]
+    index.apply("b", Versioned(joined.model_copy(update={"state": S.SPEAKING, "deadline": None}), 3))
+    assert index.next_wake() is None
+
+
 def test_holding_rooms_are_found_by_their_pool_worker_and_job() -> None:
     index = RoomIndex()
     rec = RoomRecord(room="a", state=S.SPEAKING, pool="p", worker="w1", dispatch_id="AD_1")
