@@ -126,7 +126,6 @@ class Effects:
                     )
                     span.set_attribute("switchboard.dispatch_id", dispatch_id)
                     self.observer.call(self.mono() - began, "ok", retry=tries > 1)
-                    stray = await self._stray(rec.room, room.sid)
                 except LiveKitCallError as err:
                     self.observer.call(self.mono() - began, "error", err.reason, retry=tries > 1)
                     call_failed(span, err.reason, str(err))
@@ -138,20 +137,8 @@ class Effects:
                     if self.mono() - started + delay > self.retry.deadline_s:
                         return DispatchFailed(effect.key, err.reason, str(err), False, tries)
                 else:
-                    return DispatchLanded(
-                        effect.key, dispatch_id, tries, found=False, room_sid=room.sid, stray_sid=stray
-                    )
+                    return DispatchLanded(effect.key, dispatch_id, tries, found=False, room_sid=room.sid)
             await asyncio.sleep(delay)
-
-    async def _stray(self, room: str, sid: str | None) -> str | None:
-        """The sid LiveKit lists ``room`` under after our CreateDispatch, when it is not the one it
-        had before: the room was deleted while the call was on its way, and the call may have
-        created it again (empty). A failed look counts as no news: the resync looks again."""
-        try:
-            after = await self.livekit.room_info(room)
-        except LiveKitCallError:
-            return None
-        return after.sid if after is not None and after.sid and after.sid != sid else None
 
     async def _find(self, rec: RoomRecord, key: str) -> str | None:
         return await self.livekit.find_dispatch(rec.room, rec.agent_name or "", key)

@@ -41,9 +41,6 @@ class DispatchLanded:
     tries: int
     found: bool  # an earlier (ambiguous) try, or a previous owner, had created it
     room_sid: str | None = None  # the sid LiveKit listed the room under just before
-    # LiveKit listed the room under another sid right after the call: the room was deleted (and,
-    # by our very call, maybe created again empty) while CreateDispatch was on its way.
-    stray_sid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

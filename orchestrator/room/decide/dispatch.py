@@ -48,31 +48,12 @@ def decide_dispatch_outcome(rec: RoomRecord, outcome: DispatchLanded | DispatchF
         # room placed again): a dispatch that landed for it is unwanted — remove it.
         if isinstance(outcome, DispatchLanded) and outcome.dispatch_id != rec.dispatch_id:
             entry = Replaced(dispatch_id=outcome.dispatch_id, key=outcome.key, sid=outcome.room_sid)
-            kept = remember(rec, entry)
-            if outcome.stray_sid is not None and outcome.stray_sid != rec.sid:
-                # It landed after the room was deleted (the room ended meanwhile): LiveKit made the
-                # room again for it. That room is never served on the strength of its own event.
-                kept = kept.model_copy(update={"ghost_sid": outcome.stray_sid})
-            return Step(record=kept)
+            # Had it landed after the room was deleted, LiveKit made the room again for it: that
+            # ghost is known by this dispatch in it (Effects.ghost_of, the removal, the worker).
+            return Step(record=remember(rec, entry))
         return REST
     if isinstance(outcome, DispatchFailed) and rec.owner != ctx.replica:
         return REST  # another replica took the step over; it looks before it dispatches
-    if isinstance(outcome, DispatchLanded) and outcome.stray_sid is not None:
-        # The room was deleted while CreateDispatch was on its way; LiveKit now lists a room of
-        # this name under another sid, which our call may have created. This incarnation is over;
-        # our dispatch is removed, and that room is never served on the strength of its own event.
-        landed = remember(
-            rec, Replaced(dispatch_id=outcome.dispatch_id, key=outcome.key, agent_name=rec.agent_name)
-        )
-        return Step(
-            record=gone(
-                landed,
-                ctx,
-                "the room was deleted while CreateDispatch was on its way "
-                f"(LiveKit now lists sid {outcome.stray_sid})",
-                ghost_sid=outcome.stray_sid,
-            )
-        )
     if isinstance(outcome, DispatchLanded):
         took = f"after {outcome.tries} tr{'y' if outcome.tries == 1 else 'ies'}"
         # Found, not created: an earlier ambiguous try (or the replica this step was taken over
