@@ -30,6 +30,7 @@ import uvloop
 
 from bench import (
     compare,
+    deadlines,
     failover,
     footprint,
     listrooms,
@@ -68,6 +69,7 @@ SECTIONS: dict[str, tuple[Callable[[Path, bool], Awaitable[dict[str, Any]]], flo
     "footprint": (footprint.run, 300),
     "listrooms": (listrooms.run, 200),
     "liverooms": (liverooms.run, 900),
+    "deadlines": (deadlines.run, 300),
 }
 
 
