@@ -22,8 +22,10 @@ async def beat_forever(state: WorkerState, link: NatsLink, wake: asyncio.Event) 
         if client is not None:
             try:
                 await client.publish(subject, encode(state.heartbeat(seq)))
+                state.job_list.sent()
                 seq += 1
             except Exception as exc:
+                state.job_list.lost()
                 log.warning("heartbeat not sent: %s", exc)
         wake.clear()
         try:

@@ -9,6 +9,7 @@ from livekit.agents import AgentServer
 from agent_worker.nats_link import NatsLink
 from agent_worker.options import WorkerOptions
 from agent_worker.report_queue import ReportQueue
+from shared.heartbeat_jobs import JobListSender
 from shared.messages import PoolHeartbeat, utcnow
 
 
@@ -21,6 +22,7 @@ class WorkerState:
         self.draining = False
         self.started = False  # livekit-agents' job pool exists (before that, no jobs to count)
         self.livekit_worker_id: str | None = None
+        self.job_list = JobListSender()  # the beats' job list: whole now and then, else what changed
 
     def active_dispatches(self) -> list[str]:
         if not self.started:
@@ -51,7 +53,7 @@ class WorkerState:
             seq=seq,
             at=utcnow(),
             pending_reports=len(self._queue),
-            jobs=jobs[:1000],
+            **self.job_list.fields(seq, jobs),
         )
 
     def ready(self) -> tuple[bool, dict[str, Any]]:

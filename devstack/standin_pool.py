@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 from devstack.dev_config import DEMO_AGENT
 from shared import subjects
 from shared.codec import encode
+from shared.heartbeat_jobs import JobListSender
 from shared.messages import PoolHeartbeat
 
 
@@ -33,6 +34,7 @@ class StandInPool:
     version: str = "standin"
     _task: asyncio.Task[None] | None = None
     _seq: int = 0
+    _job_list: JobListSender = field(default_factory=JobListSender)  # as a real worker sends them
 
     @property
     def agent_name(self) -> str:
@@ -57,9 +59,14 @@ class StandInPool:
             version=self.version,
             seq=self._seq,
             at=datetime.now(UTC),
-            jobs=list(self.jobs),
+            **self._job_list.fields(self._seq, list(self.jobs)),
         )
-        await self.nc.publish(subjects.pool_heartbeat(self.pool), encode(hb))
+        try:
+            await self.nc.publish(subjects.pool_heartbeat(self.pool), encode(hb))
+        except BaseException:
+            self._job_list.lost()
+            raise
+        self._job_list.sent()
 
     async def _loop(self) -> None:
         while True:

@@ -32,7 +32,10 @@ class _Worker:
     beat: PoolHeartbeat
     seen_at: float  # wall (monotonic) time of the beat's arrival, for ages shown to people
     heard_at: float  # the registry's hearing clock at its arrival, for liveness
-    jobs: frozenset[str] = frozenset()  # the beat's job ids, as a set once per beat
+    jobs: frozenset[str] = frozenset()  # its job ids: the last whole list with the deltas since
+    # False from a delta that does not apply on top of the beat it names (a beat missed, a replica
+    # started since the last whole list) until the next whole list: ``jobs`` is then the last known.
+    complete: bool = True
 
 
 @dataclass(slots=True)
@@ -118,19 +121,46 @@ class PoolRegistry:
         self._last_beat_at = max(now, self._last_beat_at or now)
         workers = self._workers.setdefault(hb.pool, {})
         before = workers.get(hb.worker)
-        jobs = frozenset(hb.jobs)
-        workers[hb.worker] = _Worker(hb, now, self._hearing, jobs)
-        self._list_jobs((hb.pool, hb.worker), before.jobs if before is not None else frozenset(), jobs)
+        owner = (hb.pool, hb.worker)
+        known = before.jobs if before is not None else frozenset()
+        delta = hb.jobs_delta
+        if delta is None:
+            jobs, complete = frozenset(hb.jobs), True
+            self._list_jobs(owner, known, jobs)
+        elif (
+            before is not None
+            and before.complete
+            and before.beat.jobs_epoch == hb.jobs_epoch
+            and before.beat.seq == delta.base
+        ):
+            jobs, complete = known, True
+            if delta.added or delta.removed:
+                jobs = known.difference(delta.removed).union(delta.added)
+                self._list_jobs(owner, known, jobs, delta.added, delta.removed)
+        else:
+            jobs, complete = known, False  # the last known, until the next whole list
+        workers[hb.worker] = _Worker(hb, now, self._hearing, jobs, complete)
         # The pool's identity follows its newest beat: a redeployed pool may legitimately move.
         self._identity[hb.pool] = _Identity(hb.agent, hb.region, hb.agent_name)
 
-    def _list_jobs(self, owner: tuple[str, str], before: frozenset[str], now: frozenset[str]) -> None:
-        if before == now:
-            return
-        for job in now - before:
+    def _list_jobs(
+        self,
+        owner: tuple[str, str],
+        before: frozenset[str],
+        now: frozenset[str],
+        added: Iterable[str] | None = None,
+        removed: Iterable[str] | None = None,
+    ) -> None:
+        """The job map after a worker's list went from ``before`` to ``now`` (``added`` and
+        ``removed``, when the beat said them, spare working the difference out)."""
+        if added is None or removed is None:
+            if before == now:
+                return
+            added, removed = now - before, before - now
+        for job in added:
             self._job_owner[job] = owner
-        for job in before - now:
-            if self._job_owner.get(job) == owner:
+        for job in removed:
+            if job not in now and self._job_owner.get(job) == owner:
                 del self._job_owner[job]
 
     def forget_worker(self, pool: str, worker: str) -> bool:
@@ -221,6 +251,11 @@ class PoolRegistry:
         if pool not in self._identity:
             return True
         return not any(self._alive(w, now) for w in self._workers.get(pool, {}).values())
+
+    def jobs_complete(self, pool: str, now: float) -> bool:
+        """Whether every live worker's job list of the pool is whole (see :class:`_Worker`): a job
+        missing from an incomplete one says nothing about its agent."""
+        return all(w.complete for w in self._workers.get(pool, {}).values() if self._alive(w, now))
 
     def region(self, pool: str) -> str | None:
         """The region the pool's newest beat (or its pin) names; None for a pool never heard of."""

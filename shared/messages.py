@@ -10,7 +10,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
 
 # LiveKit room names are free-form but bounded; keep ours printable and short enough for a KV key.
 RoomName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -70,6 +78,21 @@ class RoomEnded(Message):
         return f"ended:{self.sid or self.room}"
 
 
+JobId = Annotated[str, StringConstraints(max_length=64)]
+JobIds = Annotated[list[JobId], Field(max_length=1000)]
+
+
+class JobsDelta(BaseModel):
+    """What changed in a worker's job list since its beat ``base`` (that beat's ``seq``, same
+    ``jobs_epoch``): see :class:`PoolHeartbeat`."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    base: Annotated[int, Field(ge=0)]
+    added: JobIds = Field(default_factory=list)
+    removed: JobIds = Field(default_factory=list)
+
+
 class PoolHeartbeat(Message):
     """One worker process's view of itself, about once a second on core NATS.
 
@@ -94,9 +117,20 @@ class PoolHeartbeat(Message):
     pending_reports: Annotated[int, Field(ge=0)] = 0
     # Dispatch ids of the jobs this worker runs now: the orchestrator releases a pool reservation
     # once a heartbeat lists the dispatch it made (so a burst between beats does not herd).
-    jobs: Annotated[list[Annotated[str, StringConstraints(max_length=64)]], Field(max_length=1000)] = Field(
-        default_factory=list
-    )
+    jobs: JobIds = Field(default_factory=list)
+    # A worker with many jobs (see shared/heartbeat_jobs.py) sends its whole list now and then,
+    # naming it with ``jobs_epoch`` (new at each start), and in between only what changed
+    # (``jobs_delta``, against its beat of that epoch whose ``seq`` is ``base``; ``jobs`` then
+    # empty), so a beat's size follows the churn, not the jobs. Lists of up to 32 jobs always go
+    # whole, without these fields (the beat a build before them sends and reads).
+    jobs_epoch: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+    jobs_delta: JobsDelta | None = None
+
+    @model_validator(mode="after")
+    def _delta_names_its_list(self) -> PoolHeartbeat:
+        if self.jobs_delta is not None and (self.jobs_epoch is None or self.jobs):
+            raise ValueError("jobs_delta needs jobs_epoch, and an empty jobs list")
+        return self
 
 
 class PoolSummary(BaseModel):

@@ -243,7 +243,9 @@ class Resync:
 
     def _silent_jobs(self, listed: dict[str, LiveRoom], listed_at: float) -> list[RoomEntry]:
         """Rooms with an agent whose job no heartbeat of its (live) pool lists."""
-        views = {v.pool: v for v in self.r.registry.snapshot(self.r.clocks.mono())}
+        mono = self.r.clocks.mono()
+        views = {v.pool: v for v in self.r.registry.snapshot(mono)}
+        complete: dict[str, bool] = {}
         out: list[RoomEntry] = []
         for rec in self.r.index.live():
             if rec.state not in (RoomState.JOINED, RoomState.SPEAKING) or rec.room not in listed:
@@ -251,6 +253,8 @@ class Resync:
             view = views.get(rec.pool or "")
             if view is None or view.liveness == "dead" or rec.dispatch_id in view.jobs:
                 continue  # a dead pool is the sweep's (pool_dead)
+            if not complete.setdefault(view.pool, self.r.registry.jobs_complete(view.pool, mono)):
+                continue  # a beat of its was missed: its list is whole again within FULL_EVERY beats
             if (rec.joined_at or rec.voice_at or listed_at) <= listed_at - self.cfg.resync_grace_s:
                 out.append(rec)
         return out
