@@ -131,6 +131,7 @@ async def one(work: Path, backend: str, replicas: int, rooms: int) -> dict[str, 
         "rooms_per_s": rate,
         "steady_rooms_per_s": steady,
         "cpu_util": cpu_util,  # CPU seconds per wall second over the run (1.0 = one core)
+        "wall_s": wall,
     }
 
 
