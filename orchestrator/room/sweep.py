@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -44,15 +45,21 @@ class Sweep:
         """Sweep until cancelled (see the module's doc); ``ready``: whether the index has synced."""
         interval = self.r.cfg.sweep_interval_s
         limit = asyncio.Semaphore(concurrency)
+        deaths_at = self.r.clocks.mono()  # the next look at deaths: every interval
         async with asyncio.TaskGroup() as steps:
             while True:
+                wait = deaths_at - self.r.clocks.mono()
                 wake = self.r.index.next_wake()
-                wait = interval if wake is None else min(interval, wake - self.r.clocks.wall())
+                if wake is not None:
+                    wait = min(wait, wake - self.r.clocks.wall())
                 await asyncio.sleep(max(0.0, wait))
                 if not ready():
                     continue
+                deaths = self.r.clocks.mono() >= deaths_at
+                if deaths:
+                    deaths_at = self.r.clocks.mono() + interval
                 try:
-                    self.start(steps, limit)
+                    self.start(steps, limit, deaths)
                 except Exception as exc:
                     if on_error is not None:
                         on_error(exc)
@@ -62,14 +69,17 @@ class Sweep:
     async def run(self, concurrency: int) -> None:
         """One pass, its steps awaited."""
         async with asyncio.TaskGroup() as steps:
-            self.start(steps, asyncio.Semaphore(concurrency))
+            self.start(steps, asyncio.Semaphore(concurrency), deaths=True)
 
-    def start(self, steps: asyncio.TaskGroup, limit: asyncio.Semaphore) -> None:
-        """Start a step for every due room whose step is not already waiting or running."""
-        mono = self.r.clocks.mono()
-        self._say_if_unheard(mono)
-        self._forget_silent_workers(mono)
-        for room in self.due_rooms():
+    def start(self, steps: asyncio.TaskGroup, limit: asyncio.Semaphore, deaths: bool) -> None:
+        """Start a step for every due room whose step is not already waiting or running;
+        ``deaths``: look at the rooms of dead pools and workers too (each interval), not only at
+        the rooms whose time has come."""
+        if deaths:
+            mono = self.r.clocks.mono()
+            self._say_if_unheard(mono)
+            self._forget_silent_workers(mono)
+        for room in self.due_rooms(deaths):
             if room not in self._queued:
                 self._queued.add(room)
                 steps.create_task(self._one(room, limit))
@@ -85,26 +95,32 @@ class Sweep:
         finally:
             self._queued.discard(room)
 
-    def due_rooms(self) -> list[str]:
+    def due_rooms(self, deaths: bool = True) -> list[str]:
         """The rooms to step now. Not a walk over every live room: those the index's wake-up heap
-        says are due by the clock, those holding on a pool that is dead (or forgotten), on a
-        worker that is, or on a job only a dead worker listed; then :func:`due` decides each."""
+        says are due by the clock, and with ``deaths`` those holding on a pool that is dead (or
+        forgotten), on a worker that is, or on a job only a dead worker listed; then :func:`due`
+        decides each."""
         r = self.r
         now = r.clocks.wall()
         mono = r.clocks.mono()
-        dead = {pool for pool in r.index.pools_holding() if r.registry.pool_dead(pool, mono)}
-        # Still due next time round (a step in flight...): looked at again one interval on.
-        candidates = set(r.index.due_by_time(now, now + r.cfg.sweep_interval_s))
-        for pool in dead:
-            candidates |= r.index.holding_on(pool)
-        for pool, worker in r.index.workers_holding():
-            if r.registry.worker_gone(pool, worker, mono):
-                candidates |= r.index.holding_with(pool, worker)
-        orphaned = r.registry.orphaned_jobs(mono)
-        for job in orphaned:
-            room = r.index.holding_job(job)
-            if room is not None:
-                candidates.add(room)
+        interval = r.cfg.sweep_interval_s
+        # Still due next time round (a step in flight...): looked at again on the next interval's
+        # boundary, one wake-up for all of them rather than one each.
+        candidates = set(r.index.due_by_time(now, (math.floor(now / interval) + 1) * interval))
+        dead: dict[str, bool] = {}
+        orphaned: frozenset[str] | None = None
+        if deaths:
+            dead = {pool: True for pool in r.index.pools_holding() if r.registry.pool_dead(pool, mono)}
+            for pool in dead:
+                candidates |= r.index.holding_on(pool)
+            for pool, worker in r.index.workers_holding():
+                if r.registry.worker_gone(pool, worker, mono):
+                    candidates |= r.index.holding_with(pool, worker)
+            orphaned = r.registry.orphaned_jobs(mono)
+            for job in orphaned:
+                room = r.index.holding_job(job)
+                if room is not None:
+                    candidates.add(room)
         rooms: list[str] = []
         for room in sorted(candidates):
             rec = r.index.get(room)
@@ -112,7 +128,11 @@ class Sweep:
                 continue
             gone = worker_gone = False
             if rec.state in HOLDING and rec.pool is not None:
-                gone = rec.pool in dead
+                if rec.pool not in dead:
+                    dead[rec.pool] = r.registry.pool_dead(rec.pool, mono)
+                gone = dead[rec.pool]
+                if not gone and orphaned is None and rec.worker is None:
+                    orphaned = r.registry.orphaned_jobs(mono)
                 worker_gone = not gone and r.worker_gone(rec, orphaned)
             cause = due(
                 rec,
