@@ -56,15 +56,13 @@ from bench.common import (
 from bench.liverooms import (
     _SECRET,
     JOBS_PER_WORKER,
-    LOAD_LIMIT_S,
     POOL,
     Worker,
-    _add_live_workers,
     _cleanup,
     _index_size,
-    _load,
     _make_template,
     _start_spread,
+    grow_live_rooms,
 )
 from bench.overhead import run_publisher
 from orchestrator.records import RoomRecord
@@ -380,17 +378,10 @@ async def deadlines(work: Path, sizes: tuple[int, ...], events: int) -> dict[str
         watch = DeadlineWatch()
         loaded = 0
         for size in sizes:
-            await _add_live_workers(nc, live_workers, size)
-            t0 = time.monotonic()
-            try:
-                async with asyncio.timeout(LOAD_LIMIT_S):
-                    await _load(js, text, rec, loaded, size)
-            except TimeoutError:
-                notes.append(
-                    f"{size:,} live rooms: not written into KV within {LOAD_LIMIT_S:.0f} s; not run."
-                )
+            load_s = await grow_live_rooms(nc, js, text, rec, live_workers, loaded, size, notes)
+            if load_s is None:
                 break
-            load_s, loaded = time.monotonic() - t0, size
+            loaded = size
             # Subscribed only while this size's events run: not to the live rooms' writes.
             sub = await nc.subscribe(f"$KV.{subjects.ROOMS_BUCKET}.r.*", cb=watch.on_kv)
             try:

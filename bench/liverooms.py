@@ -373,6 +373,29 @@ async def _add_live_workers(nc: Any, workers: list[Worker], size: int) -> None:
     await _start_spread(new)
 
 
+async def grow_live_rooms(
+    nc: Any,
+    js: Any,
+    text: str,
+    rec: RoomRecord,
+    live_workers: list[Worker],
+    loaded: int,
+    size: int,
+    notes: list[str],
+) -> float | None:
+    """Live rooms [loaded, size) written into KV, their workers beating first (each record names a
+    living worker); the seconds it took, or None (noted) when KV did not take them in time."""
+    await _add_live_workers(nc, live_workers, size)
+    t0 = time.monotonic()
+    try:
+        async with asyncio.timeout(LOAD_LIMIT_S):
+            await _load(js, text, rec, loaded, size)
+    except TimeoutError:
+        notes.append(f"{size:,} live rooms: not written into KV within {LOAD_LIMIT_S:.0f} s; not run.")
+        return None
+    return time.monotonic() - t0
+
+
 async def _make_template(
     work: Path, config: Path, nats_url: str, standin: StandIn, js: Any, kv: Any
 ) -> bytes:
@@ -449,18 +472,10 @@ async def liverooms(work: Path, sizes: tuple[int, ...], seconds: float, drain_s:
         }
         loaded = 0
         for size in sizes:
-            # The live rooms' workers beat before their records exist: each record names a living worker.
-            await _add_live_workers(nc, live_workers, size)
-            t0 = time.monotonic()
-            try:
-                async with asyncio.timeout(LOAD_LIMIT_S):
-                    await _load(js, text, rec, loaded, size)
-            except TimeoutError:
-                notes.append(
-                    f"{size:,} live rooms: not written into KV within {LOAD_LIMIT_S:.0f} s; not run."
-                )
+            load_s = await grow_live_rooms(nc, js, text, rec, live_workers, loaded, size, notes)
+            if load_s is None:
                 break
-            load_s, loaded = time.monotonic() - t0, size
+            loaded = size
             try:
                 row = await _size(work, config, ns.url, standin, size, seconds, drain_s, feeder, others)
             except Exception as exc:  # recorded; the next size still runs
