@@ -54,6 +54,8 @@ class Sweep:
                     wait = min(wait, wake - self.r.clocks.wall())
                 await asyncio.sleep(max(0.0, wait))
                 if not ready():
+                    # The index is still loading (its past wake-ups would make this loop spin).
+                    await asyncio.sleep(interval)
                     continue
                 deaths = self.r.clocks.mono() >= deaths_at
                 if deaths:

@@ -145,3 +145,42 @@ def test_one_room_failing_in_a_sweep_never_cancels_the_others() -> None:
     cast(Any, s.controller).reconcile = reconcile
     asyncio.run(s.controller.sweep())
     assert sorted(finished) == ["room-a", "room-c"]
+
+
+def test_the_loop_waits_while_the_index_loads_then_wakes_at_the_next_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop sleeps until the index's next wake-up (not a fixed interval), never spins on the
+    past wake-ups of an index still loading, and a room still due waits for the next boundary."""
+    s = Sweeper()
+    s.registry.observe(beat("eu-a", "w1"), 0.0)
+    wall = s.controller.clocks.wall()
+    joined = RoomRecord(
+        room="room-a", state=RoomState.JOINED, pool="eu-a", rule="r", agent="ornina", deadline=wall - 5
+    )
+    s.index.apply("room-a", Versioned(joined, 1))
+    later = joined.model_copy(update={"room": "room-b", "deadline": wall + 0.1})
+    s.index.apply("room-b", Versioned(later, 2))
+    loading = [True, True]  # ready() answers False while this has items
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        waits.append(round(delay, 3))
+        if len(waits) >= 8:
+            raise asyncio.CancelledError
+        await real_sleep(0)
+
+    def ready() -> bool:
+        return not (loading and loading.pop())
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(s.controller.sweep_loop(ready))
+    interval = SwitchboardConfig().orchestrator.sweep_interval_s
+    # Loading: each pass that finds the index not ready waits an interval, however late room-a is.
+    assert waits[:4] == [0.0, interval, 0.0, interval]
+    # Ready: room-a (overdue) at once; then room-b's own time (0.1 s on), not a whole interval.
+    assert waits[4] == 0.0
+    assert 0.0 < waits[5] <= 0.1
+    assert [room for room, _ in s.redispatched][:1] == ["room-a"]
