@@ -52,7 +52,7 @@ class ListedJobs(AbstractSet[str]):
 
     __slots__ = ("_alive", "_owner", "_pool")
 
-    def __init__(self, owner: Mapping[str, tuple[str, str]], pool: str, alive: AbstractSet[str]) -> None:
+    def __init__(self, owner: Mapping[str, tuple[str, str, int]], pool: str, alive: AbstractSet[str]) -> None:
         self._owner = owner
         self._pool = pool
         self._alive = alive
@@ -104,8 +104,9 @@ class PoolRegistry:
         self._hearing = 0.0  # the hearing clock at the last beat
         self._last_beat_at: float | None = None  # wall (monotonic) time of the last beat
         self._workers: dict[str, dict[str, _Worker]] = {}
-        # job id -> (pool, worker) of the last beat listing it, kept by each beat's difference.
-        self._job_owner: dict[str, tuple[str, str]] = {}
+        # job id -> (pool, worker of the last beat listing it, how many workers' lists hold it),
+        # kept by each beat's difference. ("", "", n): its last lister dropped it, n others hold it.
+        self._job_owner: dict[str, tuple[str, str, int]] = {}
         self._identity: dict[str, _Identity] = {}
         self._pinned: set[str] = set()
         self._operator_drained: set[str] = set()
@@ -157,11 +158,19 @@ class PoolRegistry:
             if before == now:
                 return
             added, removed = now - before, before - now
+        jobs = self._job_owner
         for job in added:
-            self._job_owner[job] = owner
+            if job not in before:
+                entry = jobs.get(job)
+                jobs[job] = (*owner, 1 if entry is None else entry[2] + 1)
         for job in removed:
-            if job not in now and self._job_owner.get(job) == owner:
-                del self._job_owner[job]
+            entry = jobs.get(job)
+            if entry is None or job not in before or job in now:
+                continue
+            if entry[2] <= 1:
+                del jobs[job]
+            else:
+                jobs[job] = (*(("", "") if entry[:2] == owner else entry[:2]), entry[2] - 1)
 
     def forget_worker(self, pool: str, worker: str) -> bool:
         """Drop one worker. True if it was known.
@@ -231,7 +240,15 @@ class PoolRegistry:
                 else:
                     dead.append(w)
         # Only dead workers' jobs are looked at (none, mostly): a sweep costs the dead, not the live.
-        return frozenset(j for w in dead for j in w.jobs if not any(j in jobs for jobs in live))
+        # A job only one worker lists (the job map counts them) is that dead worker's alone; one
+        # listed by several (rare) is looked for in the live workers' lists.
+        orphaned: set[str] = set()
+        for w in dead:
+            for job in w.jobs:
+                entry = self._job_owner.get(job)
+                if entry is None or entry[2] <= 1 or not any(job in jobs for jobs in live):
+                    orphaned.add(job)
+        return frozenset(orphaned)
 
     def worker_gone(self, pool: str, worker: str, now: float) -> bool:
         """The worker is dead, or unknown to a registry that has heard long enough to know every

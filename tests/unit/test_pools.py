@@ -298,3 +298,36 @@ def test_pool_dead_and_region_say_what_the_view_says_without_building_it() -> No
             view = reg.view(p, probe)
             assert reg.pool_dead(p, probe) == (view is None or view.liveness == "dead"), (p, probe)
             assert reg.region(p) == (view.region if view is not None else None)
+
+
+def _orphaned_by_walk(reg: PoolRegistry, now: float) -> frozenset[str]:
+    """The rule, walked: jobs a dead worker listed that no live worker lists."""
+    workers = [w for ws in reg._workers.values() for w in ws.values()]
+    live = [w.jobs for w in workers if reg._alive(w, now)]
+    dead = [w for w in workers if not reg._alive(w, now)]
+    return frozenset(j for w in dead for j in w.jobs if not any(j in jobs for jobs in live))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_orphaned_jobs_from_the_job_counts_are_those_of_the_walk(seed: int) -> None:
+    rng = random.Random(seed)
+    reg = registry()
+    lists: dict[tuple[str, str], list[str]] = {}
+    now = 0.0
+    for _ in range(300):
+        now += rng.choice((0.2, 0.5, 1.0, 2.5))
+        pool, worker = rng.choice(("eu-a", "eu-b")), f"w{rng.randrange(4)}"
+        key = (pool, worker)
+        if rng.random() < 0.08:
+            reg.forget_worker(pool, worker)
+            lists.pop(key, None)
+        elif rng.random() < 0.7:
+            jobs = [j for j in lists.get(key, []) if rng.random() > 0.2]
+            jobs += [f"AD_{rng.randrange(40)}" for _ in range(rng.randint(0, 4))]  # some shared
+            lists[key] = sorted(set(jobs))
+            reg.observe(beat(worker, pool=pool, jobs=tuple(lists[key])), now)
+        held = [w.jobs for ws in reg._workers.values() for w in ws.values()]
+        counts = {j: sum(j in jobs for jobs in held) for jobs in held for j in jobs}
+        assert {j: e[2] for j, e in reg._job_owner.items()} == counts
+        for probe in (now, now + 2.0, now + 4.0):
+            assert reg.orphaned_jobs(probe) == _orphaned_by_walk(reg, probe)
