@@ -257,6 +257,11 @@ class RoomIndex:
         """Live rooms per non-terminal state (its value), zeros included."""
         return {state.value: self._by_state[state] for state in RoomState if state not in TERMINAL}
 
+    def revision(self, room: str) -> int | None:
+        """The revision of the room's entry; None when the index holds none."""
+        fields = self._rooms.get(room)
+        return fields[1] if fields is not None else None
+
     def get(self, room: str) -> RoomEntry | None:
         fields = self._rooms.get(room)
         return RoomEntry._make(fields) if fields is not None else None

@@ -286,7 +286,7 @@ class OrchestratorService:
     async def _watch(self, store: RoomStore) -> None:
         # aclosing: on cancellation the watcher's subscription is stopped now, not at GC time
         # (a leftover subscription would hold up the connection drain on shutdown).
-        async with contextlib.aclosing(store.watch()) as changes:
+        async with contextlib.aclosing(store.watch(self.index.revision)) as changes:
             async for change in changes:
                 await self._apply_change(change)
 

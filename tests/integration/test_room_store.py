@@ -110,3 +110,28 @@ async def test_a_terminal_record_created_first_expires_and_is_created_once(nc: N
     assert await _ttl_header(nc, "ornina-tomb") is not None
     assert await store.create(tomb) is None  # the second is a duplicate
     assert await store.create(RoomRecord(room="ornina-tomb")) is None
+
+
+async def test_the_watch_skips_unparsed_what_its_reader_already_holds(nc: NATS) -> None:
+    """A replica applies its own writes when it makes them; the watch skips those (no newer than
+    what the reader holds) before parsing them, and still brings every newer one."""
+    js = nc.jetstream()
+    store = RoomStore(await open_bucket(js))
+    mine = await store.create(RoomRecord(room="ornina-mine"))
+    theirs = await store.create(RoomRecord(room="ornina-theirs"))
+    assert mine is not None and theirs is not None
+    held = {"ornina-mine": mine.revision}
+    seen: list[tuple[str, int]] = []
+    async with asyncio.timeout(10), contextlib.aclosing(store.watch(held.get)) as changes:
+        async for change in changes:
+            if change is None:
+                updated = await store.update(
+                    mine.record.model_copy(update={"state": RoomState.DISPATCHING}), mine.revision
+                )
+                continue
+            room, versioned = change
+            assert versioned is not None
+            seen.append((room, versioned.revision))
+            if room == "ornina-mine":
+                break  # the newer write
+    assert seen == [("ornina-theirs", theirs.revision), ("ornina-mine", updated.revision)]
