@@ -284,29 +284,39 @@ class PoolRegistry:
         ident = self._identity.get(pool)
         if ident is None:
             return None
-        workers = self._workers.get(pool, {})
-        alive = [w for w in workers.values() if self._alive(w, now)]
-        live = [w.beat for w in alive]
-        capacity = sum(b.capacity for b in live)
-        active = sum(b.active for b in live)
-        open_slots = sum(max(0, b.capacity - b.active) for b in live if not b.draining)
-        drained = bool(live) and (pool in self._operator_drained or all(b.draining for b in live))
-        liveness: Liveness = "dead" if not live else ("draining" if drained else "alive")
-        ages = [now - w.seen_at for w in workers.values()]
-        jobs = ListedJobs(self._job_owner, pool, frozenset(w.beat.worker for w in alive))
+        # One pass over the workers: a view is taken per placement, and a big pool has hundreds.
+        heard, dead_after = self._heard(now), self.dead_after_s
+        names: list[str] = []
+        capacity = active = open_slots = 0
+        every_live_draining = True
+        newest: float | None = None  # the latest beat's arrival (the view's age)
+        for w in self._workers.get(pool, {}).values():
+            if newest is None or w.seen_at > newest:
+                newest = w.seen_at
+            if heard - w.heard_at >= dead_after:  # as _alive
+                continue
+            b = w.beat
+            names.append(b.worker)
+            capacity += b.capacity
+            active += b.active
+            if not b.draining:
+                every_live_draining = False
+                open_slots += max(0, b.capacity - b.active)
+        drained = bool(names) and (pool in self._operator_drained or every_live_draining)
+        liveness: Liveness = "dead" if not names else ("draining" if drained else "alive")
         return PoolView(
             pool=pool,
             agent=ident.agent,
             region=ident.region,
             agent_name=ident.agent_name,
-            workers=len(live),
+            workers=len(names),
             capacity=capacity,
             active=active,
             load=active / capacity if capacity else 1.0,
             draining=drained,
             liveness=liveness,
-            age_s=max(0.0, min(ages)) if ages else None,
-            jobs=jobs,
+            age_s=max(0.0, now - newest) if newest is not None else None,
+            jobs=ListedJobs(self._job_owner, pool, frozenset(names)),
             open_slots=open_slots if liveness == "alive" else 0,
         )
 

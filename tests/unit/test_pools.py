@@ -331,3 +331,63 @@ def test_orphaned_jobs_from_the_job_counts_are_those_of_the_walk(seed: int) -> N
         assert {j: e[2] for j, e in reg._job_owner.items()} == counts
         for probe in (now, now + 2.0, now + 4.0):
             assert reg.orphaned_jobs(probe) == _orphaned_by_walk(reg, probe)
+
+
+def _view_by_walks(reg: PoolRegistry, pool: str, now: float) -> tuple[object, ...] | None:
+    """The view's numbers as separate walks over the workers (the rule, spelled out)."""
+    if pool not in reg._identity:
+        return None
+    workers = reg._workers.get(pool, {})
+    live = [w.beat for w in workers.values() if reg._alive(w, now)]
+    capacity = sum(b.capacity for b in live)
+    active = sum(b.active for b in live)
+    drained = bool(live) and (pool in reg._operator_drained or all(b.draining for b in live))
+    liveness = "dead" if not live else ("draining" if drained else "alive")
+    opened = sum(max(0, b.capacity - b.active) for b in live if not b.draining)
+    ages = [now - w.seen_at for w in workers.values()]
+    return (
+        len(live),
+        capacity,
+        active,
+        drained,
+        liveness,
+        max(0.0, min(ages)) if ages else None,
+        opened if liveness == "alive" else 0,
+        sorted(b.worker for b in live),
+    )
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_view_in_one_pass_says_what_the_walks_say(seed: int) -> None:
+    rng = random.Random(seed)
+    pinned = [PinnedPool(id="pinned", agent="ornina", region="us-east")]
+    reg = PoolRegistry(heartbeat_interval_s=1.0, dead_after_missed_beats=3, pinned=pinned)
+    now = 0.0
+    for _ in range(300):
+        now += rng.choice((0.1, 0.5, 1.5, 4.0))
+        pool, worker = rng.choice(("eu-a", "eu-b", "pinned")), f"w{rng.randrange(4)}"
+        if rng.random() < 0.1:
+            reg.forget_worker(pool, worker)
+        elif rng.random() < 0.05:
+            reg.mark_draining(pool)
+        else:
+            capacity = rng.randint(0, 6)
+            active, draining = rng.randint(0, capacity), rng.random() < 0.2
+            reg.observe(beat(worker, pool=pool, capacity=capacity, active=active, draining=draining), now)
+        for probe in (now, now + 1.0, now + 3.5):
+            for p in ("eu-a", "eu-b", "pinned", "never"):
+                v = reg.view(p, probe)
+                got = None
+                if v is not None:
+                    live = sorted(v.jobs._alive)  # type: ignore[attr-defined]
+                    got = (
+                        v.workers,
+                        v.capacity,
+                        v.active,
+                        v.draining,
+                        v.liveness,
+                        v.age_s,
+                        v.open_slots,
+                        live,
+                    )
+                assert got == _view_by_walks(reg, p, probe), (p, probe)
