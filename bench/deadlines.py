@@ -48,25 +48,19 @@ from bench.common import (
     Orchestrator,
     StandIn,
     cpu_seconds,
-    nats_client,
-    nats_server,
     pct,
     write_config,
 )
 from bench.liverooms import (
     _SECRET,
     JOBS_PER_WORKER,
-    POOL,
-    Worker,
     _cleanup,
     _index_size,
-    _make_template,
-    _start_spread,
     grow_live_rooms,
+    live_rooms_bench,
 )
 from bench.overhead import run_publisher
-from orchestrator.records import RoomRecord
-from orchestrator.store import open_bucket, room_key
+from orchestrator.store import room_key
 from shared import subjects
 
 SIZES = (0, 10_000, 100_000)
@@ -355,26 +349,11 @@ async def deadlines(work: Path, sizes: tuple[int, ...], events: int) -> dict[str
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
-        ns = stack.enter_context(nats_server(work, "nats-deadlines"))
-        standin = StandIn(work)
-        standin.start()
-        stack.callback(standin.stop)
-        nc = await stack.enter_async_context(nats_client(ns.url))
-        # The event rooms' worker (the one the template's reports name), with room for all of them;
+        # One event worker (the one the template's reports name), with room for every event room;
         # it never lists their jobs (nobody took them), so they are reservations until they fail.
-        event_workers = [Worker(nc, POOL, capacity=JOBS_PER_WORKER, worker_id=f"{POOL}-w1")]
-        live_workers: list[Worker] = []
-
-        async def stop_workers() -> None:
-            for w in event_workers + live_workers:
-                await w.stop()
-
-        stack.push_async_callback(stop_workers)
-        await _start_spread(event_workers)
-        js = nc.jetstream(publish_async_max_pending=4000)
-        kv = await open_bucket(js)
-        template = await _make_template(work, config, ns.url, standin, js, kv)
-        text, rec = template.decode(), RoomRecord.model_validate_json(template)
+        b = await stack.enter_async_context(live_rooms_bench(work, config, "nats-deadlines", 1))
+        ns, standin, nc, js, kv = b.ns, b.standin, b.nc, b.js, b.kv
+        live_workers, template, text, rec = b.live_workers, b.template, b.text, b.rec
         watch = DeadlineWatch()
         loaded = 0
         for size in sizes:

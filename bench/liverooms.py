@@ -38,6 +38,7 @@ import json
 import math
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,53 @@ async def _add_live_workers(nc: Any, workers: list[Worker], size: int) -> None:
     await _start_spread(new)
 
 
+@dataclass
+class LiveRoomsBench:
+    """What sections 9 and 10 run on: nats-server, the Twirp stand-in, the pool's event workers
+    (the first is <pool>-w1, the worker the template's reports name) and live rooms' workers (added
+    by :func:`grow_live_rooms`), and the template record the live rooms are copies of."""
+
+    ns: Any
+    standin: StandIn
+    nc: Any
+    js: Any
+    kv: Any
+    event_workers: list[Worker]
+    live_workers: list[Worker]
+    template: bytes
+    text: str
+    rec: RoomRecord
+
+
+@contextlib.asynccontextmanager
+async def live_rooms_bench(
+    work: Path, config: Path, name: str, event_workers: int
+) -> AsyncIterator[LiveRoomsBench]:
+    async with contextlib.AsyncExitStack() as stack:
+        ns = stack.enter_context(nats_server(work, name))
+        standin = StandIn(work)
+        standin.start()
+        stack.callback(standin.stop)
+        nc = await stack.enter_async_context(nats_client(ns.url))
+        events = [
+            Worker(nc, POOL, capacity=JOBS_PER_WORKER, worker_id=f"{POOL}-ev{k}" if k else f"{POOL}-w1")
+            for k in range(event_workers)
+        ]
+        live: list[Worker] = []
+
+        async def stop_workers() -> None:
+            for w in events + live:
+                await w.stop()
+
+        stack.push_async_callback(stop_workers)
+        await _start_spread(events)
+        js = nc.jetstream(publish_async_max_pending=4000)
+        kv = await open_bucket(js)
+        template = await _make_template(work, config, ns.url, standin, js, kv)
+        rec = RoomRecord.model_validate_json(template)
+        yield LiveRoomsBench(ns, standin, nc, js, kv, events, live, template, template.decode(), rec)
+
+
 async def grow_live_rooms(
     nc: Any,
     js: Any,
@@ -438,30 +486,19 @@ async def liverooms(work: Path, sizes: tuple[int, ...], seconds: float, drain_s:
     events = int(RATE * seconds)
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
+    # Event workers: open slots for every event of a size (and the template); the first is
+    # <pool>-w1, the worker the template's reports name.
+    slots = math.ceil(events / JOBS_PER_WORKER) + 1
     async with contextlib.AsyncExitStack() as stack:
-        ns = stack.enter_context(nats_server(work, "nats-liverooms"))
-        standin = StandIn(work)
-        standin.start()
-        stack.callback(standin.stop)
-        nc = await stack.enter_async_context(nats_client(ns.url))
-        # Event workers: open slots for every event of a size (and the template); the first is
-        # <pool>-w1, the worker the template's reports name.
-        event_workers = [
-            Worker(nc, POOL, capacity=JOBS_PER_WORKER, worker_id=f"{POOL}-ev{k}" if k else f"{POOL}-w1")
-            for k in range(math.ceil(events / JOBS_PER_WORKER) + 1)
-        ]
-        live_workers: list[Worker] = []
-
-        async def stop_workers() -> None:
-            for w in event_workers + live_workers:
-                await w.stop()
-
-        stack.push_async_callback(stop_workers)
-        await _start_spread(event_workers)
-        js = nc.jetstream(publish_async_max_pending=4000)
-        kv = await open_bucket(js)
-        template = await _make_template(work, config, ns.url, standin, js, kv)
-        text, rec = template.decode(), RoomRecord.model_validate_json(template)
+        b = await stack.enter_async_context(live_rooms_bench(work, config, "nats-liverooms", slots))
+        ns, standin, nc, js, kv = b.ns, b.standin, b.nc, b.js, b.kv
+        event_workers, live_workers, template, text, rec = (
+            b.event_workers,
+            b.live_workers,
+            b.template,
+            b.text,
+            b.rec,
+        )
         feeder = JobFeeder(event_workers)
         sub = await nc.subscribe(f"$KV.{subjects.ROOMS_BUCKET}.r.*", cb=feeder.on_kv)
         stack.push_async_callback(sub.unsubscribe)
