@@ -72,14 +72,18 @@ class _CachedAuth:
 
 
 class RoomService(_CachedAuth, _RoomService):
-    def __init__(self, session: aiohttp.ClientSession, url: str, tokens: TokenCache) -> None:
-        super().__init__(session, url, tokens._key, tokens._secret, False)
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, api_key: str, api_secret: str, tokens: TokenCache
+    ) -> None:
+        super().__init__(session, url, api_key, api_secret, False)
         self.tokens = tokens
 
 
 class AgentDispatchService(_CachedAuth, _AgentDispatchService):
-    def __init__(self, session: aiohttp.ClientSession, url: str, tokens: TokenCache) -> None:
-        super().__init__(session, url, tokens._key, tokens._secret, False)
+    def __init__(
+        self, session: aiohttp.ClientSession, url: str, api_key: str, api_secret: str, tokens: TokenCache
+    ) -> None:
+        super().__init__(session, url, api_key, api_secret, False)
         self.tokens = tokens
 
 
@@ -96,7 +100,11 @@ class LiveKitServices:
         # livekit-api's own default: 10 s for a whole request (ours, shorter, wrap each call).
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         tokens = TokenCache(api_key, api_secret)
-        return cls(RoomService(session, url, tokens), AgentDispatchService(session, url, tokens), session)
+        return cls(
+            RoomService(session, url, api_key, api_secret, tokens),
+            AgentDispatchService(session, url, api_key, api_secret, tokens),
+            session,
+        )
 
     async def aclose(self) -> None:
         await self.session.close()
