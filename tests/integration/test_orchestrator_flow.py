@@ -7,19 +7,24 @@ by the test first, as a user's backend does), dispatch and deletion below is Liv
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Callable
 
 import pytest
 from livekit import api as lkapi
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from devstack.livekit_server import LiveKitServer
 from devstack.nats_server import NatsServer
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
 from shared import bus, subjects
+from shared.codec import decode
 from shared.dispatch_metadata import read_dispatch_metadata
-from shared.messages import RoomCreated, RoomEnded
+from shared.messages import PoolHeartbeat, RoomCreated, RoomEnded
 from tests.drills.faultproxy import FaultProxy
 from tests.orchestratorkit import (
     FakePool,
@@ -364,4 +369,58 @@ async def test_dispatch_livekit_never_assigns_is_redispatched_before_the_join_de
         assert first.dispatch_id not in [
             d.id for d in await _named_dispatches(livekit_api, "ornina-unassigned")
         ]
+    await pool.stop()
+
+
+async def test_a_pool_of_long_job_lists_releases_its_reservation_by_the_changes_it_beats(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer
+) -> None:
+    """A worker listing more than 32 jobs beats only what changed, most of the time: the replica
+    still sees the job of the dispatch it made (its reservation released), and sees it go."""
+    js = nc.jetstream()
+    busy = [f"AD_busy{i}" for i in range(40)]
+    pool = FakePool(nc, "eu-central-a", "eu-central", capacity=100, active=40, jobs=list(busy))
+    deltas: list[PoolHeartbeat] = []
+    beaten = asyncio.Event()
+
+    async def on_beat(msg: Msg) -> None:
+        beat = decode(PoolHeartbeat, msg.data)
+        if beat.jobs_delta is not None:
+            deltas.append(beat)
+        beaten.set()
+
+    async def eventually(holds: Callable[[], bool], what: str) -> None:
+        """Until ``holds()`` (the replica's state): looked at again after each beat, bounded."""
+        async with asyncio.timeout(10):
+            while not holds():
+                beaten.clear()
+                await beaten.wait()
+        assert holds(), what
+
+    sub = await nc.subscribe(subjects.pool_heartbeat("eu-central-a"), cb=on_beat)
+    await pool.start()
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()) as service:
+        kv = await open_bucket(js)
+        await publish_created_room(
+            js, livekit_server, RoomCreated(room="ornina-flow-deltas", region="eu-central")
+        )
+        rec = await wait_for_record(kv, "ornina-flow-deltas", {S.DISPATCHED})
+        assert rec.dispatch_id is not None
+
+        def listed() -> bool:
+            view = service.registry.view("eu-central-a", time.monotonic())
+            return view is not None and rec.dispatch_id in view.jobs
+
+        def reserved() -> int:
+            views = service.registry.snapshot(time.monotonic())
+            return service.index.reserved({v.pool: v.jobs for v in views}).get("eu-central-a", 0)
+
+        assert not listed() and reserved() == 1
+        seen = len(deltas)
+        pool.jobs = [*busy, rec.dispatch_id]  # the worker took the job
+        await eventually(lambda: listed() and reserved() == 0, "the job listed by a delta beat")
+        assert any(rec.dispatch_id in (b.jobs_delta.added if b.jobs_delta else []) for b in deltas[seen:])
+        pool.jobs = list(busy)  # and it ended
+        await eventually(lambda: not listed(), "the job gone from the replica's view")
+    await sub.unsubscribe()
     await pool.stop()
