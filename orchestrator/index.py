@@ -11,10 +11,10 @@ import heapq
 import math
 import sys
 from collections import Counter
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from typing import Any, NamedTuple, TypeVar
 
-from orchestrator.records import HOLDING, TERMINAL, RoomState
+from orchestrator.records import HOLDING, TERMINAL, RoomState, RoomView
 from orchestrator.store import Versioned
 from orchestrator.wake import wake_at
 
@@ -164,10 +164,10 @@ class RoomIndex:
         self._forget(room, entry)
         self._rooms[room] = tuple(entry)
         self._by_state[entry.state] += 1
-        reserving = _reserving(entry)
-        if reserving is not None and (reserving[1] is None or reserving[1] not in self._listed):
-            self._unlisted[room] = reserving
-            self._pending[reserving[0]] += 1
+        counted = reserving(entry)
+        if counted is not None and (counted[1] is None or counted[1] not in self._listed):
+            self._unlisted[room] = counted
+            self._pending[counted[0]] += 1
         if entry.state in HOLDING and entry.pool is not None:
             self._on_pool.setdefault(entry.pool, {})[room] = None
             if entry.worker is not None:
@@ -196,7 +196,7 @@ class RoomIndex:
             if not self._pending[was[0]]:
                 del self._pending[was[0]]
         if old.dispatch_id is not None and old.dispatch_id in self._listed:
-            still = _reserving(next_) if next_ is not None else None
+            still = reserving(next_) if next_ is not None else None
             if still is None or still[1] != old.dispatch_id:
                 self._listed.discard(old.dispatch_id)
 
@@ -276,6 +276,16 @@ class RoomIndex:
     def reserved(self, pool_jobs: Mapping[str, Container[str]]) -> dict[str, int]:
         """Per pool: rooms placed on it whose job its heartbeats do not show yet. Costs the rooms
         in flight (placed, job not yet listed) and this replica's holds, not the live rooms."""
+        counts = self.in_flight(pool_jobs)
+        for room, pool in self._holds.items():
+            current = self.get(room)
+            if current is None or current.pool != pool or current.state not in _RESERVING:
+                counts[pool] = counts.get(pool, 0) + 1
+        return counts
+
+    def in_flight(self, pool_jobs: Mapping[str, Container[str]]) -> dict[str, int]:
+        """Per pool: the indexed rooms placed on it whose job its heartbeats do not list yet
+        (what this replica reports to the others; holds not included)."""
         still: dict[str, tuple[str, str | None]] = {}
         for room, (pool, dispatch_id) in self._unlisted.items():
             if dispatch_id is not None and dispatch_id in pool_jobs.get(pool, ()):
@@ -288,19 +298,30 @@ class RoomIndex:
         # A new dict, not deletions: a dict never shrinks, and walking one that once held a burst
         # of rooms costs that burst's size on every call.
         self._unlisted = still
-        counts = dict(self._pending)
-        for room, pool in self._holds.items():
-            current = self.get(room)
-            if current is None or current.pool != pool or current.state not in _RESERVING:
-                counts[pool] = counts.get(pool, 0) + 1
-        return counts
+        return dict(self._pending)
+
+    def written_elsewhere(self, room: str, pool: str | None) -> None:
+        """A record of a room this index does not track was written with ``pool``: the hold
+        taken for it has done its job (the record carries the reservation now)."""
+        if pool is not None and self._holds.get(room) == pool:
+            del self._holds[room]
+
+    def drop(self, tracked: Callable[[str], bool]) -> int:
+        """Forget the rooms no longer ``tracked`` (partitions this replica gave up); how many."""
+        gone = [room for room in self._rooms if not tracked(room)]
+        for room in gone:
+            self._forget(room, None)
+        if gone:
+            self._heap = [(at, i, room) for i, (room, at) in enumerate(self._wake.items())]
+            heapq.heapify(self._heap)
+        return len(gone)
 
 
-def _reserving(entry: RoomEntry) -> tuple[str, str | None] | None:
+def reserving(rec: RoomView) -> tuple[str, str | None] | None:
     """(pool, dispatch id) of a record counted against its pool's headroom; None if it is not."""
-    if entry.pool is None or entry.state not in _RESERVING:
+    if rec.pool is None or rec.state not in _RESERVING:
         return None
-    return entry.pool, entry.dispatch_id
+    return rec.pool, rec.dispatch_id
 
 
 def _discard(by: dict[K, dict[str, None]], key: K, room: str) -> None:

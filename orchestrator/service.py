@@ -2,11 +2,14 @@
 
 Loops (one TaskGroup, all cancelled together on SIGTERM/SIGINT; a stop in any phase, start-up
 included, ends the replica within :data:`STOP_BUDGET_S` whatever NATS and LiveKit are doing):
-- KV watch → the room index every replica keeps (timers and failover survive any replica);
-- room-event pump and status pump (shared durable pull consumers);
+- membership (KV bucket ``switchboard_members``) → the partitions this replica tracks;
+- a KV watch per tracked partition → the room index (timers and failover of those rooms; a
+  replica that dies leaves its partitions to the others within ``member_ttl_s``);
+- room-event pump and status pump (shared durable pull consumers: any replica, any room);
 - heartbeat subscription → pool registry, which answers `switchboard status`'s pool census;
+- reservations: this replica's rooms in flight per pool out, the other replicas' in;
 - sweep: deadlines, dead pools, expired leases, rooms waiting for a pool or for LiveKit;
-- resync (one replica at a time, by a KV lease): LiveKit's room list against the records.
+- resync: LiveKit's room list against the records of the tracked partitions.
 """
 
 from __future__ import annotations
@@ -22,24 +25,35 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.kv import KeyValue
 from opentelemetry import metrics
 from prometheus_client import CollectorRegistry
 
 from orchestrator.consumer import ConsumerSpec, MessagePump, ensure_consumer
 from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import LiveKitGateway
+from orchestrator.membership import Membership, open_members_bucket
 from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.ownership import Ownership
+from orchestrator.partition_watch import PartitionWatches
 from orchestrator.pools import PoolRegistry, summary
 from orchestrator.room import Reconciler
-from orchestrator.room.resync import Resync, ResyncLease, open_resync_bucket
-from orchestrator.store import RoomStore, Versioned, open_bucket
+from orchestrator.room.resync import PassLog, Resync, open_resync_bucket
+from orchestrator.store import RoomStore, migrate_unpartitioned, open_bucket
 from shared import bus, subjects
 from shared.codec import ContractError, decode, encode
 from shared.config import SwitchboardConfig
 from shared.control import PoolCommand
-from shared.messages import AgentStatus, Message, PoolCensusReply, PoolHeartbeat, RoomCreated, RoomEnded
+from shared.messages import (
+    AgentStatus,
+    Message,
+    PoolCensusReply,
+    PoolHeartbeat,
+    ReservationsReport,
+    RoomCreated,
+    RoomEnded,
+)
 from shared.probes import ProbeServer
 from shared.settings import Settings
 
@@ -51,6 +65,10 @@ STATUS_CONSUMER = ConsumerSpec(stream=subjects.STATUS_STREAM, durable=subjects.O
 # gets most of it; a connection that is down is closed at once).
 STOP_BUDGET_S = 4.0
 NATS_CLOSE_S = 3.0
+# How often a replica looks whether its rooms in flight changed (and tells the others), and
+# the longest it stays silent (the others drop a report older than member_ttl_s).
+RESERVATIONS_EVERY_S = 0.05
+RESERVATIONS_KEEPALIVE_S = 1.0
 
 
 def replica_id() -> str:
@@ -91,6 +109,8 @@ class OrchestratorService:
             config.pools,
         )
         self.index = RoomIndex(assign_check_s=config.orchestrator.assign_check_s)
+        self.ownership = Ownership(self.replica, self.index, config.orchestrator.member_ttl_s, time.monotonic)
+        self._frozen = False
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -133,6 +153,11 @@ class OrchestratorService:
             for spec in (ROOMS_CONSUMER, STATUS_CONSUMER):
                 await ensure_consumer(js, spec)
             store = RoomStore(kv, js, self.config.orchestrator.terminal_record_ttl_s)
+            await migrate_unpartitioned(store)
+            ttl_s = self.config.orchestrator.member_ttl_s
+            members_kv = await open_members_bucket(js, ttl_s, replicas)
+            membership = Membership(members_kv, js, self.replica, ttl_s, self.ownership.on_members)
+            watches = PartitionWatches(store, self.index, self.ownership, self._on_index_synced)
             resync_kv = (
                 await open_resync_bucket(js, replicas) if self.config.orchestrator.resync_interval_s else None
             )
@@ -145,12 +170,11 @@ class OrchestratorService:
                     index=self.index,
                     replica=self.replica,
                     metrics=self.metrics,
+                    ownership=self.ownership,
                 )
                 self.metrics.observe_rooms(self.index.by_state)
-                self.metrics.observe_pools(
-                    lambda: self.registry.snapshot(time.monotonic()),
-                    lambda views: self.index.reserved({v.pool: v.jobs for v in views}),
-                )
+                pools = self.registry
+                self.metrics.observe_pools(lambda: pools.snapshot(time.monotonic()), controller.reserved)
                 rooms = MessagePump(
                     js,
                     ROOMS_CONSUMER,
@@ -164,6 +188,7 @@ class OrchestratorService:
                 subs = [
                     await nc.subscribe(subjects.POOL_HEARTBEAT_WILDCARD, cb=self._on_heartbeat),
                     await nc.subscribe(subjects.POOL_CONTROL_WILDCARD, cb=self._on_control),
+                    await nc.subscribe(subjects.RESERVATIONS, cb=self._on_reservations),
                 ]
                 try:
                     # Learn the pools before taking rooms: without one heartbeat period of warm-up a
@@ -187,13 +212,16 @@ class OrchestratorService:
                             self.settings.http_host,
                             probes.port,
                         )
-                        tg.create_task(self._watch(store))
+                        tg.create_task(membership.run())
+                        tg.create_task(watches.run())
+                        tg.create_task(self._share_reservations(nc))
                         tg.create_task(rooms.run())
                         tg.create_task(statuses.run())
                         tg.create_task(self._sweep(controller))
                         tg.create_task(self._check_livekit(gateway))
                         if resync_kv is not None:
-                            tg.create_task(self._resync(controller, gateway, resync_kv))
+                            resync = Resync(controller, gateway, None, PassLog(resync_kv, self.replica))
+                            tg.create_task(resync.run(lambda: self.readiness.index_synced))
                         tg.create_task(self._track_binding(rooms, statuses))
                 finally:
                     for sub in subs:
@@ -283,35 +311,57 @@ class OrchestratorService:
 
     # -- loops -----------------------------------------------------------------------------------
 
-    async def _watch(self, store: RoomStore) -> None:
-        # aclosing: on cancellation the watcher's subscription is stopped now, not at GC time
-        # (a leftover subscription would hold up the connection drain on shutdown).
-        async with contextlib.aclosing(store.watch(self.index.revision)) as changes:
-            async for change in changes:
-                await self._apply_change(change)
-
-    async def _apply_change(self, change: tuple[str, Versioned | None] | None) -> None:
-        if change is None:
-            self.readiness.index_synced = True
+    def _on_index_synced(self, synced: bool) -> None:
+        was = self.readiness.index_synced
+        self.readiness.index_synced = synced
+        if synced and not was:
+            log.info(
+                "room index synced: %d live rooms in %d of the partitions",
+                len(self.index),
+                len(self.ownership.owned),
+            )
+        if synced and not self._frozen:
+            self._frozen = True
             # What exists now is the long-lived state (modules, connections, the index): out of the
             # cyclic collector's sight (gc.freeze), its full collections stop walking the index's
             # big containers (25-70 ms at 100,000 rooms, a latency spike each time one ran). The
             # entries added later are exact tuples of plain values, which it does not track.
             gc.collect()
             gc.freeze()
-            log.info("room index synced: %d live rooms", len(self.index))
+
+    async def _on_reservations(self, msg: Msg) -> None:
+        try:
+            report = decode(ReservationsReport, msg.data)
+        except ContractError as err:
+            log.warning("bad reservations report on %s: %s", msg.subject, err)
             return
-        room, versioned = change
-        self.index.apply(room, versioned)
+        self.ownership.peers.on_report(report)
+
+    async def _share_reservations(self, nc: NATS) -> None:
+        """Tell the other replicas this replica's rooms in flight whenever they change (at most
+        every RESERVATIONS_EVERY_S), and every RESERVATIONS_KEEPALIVE_S regardless."""
+        last: tuple[object, object] | None = None
+        sent_at = 0.0
+        while True:
+            await asyncio.sleep(RESERVATIONS_EVERY_S)
+            own = self.ownership
+            if not own.joined or len(own.members) < 2:
+                last = None  # alone: nobody to tell
+                continue
+            views = self.registry.snapshot(time.monotonic())
+            report = own.report(self.index.in_flight({v.pool: v.jobs for v in views}))
+            now = time.monotonic()
+            if (report.reserved, report.applied) == last and now - sent_at < RESERVATIONS_KEEPALIVE_S:
+                continue
+            try:
+                await nc.publish(subjects.RESERVATIONS, encode(report))
+            except Exception as err:  # NATS away: said again once it is back
+                log.debug("reservations report not sent: %r", err)
+                continue
+            last, sent_at = (report.reserved, report.applied), now
 
     async def _sweep(self, controller: Reconciler) -> None:
         await controller.sweep_loop(lambda: self.readiness.index_synced)
-
-    async def _resync(self, controller: Reconciler, gateway: LiveKitGateway, kv: KeyValue) -> None:
-        # The lease outlives two missed passes of its holder, then another replica takes over.
-        hold_s = 3 * self.config.orchestrator.resync_interval_s
-        resync = Resync(controller, gateway, ResyncLease(kv, self.replica, hold_s))
-        await resync.run(lambda: self.readiness.index_synced)
 
     async def _check_livekit(self, gateway: LiveKitGateway) -> None:
         while True:

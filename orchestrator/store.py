@@ -1,11 +1,14 @@
 """Room records in the JetStream KV bucket: get, create, compare-and-set update, watch.
 
-Keys are ``r.<room>`` when the room name is a valid KV token, else ``x.<hex of the name>``, so any
-LiveKit room name maps to one key and back.
+Keys are ``p<nn>.r.<room>`` when the room name is a valid KV token, else ``p<nn>.x.<hex of the
+name>``, so any LiveKit room name maps to one key and back; ``<nn>`` is the room's partition
+(:mod:`orchestrator.partitions`), so a replica watches only the partitions it owns. Builds before
+partitions wrote ``r.<room>`` / ``x.<hex>``: :func:`migrate_unpartitioned` moves those once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import AsyncGenerator, Callable
@@ -22,6 +25,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from orchestrator.partitions import partition_of
 from orchestrator.records import RoomRecord
 from shared import subjects
 
@@ -34,11 +38,21 @@ _TTL_DISABLED = 10166
 
 
 def room_key(room: str) -> str:
+    return f"{partition_prefix(partition_of(room))}.{_unpartitioned_key(room)}"
+
+
+def partition_prefix(partition: int) -> str:
+    return f"p{partition:02d}"
+
+
+def _unpartitioned_key(room: str) -> str:
     return f"r.{room}" if _TOKEN.fullmatch(room) else f"x.{room.encode().hex()}"
 
 
 def room_from_key(key: str) -> str:
     kind, _, rest = key.partition(".")
+    if kind.startswith("p") and kind[1:].isdigit():
+        kind, _, rest = rest.partition(".")
     return rest if kind == "r" else bytes.fromhex(rest).decode()
 
 
@@ -166,34 +180,76 @@ class RoomStore:
         return Versioned(record, ack.seq)
 
     async def watch(
-        self, held: Callable[[str], int | None] | None = None
+        self,
+        held: Callable[[str], int | None] | None = None,
+        partition: int | None = None,
+        applied: Callable[[int], None] | None = None,
     ) -> AsyncGenerator[tuple[str, Versioned | None] | None, None]:
-        """Every record now, then ``None`` (the snapshot is complete), then every change.
+        """Every record now, then ``None`` (the snapshot is complete), then every change: of one
+        ``partition``, or of all.
 
         Yields (room, Versioned) for a put and (room, None) for a delete/purge. ``held``: the
         revision the reader already holds of a room; a put no newer is skipped before it is
         parsed (a replica's own writes, applied when written: parsing a record with its history
-        was 5 % of a replica's CPU per room).
+        was 5 % of a replica's CPU per room). ``applied`` is told the revision of every entry
+        once the reader has taken it (skipped ones included): the watch's position.
         """
-        watcher = await self.kv.watchall()
+        keys = ">" if partition is None else f"{partition_prefix(partition)}.>"
+        watcher = await self.kv.watch(keys)
+        taken = applied or (lambda _revision: None)
         try:
             async for entry in watcher:
                 if entry is None:
                     yield None
                     continue
+                revision = int(entry.revision or 0)
                 room = room_from_key(entry.key)
                 if entry.operation in ("DEL", "PURGE") or not entry.value:
                     yield room, None
+                elif held is not None and (have := held(room)) is not None and have >= revision:
+                    pass
+                else:
+                    try:
+                        record = _parse(room, entry.value)
+                    except UnreadableRecord as err:
+                        # One bad record must not stop the watch (and with it every replica).
+                        log.error("%s; skipped by the room index", err)
+                        yield room, None
+                    else:
+                        yield room, Versioned(record, revision)
+                # The reader asks for the next change only once it has taken this one.
+                taken(revision)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+
+async def migrate_unpartitioned(store: RoomStore) -> int:
+    """Move the records a build before partitions wrote (``r.<room>``, ``x.<hex>``) to their
+    partitioned keys; how many moved. Idempotent, and safe for replicas of this build to run at
+    once (a create that finds the new key written keeps it; the old key is deleted only at the
+    revision read). Replicas of the older build must be stopped first: they would keep writing
+    the old keys."""
+    moved = 0
+    for prefix in ("r", "x"):
+        watcher = await store.kv.watch(f"{prefix}.>")
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
                     continue
-                if held is not None and (have := held(room)) is not None and have >= (entry.revision or 0):
-                    continue
+                room = room_from_key(entry.key)
                 try:
                     record = _parse(room, entry.value)
                 except UnreadableRecord as err:
-                    # One bad record must not stop the watch (and with it every replica).
-                    log.error("%s; skipped by the room index", err)
-                    yield room, None
+                    log.error("%s; left under its old key %s", err, entry.key)
                     continue
-                yield room, Versioned(record, int(entry.revision or 0))
+                await store.create(record)  # None: a replica of this build moved it already
+                with contextlib.suppress(APIError):  # changed since: whoever changed it moves it
+                    await store.kv.delete(entry.key, last=entry.revision)
+                moved += 1
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
+    if moved:
+        log.info("moved %d room records to partitioned keys", moved)
+    return moved

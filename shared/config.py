@@ -69,13 +69,17 @@ class OrchestratorConfig(_Strict):
     # and fails (`livekit_unreachable`) only after waiting `livekit_wait_deadline_s` in all.
     livekit_retry_s: float = Field(default=5.0, gt=0)
     livekit_wait_deadline_s: float = Field(default=600.0, gt=0)
-    # Anti-entropy: every resync_interval_s one replica lists LiveKit's rooms and compares them
-    # with the records (rooms whose webhook was lost, records whose room is gone, agents gone
-    # silently). 0 turns it off. Rooms and records younger than resync_grace_s are left to their
-    # events, which are normally in flight at that age.
+    # Anti-entropy: every resync_interval_s each replica lists LiveKit's rooms and compares them
+    # with the records of the partitions it tracks (rooms whose webhook was lost, records whose
+    # room is gone, agents gone silently). 0 turns it off. Rooms and records younger than
+    # resync_grace_s are left to their events, which are normally in flight at that age.
     resync_interval_s: float = Field(default=5.0, ge=0)
     resync_grace_s: float = Field(default=3.0, ge=0)
     sweep_interval_s: float = Field(default=0.25, gt=0)
+    # Replicas divide the rooms among the live ones: a replica silent this long (its membership key
+    # not renewed) is gone, and its share is taken over by the others. A replica that stops
+    # cleanly hands its share over at once.
+    member_ttl_s: float = Field(default=3.0, ge=1.0, le=60.0)
     # How long a room's record stays in KV after it ended, failed or was ignored (for `explain`);
     # JetStream expires it then. 0 keeps records for good.
     terminal_record_ttl_s: float = Field(default=7 * 24 * 3600.0, ge=0)

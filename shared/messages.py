@@ -163,6 +163,23 @@ class PoolCensusReply(Message):
     pools: Annotated[list[PoolSummary], Field(max_length=10_000)]
 
 
+class ReservationsReport(Message):
+    """One orchestrator replica's rooms in flight (placed on a pool whose beats do not list their
+    job yet), per pool, over the partitions it tracks. Subject
+    ``switchboard.orchestrator.reservations`` (core NATS), sent when they change and every
+    second. Every replica adds the others' to its own before placing a room, so a burst spread
+    over replicas does not herd onto one pool.
+
+    ``applied``: per partition (its number, as a string), the KV revision up to which the counts
+    include that partition's records — the sender of a write can then stop counting the room
+    itself."""
+
+    v: Literal[1] = 1
+    replica: Identifier
+    reserved: Annotated[dict[PoolId, Annotated[int, Field(ge=0)]], Field(max_length=10_000)]
+    applied: Annotated[dict[Annotated[str, StringConstraints(max_length=4)], int], Field(max_length=1024)]
+
+
 AgentState = Literal["joined", "voice", "left", "error"]
 
 

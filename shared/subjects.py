@@ -36,6 +36,11 @@ ROOMS_BUCKET = "switchboard_rooms"
 # The resync's lease (one replica lists LiveKit's rooms per interval) and its last pass, key "pass".
 RESYNC_BUCKET = "switchboard_resync"
 RESYNC_KEY = "pass"
+# Live orchestrator replicas: key m.<replica> renewed every second with a per-message TTL; the
+# replicas divide the rooms' partitions among the members (orchestrator/membership.py).
+MEMBERS_BUCKET = "switchboard_members"
+# In-flight rooms per pool of each replica's partitions (core NATS; orchestrator/peer_reservations.py).
+RESERVATIONS = f"{PREFIX}.orchestrator.reservations"
 
 # Header carrying the reason a message went to the dead-letter subject.
 REJECT_REASON_HEADER = "Switchboard-Reject-Reason"

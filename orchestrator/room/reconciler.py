@@ -15,11 +15,12 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 from orchestrator.index import RoomIndex
 from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.ownership import Ownership
 from orchestrator.pools import PoolRegistry
 from orchestrator.records import HOLDING, RoomRecord, RoomView
 from orchestrator.room.decide import (
@@ -42,6 +43,7 @@ from orchestrator.room.ports import LiveKit, RecordStore
 from orchestrator.room.step import EnsureDispatch, Step
 from orchestrator.room.sweep import Sweep
 from orchestrator.scheduler import Topology, decision_seed
+from orchestrator.scheduler.model import PoolView
 from orchestrator.store import Conflict, Versioned
 from shared.config import SwitchboardConfig
 from shared.logs import log_context
@@ -92,12 +94,15 @@ class Reconciler:
         clocks: Clocks | None = None,
         metrics: OrchestratorMetrics | None = None,
         rng: random.Random | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.cfg = config.orchestrator
         self.registry = registry
         self.index = index
+        # Which rooms this replica tracks in its index (None: every room, a lone replica).
+        self.ownership = ownership
         self.replica = replica
         self.clocks = clocks or Clocks()
         self.topology = Topology.from_config(config)
@@ -308,8 +313,20 @@ class Reconciler:
 
     def _place_input(self, rec: RoomRecord) -> PlaceInput:
         pools = self.registry.snapshot(self.clocks.mono())
-        reserved = self.index.reserved({p.pool: p.jobs for p in pools})
-        return PlaceInput(pools=pools, reserved=reserved, seed=self._next_seed(rec))
+        return PlaceInput(pools=pools, reserved=self.reserved(pools), seed=self._next_seed(rec))
+
+    def reserved(self, pools: Iterable[PoolView]) -> dict[str, int]:
+        """Rooms in flight per pool: this replica's (its partitions, its holds) and the others'."""
+        jobs = {p.pool: p.jobs for p in pools}
+        counts = self.index.reserved(jobs)
+        if self.ownership is not None:
+            for pool, n in self.ownership.peers.reserved(jobs).items():
+                counts[pool] = counts.get(pool, 0) + n
+        return counts
+
+    def tracks(self, room: str) -> bool:
+        """Whether this replica's index holds ``room`` (its partition is this replica's)."""
+        return self.ownership is None or self.ownership.tracks(room)
 
     def _next_seed(self, rec: RoomRecord) -> int:
         # Deterministic per room and attempt when a seed is configured (tests), varied otherwise;
@@ -340,5 +357,8 @@ class Reconciler:
         return self.seen(got) if got is not None else None
 
     def seen(self, versioned: Versioned) -> Versioned:
-        self.index.apply(versioned.record.room, versioned)
+        if self.ownership is None:
+            self.index.apply(versioned.record.room, versioned)
+        else:
+            self.ownership.wrote(versioned)
         return versioned

@@ -1,9 +1,9 @@
 """Anti-entropy: LiveKit's room list against the records, level-triggered, like a controller's resync.
 
 Webhooks get lost (LiveKit's notifier drops events from a full queue or older than 30 s; an ingest
-restart is enough), and an agent can leave without a word. So every ``resync_interval_s`` one
-replica — whichever holds the lease in KV bucket ``switchboard_resync`` — lists LiveKit's rooms
-once and compares:
+restart is enough), and an agent can leave without a word. So every ``resync_interval_s`` each
+replica lists LiveKit's rooms once and compares them with the records of the partitions it tracks
+(:mod:`orchestrator.ownership`):
 
 1. a room that matches a rule and has no record (or only one of an older room of that name) is
    handled as its ``room_started`` would have been, with origin ``resync``;
@@ -14,7 +14,9 @@ once and compares:
 
 Rooms and records younger than ``resync_grace_s`` are left to their events. Each finding goes
 through the reconciler like any other fact, so the decisions are the same pure functions, and one
-room's failure never stops the pass. The last pass is written next to the lease for ``doctor``.
+room's failure never stops the pass. The last pass of any replica is written in KV bucket
+``switchboard_resync`` for ``doctor`` (:class:`PassLog`). (:class:`ResyncLease`, one replica
+passing over every room, is what the simulator's replicas use: they each track every room.)
 """
 
 from __future__ import annotations
@@ -122,6 +124,42 @@ class ResyncLease:
             self._revision = None
 
 
+class PassLog:
+    """The last pass of any replica, in key ``pass`` of bucket ``switchboard_resync`` (each replica
+    passes over its own partitions; ``found_total`` adds up every replica's finds)."""
+
+    def __init__(self, kv: KeyValue, replica: str) -> None:
+        self.kv = kv
+        self.replica = replica
+
+    async def record(self, report: PassReport) -> None:
+        """Best effort: a write lost three times in a row only ages ``doctor``'s view."""
+        for _ in range(3):
+            try:
+                entry = await self.kv.get(subjects.RESYNC_KEY)
+                value: dict[str, Any] = json.loads(entry.value or b"{}")
+                revision: int | None = entry.revision
+            except KeyNotFoundError:
+                value, revision = {}, None
+            except ValueError:
+                value, revision = {}, None
+            if not isinstance(value, dict):
+                value = {}
+            found_total = int(value.get("found_total") or 0) + report.found
+            value = {**value, **asdict(report), "owner": self.replica, "found_total": found_total}
+            value.pop("until", None)  # a lease of a build before partitions
+            if report.found:
+                value.update(last_found_at=report.at, last_found=report.found)
+            try:
+                if revision is None:
+                    await self.kv.create(subjects.RESYNC_KEY, _encode(value))
+                else:
+                    await self.kv.update(subjects.RESYNC_KEY, _encode(value), last=revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue  # another replica wrote its pass in between: add ours to it
+
+
 def _encode(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -151,10 +189,17 @@ async def read_last_pass(js: JetStreamContext) -> dict[str, Any] | None:
 
 
 class Resync:
-    def __init__(self, reconciler: Reconciler, livekit: LiveKit, lease: ResyncLease | None) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        livekit: LiveKit,
+        lease: ResyncLease | None,
+        passes: PassLog | None = None,
+    ) -> None:
         self.r = reconciler
         self.livekit = livekit
         self.lease = lease
+        self.passes = passes
         self.cfg = reconciler.cfg
         # Rooms LiveKit lists whose record (a terminal one: the index keeps only live records) was
         # read and found to cover them: name -> (sid, until when not to read it again). Kept to the
@@ -174,6 +219,8 @@ class Resync:
                 report = await self.pass_once()
                 if self.lease is not None:
                     await self.lease.record(report)
+                if self.passes is not None:
+                    await self.passes.record(report)
             except Exception as err:
                 log.warning("resync pass failed: %r", err, exc_info=not is_transient(err))
 
@@ -225,8 +272,8 @@ class Resync:
             rec = self.r.index.get(room.name)
             if rec is not None and rec.sid in (room.sid, None) and rec.ghost_sid != room.sid:
                 continue  # this very room's record (our ghost's is looked at: a caller may be in it)
-            if match_rule(room.name, self.r.config.rules).rule is None:
-                continue
+            if not self.r.tracks(room.name) or match_rule(room.name, self.r.config.rules).rule is None:
+                continue  # another replica's partition, or no rule of ours
             out.append(room)
         return out
 
@@ -331,4 +378,4 @@ class Resync:
         return done
 
 
-__all__ = ["PassReport", "Resync", "ResyncLease", "open_resync_bucket", "read_last_pass"]
+__all__ = ["PassLog", "PassReport", "Resync", "ResyncLease", "open_resync_bucket", "read_last_pass"]

@@ -1,0 +1,150 @@
+"""Which orchestrator replicas are alive, as this replica sees them.
+
+Each replica renews a key ``m.<member>`` in KV bucket ``switchboard_members`` every third of
+``member_ttl_s``, each write carrying a per-message TTL of ``member_ttl_s``; every replica
+watches the bucket. A member is live while its key was written within ``member_ttl_s`` (judged
+on this replica's monotonic clock from when the write arrived, so clocks need not agree); a
+replica that stops cleanly deletes its key, and its partitions move at once. The TTL only keeps
+the bucket from holding dead replicas for a replica that starts later.
+
+A replica counts itself a member only once its own write came back on the watch: a replica cut
+off from NATS drops out of its own view within ``member_ttl_s``, as it does from everyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+
+from shared import subjects
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def member_id(replica: str) -> str:
+    """The replica's id as one KV key token (a host name's dots become underscores)."""
+    return _UNSAFE.sub("_", replica)[:200] or "_"
+
+
+async def open_members_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1) -> KeyValue:
+    """Bind to the members bucket, creating it (in memory: it holds only who is alive) if missing."""
+    try:
+        return await js.key_value(subjects.MEMBERS_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.MEMBERS_BUCKET,
+                description="Switchboard orchestrator replicas alive now (they divide the rooms)",
+                history=1,
+                replicas=replicas,
+                storage=StorageType.MEMORY,
+                limit_marker_ttl=max(1.0, ttl_s),
+            )
+        )
+
+
+class Membership:
+    def __init__(
+        self,
+        kv: KeyValue,
+        js: JetStreamContext,
+        replica: str,
+        ttl_s: float,
+        on_change: Callable[[frozenset[str]], None],
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kv = kv
+        self.js = js
+        self.me = member_id(replica)
+        self.ttl_s = ttl_s
+        self._on_change = on_change
+        self._mono = mono
+        self._heard: dict[str, float] = {}
+        self._members: frozenset[str] = frozenset()
+        self._subject = f"$KV.{subjects.MEMBERS_BUCKET}.m.{self.me}"
+        self._payload = json.dumps({"replica": replica}).encode()
+
+    @property
+    def members(self) -> frozenset[str]:
+        return self._members
+
+    async def run(self) -> None:
+        """Renew this replica's key, watch everyone's, expire the silent ones; until cancelled.
+        On the way out the key is deleted, so the others take this replica's partitions now."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._renew())
+                tg.create_task(self._watch())
+                tg.create_task(self._expire())
+        finally:
+            with contextlib.suppress(Exception):  # NATS gone: the TTL does it
+                async with asyncio.timeout(1.0):
+                    await self.kv.delete(f"m.{self.me}")
+
+    async def _renew(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.js.publish(self._subject, self._payload, msg_ttl=max(1.0, self.ttl_s), timeout=1.0)
+                failing = False
+            except Exception as err:  # NATS away: the watch drops us from our own view meanwhile
+                if not failing:
+                    log.warning("membership: renewing replica %s failed: %r", self.me, err)
+                failing = True
+            await asyncio.sleep(self.ttl_s / 3)
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                watcher = await self.kv.watch("m.>")
+                try:
+                    async for entry in watcher:
+                        if entry is None:
+                            continue
+                        member = entry.key[2:]
+                        if entry.operation in ("DEL", "PURGE") or not entry.value:
+                            self._heard.pop(member, None)
+                        else:
+                            self._heard[member] = self._mono()
+                        self._update()
+                finally:
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("membership: watch failed, restarting: %r", err)
+                await asyncio.sleep(self.ttl_s / 3)
+
+    async def _expire(self) -> None:
+        while True:
+            self._update()
+            now = self._mono()
+            soonest = min(self._heard.values(), default=now) + self.ttl_s
+            await asyncio.sleep(min(max(soonest - now, 0.05), self.ttl_s / 3))
+
+    def _update(self) -> None:
+        now = self._mono()
+        for member in [m for m, at in self._heard.items() if now - at > self.ttl_s]:
+            del self._heard[member]
+        members = frozenset(self._heard)
+        if members != self._members:
+            self._members = members
+            log.info(
+                "orchestrator replicas: %d live (%s)%s",
+                len(members),
+                ", ".join(sorted(members)),
+                "" if self.me in members else "; this replica is not among them yet",
+            )
+            self._on_change(members)
