@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from shared import subjects
@@ -53,6 +53,20 @@ async def open_members_bucket(js: JetStreamContext, ttl_s: float, replicas: int 
                 limit_marker_ttl=max(1.0, ttl_s),
             )
         )
+
+
+async def live_members(js: JetStreamContext) -> list[str]:
+    """The members whose key is in the bucket now (an operator's look: ``doctor``); none when the
+    bucket does not exist yet."""
+    try:
+        kv = await js.key_value(subjects.MEMBERS_BUCKET)
+    except BucketNotFoundError:
+        return []
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return []
+    return sorted(key[2:] for key in keys if key.startswith("m."))
 
 
 class Membership:

@@ -58,8 +58,8 @@ class Ownership:
             self.changed.set()
 
     def wrote(self, versioned: Versioned) -> None:
-        """A record this replica wrote (or read): into the index if tracked, else counted until
-        its tracker reports it."""
+        """A record this replica wrote: into the index if tracked, else counted until its
+        tracker reports it."""
         room = versioned.record.room
         if self.tracks(room):
             self.index.apply(room, versioned)

@@ -9,8 +9,8 @@ partition for a moment (a membership change seen at different times) only look t
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import math
 from collections.abc import Iterable, Mapping
 
 # Fixed for good: a room's partition is part of its KV key (`p<nn>.…`), so a replica's watch is
@@ -25,6 +25,7 @@ def partition_of(room: str) -> int:
     return int.from_bytes(digest, "big") % PARTITIONS
 
 
+@functools.lru_cache(maxsize=4096)
 def _score(member: str, partition: int) -> int:
     return int.from_bytes(hashlib.blake2b(f"{member}/{partition}".encode(), digest_size=8).digest(), "big")
 
@@ -33,18 +34,21 @@ def assign(members: Iterable[str], partitions: int = PARTITIONS) -> dict[int, st
     """Partition -> member: rendezvous hashing with bounded load.
 
     Each partition goes to the member that scores highest for it, unless that member already has
-    its fair share (``ceil(partitions / members)``), then to the next. So shares differ by at most
-    one partition, and a member joining or leaving moves few partitions besides its own.
+    its fair share, then to the next. A fair share is ``partitions // members``, one more for the
+    first ``partitions % members`` members in a hashed order, so shares differ by at most one
+    partition, and a member joining or leaving moves few partitions besides its own.
     """
     ranked = sorted(set(members))
     if not ranked:
         return {}
-    cap = math.ceil(partitions / len(ranked))
+    base, extra = divmod(partitions, len(ranked))
+    by_hash = sorted(ranked, key=lambda m: (-_score(m, -1), m))
+    cap = {m: base + (1 if i < extra else 0) for i, m in enumerate(by_hash)}
     load = dict.fromkeys(ranked, 0)
     owners: dict[int, str] = {}
     for partition in range(partitions):
         for member in sorted(ranked, key=lambda m: (-_score(m, partition), m)):
-            if load[member] < cap:
+            if load[member] < cap[member]:
                 owners[partition] = member
                 load[member] += 1
                 break

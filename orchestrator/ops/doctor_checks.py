@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.partitions import PARTITIONS
 from orchestrator.rules import validate_rules
 from orchestrator.scheduler import PoolView
 from shared import subjects
@@ -65,8 +66,10 @@ class Facts:
     nats_auth_refused: str | None = None
     # Credentials found unusable without asking the servers (shared.nats_credentials).
     credential_problems: Sequence[CredentialProblem] = ()
-    # The resync's lease key (its holder and last pass), None: never ran; and what it is set to.
+    # The last resync pass of any replica, None: never ran; and what it is set to.
     resync: Mapping[str, Any] | None = None
+    # The live orchestrator replicas (their membership keys); None: not readable.
+    replicas: Sequence[str] | None = None
     resync_interval_s: float = 0.0
     now: float = 0.0
 
@@ -182,6 +185,34 @@ def check_bucket(f: Facts) -> list[CheckResult]:
     if f.bucket:
         return [CheckResult(name, True, "present")]
     return [CheckResult(name, False, "missing", "start the orchestrator: switchboard orchestrator")]
+
+
+def check_replicas(f: Facts) -> list[CheckResult]:
+    """Orchestrator replicas alive now: they divide the rooms' partitions among themselves."""
+    name = "orchestrator replicas"
+    if f.nats_error or f.jetstream_error:
+        return [_needs_nats(name, f)]
+    if f.replicas is None:
+        return [CheckResult(name, None, f"not checked: KV bucket {subjects.MEMBERS_BUCKET} not readable")]
+    if not f.replicas:
+        return [
+            CheckResult(
+                name,
+                False,
+                "none running: no room is tracked (timers, failover, resync) and no event is taken",
+                "start one: switchboard orchestrator",
+            )
+        ]
+    share = PARTITIONS / len(f.replicas)
+    listed = ", ".join(sorted(f.replicas)[:8]) + (", ..." if len(f.replicas) > 8 else "")
+    return [
+        CheckResult(
+            name,
+            True,
+            f"{len(f.replicas)} live ({listed}); "
+            f"each tracks ~{share:.3g} of the rooms' {PARTITIONS} partitions",
+        )
+    ]
 
 
 # A room the resync had to find this recently says webhooks are being lost now.
@@ -394,6 +425,7 @@ CHECKS: tuple[Callable[[Facts], list[CheckResult]], ...] = (
     check_streams,
     check_consumers,
     check_bucket,
+    check_replicas,
     check_livekit,
     check_resync,
     check_pools,

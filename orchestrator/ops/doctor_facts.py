@@ -16,6 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from orchestrator.livekit_gateway import LiveKitGateway, classify
+from orchestrator.membership import live_members
 from orchestrator.ops.census import current_pools
 from orchestrator.ops.doctor_checks import CONSUMER_STREAMS, STREAMS, Facts, LiveKitProbe, OtlpProbe
 from orchestrator.ops.session import nats_session
@@ -61,6 +62,7 @@ async def gather_facts(
         nats_auth_refused=refused_hint(settings.nats) if nf.auth_refused else None,
         credential_problems=credentials_task.result(),
         resync=nf.resync,
+        replicas=nf.replicas,
         resync_interval_s=effective.orchestrator.resync_interval_s,
         now=time.time(),
     )
@@ -76,6 +78,7 @@ class NatsFacts:
     pools: list[PoolView] | None = None
     auth_refused: bool = False
     resync: dict[str, Any] | None = None
+    replicas: list[str] | None = None
 
 
 async def _nats_facts(settings: Settings, config: SwitchboardConfig) -> NatsFacts:
@@ -115,7 +118,12 @@ async def _jetstream_facts(nc: NATS) -> NatsFacts:
             resync = await read_last_pass(js)
     except Exception:  # not readable with these credentials, or NATS slow: shown as no pass
         resync = None
-    return NatsFacts(streams=streams, consumers=consumers, bucket=bucket, resync=resync)
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            replicas: list[str] | None = await live_members(js)
+    except Exception:  # not readable with these credentials, or NATS slow
+        replicas = None
+    return NatsFacts(streams=streams, consumers=consumers, bucket=bucket, resync=resync, replicas=replicas)
 
 
 async def _exists(call: object) -> bool:

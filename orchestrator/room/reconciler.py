@@ -354,7 +354,9 @@ class Reconciler:
 
     async def read(self, room: str) -> Versioned | None:
         got = await self.store.get(room)
-        return self.seen(got) if got is not None else None
+        if got is not None and self.tracks(room):
+            self.index.apply(room, got)  # (a room tracked elsewhere: its tracker counts it)
+        return got
 
     def seen(self, versioned: Versioned) -> Versioned:
         if self.ownership is None:

@@ -6,7 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.ops.doctor_checks import CheckResult, Facts, LiveKitProbe, OtlpProbe, exit_code, run_checks
+from orchestrator.ops.doctor_checks import (
+    CheckResult,
+    Facts,
+    LiveKitProbe,
+    OtlpProbe,
+    check_replicas,
+    exit_code,
+    run_checks,
+)
 from orchestrator.scheduler import Liveness, PoolView
 from shared import subjects
 from shared.config import Rule
@@ -41,9 +49,9 @@ HEALTHY = Facts(
     pools=[pool("eu-central-a")],
     rules=[Rule(name="ornina", match="ornina-*", agent=AGENT)],
     otlp=None,
+    replicas=["host-1-a1", "host-2-b2"],
     resync={
         "owner": "r1",
-        "until": 1015.0,
         "at": 1000.0,
         "rooms": 3,
         "found": 0,
@@ -244,3 +252,16 @@ def test_nats_down_marks_dependent_checks_as_not_run() -> None:
     skipped = [r.name for r in results if r.ok is None]
     assert "JetStream enabled" in skipped and "pools heartbeating" in skipped
     assert failing(results) == ["NATS reachable"]
+
+
+def test_replicas_are_counted_and_none_running_fails() -> None:
+    [ok] = check_replicas(HEALTHY)
+    assert (
+        ok.ok
+        and "2 live (host-1-a1, host-2-b2)" in ok.detail
+        and "~16 of the rooms' 32 partitions" in ok.detail
+    )
+    [none] = check_replicas(replace(HEALTHY, replicas=[]))
+    assert none.ok is False and "switchboard orchestrator" in none.fix
+    [unknown] = check_replicas(replace(HEALTHY, replicas=None))
+    assert unknown.ok is None
