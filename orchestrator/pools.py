@@ -12,7 +12,7 @@ liveness transitions are unit-testable with plain numbers.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -320,10 +320,50 @@ class PoolRegistry:
             open_slots=open_slots if liveness == "alive" else 0,
         )
 
+    def listed_jobs(self, now: float) -> Mapping[str, Container[str]]:
+        """Per pool, the jobs its live workers list, looked up job by job (nothing built): what a
+        question about a few rooms in flight needs, without a view of every pool."""
+        return _JobsByPool(self, now)
+
+    def _lists(self, pool: str, job: str, now: float) -> bool:
+        owner = self._job_owner.get(job)
+        if owner is None or owner[0] != pool:
+            return False
+        w = self._workers.get(pool, {}).get(owner[1])
+        return w is not None and self._alive(w, now)
+
     def snapshot(self, now: float) -> list[PoolView]:
         """Every known pool (heartbeating or pinned), sorted by pool id."""
         views = (self.view(pool, now) for pool in sorted(self._identity))
         return [v for v in views if v is not None]
+
+
+class _PoolJobs(Container[str]):
+    __slots__ = ("_now", "_pool", "_registry")
+
+    def __init__(self, registry: PoolRegistry, pool: str, now: float) -> None:
+        self._registry, self._pool, self._now = registry, pool, now
+
+    def __contains__(self, job: object) -> bool:
+        return isinstance(job, str) and self._registry._lists(self._pool, job, self._now)
+
+
+class _JobsByPool(Mapping[str, Container[str]]):
+    __slots__ = ("_now", "_registry")
+
+    def __init__(self, registry: PoolRegistry, now: float) -> None:
+        self._registry, self._now = registry, now
+
+    def __getitem__(self, pool: str) -> Container[str]:
+        if pool not in self._registry._identity:
+            raise KeyError(pool)
+        return _PoolJobs(self._registry, pool, self._now)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._registry._identity))
+
+    def __len__(self) -> int:
+        return len(self._registry._identity)
 
 
 # What a census carries of a view: all but the job ids (the status table does not show them).

@@ -348,8 +348,7 @@ class OrchestratorService:
             if not own.joined or len(own.members) < 2:
                 last = None  # alone: nobody to tell
                 continue
-            views = self.registry.snapshot(time.monotonic())
-            report = own.report(self.index.in_flight({v.pool: v.jobs for v in views}))
+            report = own.report(self.index.in_flight(self.registry.listed_jobs(time.monotonic())))
             now = time.monotonic()
             if (report.reserved, report.applied) == last and now - sent_at < RESERVATIONS_KEEPALIVE_S:
                 continue

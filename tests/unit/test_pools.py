@@ -300,6 +300,24 @@ def test_pool_dead_and_region_say_what_the_view_says_without_building_it() -> No
             assert reg.region(p) == (view.region if view is not None else None)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_listed_jobs_say_what_the_views_jobs_say_without_building_them(seed: int) -> None:
+    rng = random.Random(seed)
+    reg = PoolRegistry(heartbeat_interval_s=1.0, dead_after_missed_beats=3)
+    pools, jobs = ["eu-a", "eu-b"], [f"AD_{i}" for i in range(12)]
+    now = 0.0
+    for _ in range(300):
+        now += rng.choice((0.1, 0.5, 1.5, 4.0))
+        pool, worker = rng.choice(pools), f"w{rng.randrange(3)}"
+        reg.observe(beat(worker, pool=pool, jobs=tuple(rng.sample(jobs, rng.randrange(5)))), now)
+        probe = now + rng.choice((0.0, 2.9, 3.1, 10.0))
+        listed = reg.listed_jobs(probe)
+        assert sorted(listed) == sorted(p for p in pools if reg.view(p, probe) is not None)
+        for view in reg.snapshot(probe):
+            assert all((job in listed[view.pool]) == (job in view.jobs) for job in jobs), (view.pool, probe)
+        assert listed.get("never", ()) == ()
+
+
 def _orphaned_by_walk(reg: PoolRegistry, now: float) -> frozenset[str]:
     """The rule, walked: jobs a dead worker listed that no live worker lists."""
     workers = [w for ws in reg._workers.values() for w in ws.values()]
