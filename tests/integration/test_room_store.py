@@ -11,9 +11,18 @@ import logging
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
+from orchestrator.partitions import partition_of
 from orchestrator.records import RoomRecord, RoomState
-from orchestrator.store import Conflict, RoomStore, UnreadableRecord, open_bucket, room_key
+from orchestrator.store import (
+    Conflict,
+    RoomStore,
+    UnreadableRecord,
+    migrate_unpartitioned,
+    open_bucket,
+    room_key,
+)
 from shared import subjects
 
 STREAM = f"KV_{subjects.ROOMS_BUCKET}"
@@ -135,3 +144,34 @@ async def test_the_watch_skips_unparsed_what_its_reader_already_holds(nc: NATS) 
             if room == "ornina-mine":
                 break  # the newer write
     assert seen == [("ornina-theirs", theirs.revision), ("ornina-mine", updated.revision)]
+
+
+async def test_records_under_the_keys_of_a_build_before_partitions_move_once(nc: NATS) -> None:
+    """A replica of this build moves ``r.<room>`` / ``x.<hex>`` records to their partitioned keys
+    (a terminal one keeps expiring); a second replica doing the same at once moves nothing twice,
+    and a partition's watch then sees the moved record."""
+    js = nc.jetstream()
+    kv = await open_bucket(js)
+    store = RoomStore(kv, js, terminal_ttl_s=60.0)
+    live = RoomRecord(room="ornina-old-live", state=RoomState.SPEAKING, pool="eu-central-a")
+    done = RoomRecord(room="old room with spaces", state=RoomState.ENDED)
+    await kv.put("r.ornina-old-live", live.model_dump_json().encode())
+    await kv.put(f"x.{done.room.encode().hex()}", done.model_dump_json().encode())
+    moved = await asyncio.gather(migrate_unpartitioned(store), migrate_unpartitioned(store))
+    assert sum(moved) >= 2
+    got_live, got_done = await store.get("ornina-old-live"), await store.get(done.room)
+    assert got_live is not None and got_live.record == live
+    assert got_done is not None and got_done.record == done
+    assert await _ttl_header(nc, done.room) is not None
+    for old in ("r.ornina-old-live", f"x.{done.room.encode().hex()}"):
+        with pytest.raises((KeyNotFoundError, KeyDeletedError)):
+            await kv.get(old)
+    assert await migrate_unpartitioned(store) == 0
+    seen: list[str] = []
+    partition = partition_of("ornina-old-live")
+    async with asyncio.timeout(10), contextlib.aclosing(store.watch(partition=partition)) as changes:
+        async for change in changes:
+            if change is None:
+                break
+            seen.append(change[0])
+    assert "ornina-old-live" in seen and all(partition_of(room) == partition for room in seen)
