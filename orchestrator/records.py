@@ -145,6 +145,14 @@ class RoomRecord(BaseModel):
         """An agent we no longer want may still be in the room: remove it before anything else."""
         return any(not r.removed for r in self.replaced)
 
+    def compacted(self) -> RoomRecord:
+        """What the rooms bucket keeps of an ended room (its full form is archived): every field,
+        and the history from the entry that ended it on (what ``ended_at`` and later notes need)."""
+        first = next((i for i, h in enumerate(self.history) if h.state in TERMINAL), None)
+        if first is None or first == 0:
+            return self
+        return self.model_copy(update={"history": self.history[first:]})
+
     @property
     def ended_at(self) -> float | None:
         """When the record became terminal (later notes, such as a removal's, do not count)."""

@@ -40,7 +40,7 @@ from orchestrator.partition_watch import PartitionWatches
 from orchestrator.pools import PoolRegistry, summary
 from orchestrator.room import Reconciler
 from orchestrator.room.resync import PassLog, Resync, open_resync_bucket
-from orchestrator.store import RoomStore, migrate_unpartitioned, open_bucket
+from orchestrator.store import RoomStore, migrate_unpartitioned, open_archive, open_bucket
 from shared import bus, subjects
 from shared.codec import ContractError, decode, encode
 from shared.config import SwitchboardConfig
@@ -152,7 +152,9 @@ class OrchestratorService:
             kv = await open_bucket(js, replicas)
             for spec in (ROOMS_CONSUMER, STATUS_CONSUMER):
                 await ensure_consumer(js, spec)
-            store = RoomStore(kv, js, self.config.orchestrator.terminal_record_ttl_s)
+            cfg = self.config.orchestrator
+            archive = await open_archive(js, cfg.terminal_record_ttl_s, replicas)
+            store = RoomStore(kv, js, cfg.ended_record_ttl_s, archive)
             await migrate_unpartitioned(store)
             ttl_s = self.config.orchestrator.member_ttl_s
             members_kv = await open_members_bucket(js, ttl_s, replicas)

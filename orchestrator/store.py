@@ -101,18 +101,68 @@ async def open_or_create_kv(js: JetStreamContext, bucket: str, description: str,
         )
 
 
+async def open_archive(js: JetStreamContext, keep_s: float, replicas: int = 1) -> KeyValue:
+    """Bind to the archive of ended rooms' full records, creating it if missing: each kept
+    ``keep_s`` (0: for good) from its last write."""
+    try:
+        return await js.key_value(subjects.ARCHIVE_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.ARCHIVE_BUCKET,
+                description="Switchboard: the full records of ended rooms, for explain",
+                history=1,
+                ttl=keep_s or None,
+                replicas=replicas,
+                storage=StorageType.FILE,
+            )
+        )
+
+
 class RoomStore:
     """``terminal_ttl_s``: a record written in a terminal state (ended, failed, ignored) expires
     from the bucket that long after, by JetStream's per-message TTL — nothing has to sweep for it,
     and a later write of the room (a new incarnation) starts a fresh, TTL-free message. ``None`` or 0
-    keeps terminal records for good (``explain`` can show them until then)."""
+    keeps terminal records for good.
+
+    ``archive``: the write that ends a room puts its full record there first, and the rooms
+    bucket keeps only its compact form (:meth:`RoomRecord.compacted`: the history from its end on),
+    so the replicas' watches replay small records of ended rooms, and only for ``terminal_ttl_s``;
+    ``explain`` reads the archive (:meth:`archived`)."""
 
     def __init__(
-        self, kv: KeyValue, js: JetStreamContext | None = None, terminal_ttl_s: float | None = None
+        self,
+        kv: KeyValue,
+        js: JetStreamContext | None = None,
+        terminal_ttl_s: float | None = None,
+        archive: KeyValue | None = None,
     ) -> None:
         self.kv = kv
         self._js = js
         self._terminal_ttl_s = terminal_ttl_s if js is not None and terminal_ttl_s else None
+        self.archive = archive
+
+    async def archived(self, room: str) -> RoomRecord | None:
+        """The room's full record as it ended (the last time it ended); None when not archived."""
+        if self.archive is None:
+            return None
+        try:
+            entry = await self.archive.get(room_key(room))
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        return _parse(room, entry.value) if entry.value else None
+
+    async def _to_write(self, record: RoomRecord, creating: bool) -> RoomRecord:
+        """What goes into the rooms bucket. A record that ends the room: its full form into the
+        archive first (on the write that ends it, or creates it ended), its compact form here."""
+        if self.archive is None or not record.terminal:
+            return record
+        compact = record.compacted()
+        if creating or len(compact.history) != len(record.history):
+            # Before the compare-and-set: one that then loses leaves an archived end the winner's
+            # own end overwrites (explain prefers a live record over the archive).
+            await self.archive.put(room_key(record.room), record.model_dump_json().encode())
+        return compact
 
     async def get(self, room: str) -> Versioned | None:
         try:
@@ -126,6 +176,7 @@ class RoomStore:
     async def create(self, record: RoomRecord) -> Versioned | None:
         """Write a new record; None when the room already has one (a duplicate event). A terminal
         one (a room whose end came first) expires like any terminal record."""
+        record = await self._to_write(record, creating=True)
         if record.terminal and self._terminal_ttl_s is not None:
             data = record.model_dump_json().encode()
             try:
@@ -143,6 +194,7 @@ class RoomStore:
 
     async def update(self, record: RoomRecord, revision: int) -> Versioned:
         """Compare-and-set: succeeds only if the stored revision is still ``revision``."""
+        record = await self._to_write(record, creating=False)
         data = record.model_dump_json().encode()
         if record.terminal and self._terminal_ttl_s is not None:
             written = await self._update_expiring(record, data, revision, self._terminal_ttl_s)

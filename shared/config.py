@@ -80,15 +80,20 @@ class OrchestratorConfig(_Strict):
     # not renewed) is gone, and its share is taken over by the others. A replica that stops
     # cleanly hands its share over at once.
     member_ttl_s: float = Field(default=3.0, ge=1.0, le=60.0)
-    # How long a room's record stays in KV after it ended, failed or was ignored (for `explain`);
-    # JetStream expires it then. 0 keeps records for good.
+    # How long a room's full record stays in the archive after it ended, failed or was ignored
+    # (for `explain`); JetStream expires it then. 0 keeps records for good.
     terminal_record_ttl_s: float = Field(default=7 * 24 * 3600.0, ge=0)
+    # How long the rooms bucket keeps an ended room's compact record: what a duplicate or late
+    # event, and the resync, are judged against (a room's events arrive within JetStream's 600 s
+    # duplicate window; LiveKit closes an empty room within minutes). Every replica replays these
+    # at start-up, so they are kept short.
+    ended_record_ttl_s: float = Field(default=3600.0, ge=600)
     seed: int | None = None
     # How the scheduler picks inside a region tier: power-of-two-choices over headroom (spreads a
     # burst) or always the most headroom (herds; kept for comparison, see bench/).
     strategy: Literal["p2c", "least_loaded"] = "p2c"
 
-    @field_validator("terminal_record_ttl_s")
+    @field_validator("terminal_record_ttl_s", "ended_record_ttl_s")
     @classmethod
     def _whole_seconds_or_off(cls, value: float) -> float:
         if 0 < value < 1:

@@ -36,6 +36,8 @@ ROOMS_BUCKET = "switchboard_rooms"
 # The resync's lease (one replica lists LiveKit's rooms per interval) and its last pass, key "pass".
 RESYNC_BUCKET = "switchboard_resync"
 RESYNC_KEY = "pass"
+# The full records of ended rooms (the rooms bucket keeps a compact form for an hour), for explain.
+ARCHIVE_BUCKET = "switchboard_rooms_archive"
 # Live orchestrator replicas: key m.<replica> renewed every second with a per-message TTL; the
 # replicas divide the rooms' partitions among the members (orchestrator/membership.py).
 MEMBERS_BUCKET = "switchboard_members"

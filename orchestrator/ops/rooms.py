@@ -7,6 +7,7 @@ from collections import Counter
 
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
 
 from orchestrator.records import TERMINAL, RoomRecord, RoomState
 from orchestrator.store import RoomStore
@@ -19,9 +20,14 @@ async def room_store(js: JetStreamContext) -> RoomStore | None:
     Never creates it: an operator command must not change what it inspects.
     """
     try:
-        return RoomStore(await js.key_value(subjects.ROOMS_BUCKET))
+        kv = await js.key_value(subjects.ROOMS_BUCKET)
     except BucketNotFoundError:
         return None
+    try:
+        archive: KeyValue | None = await js.key_value(subjects.ARCHIVE_BUCKET)
+    except BucketNotFoundError:
+        archive = None  # no room has ended since partitioned records (or none ever)
+    return RoomStore(kv, archive=archive)
 
 
 async def read_rooms(js: JetStreamContext) -> list[RoomRecord]:
@@ -42,11 +48,23 @@ async def read_rooms(js: JetStreamContext) -> list[RoomRecord]:
 
 
 async def get_room(js: JetStreamContext, room: str) -> RoomRecord | None:
+    """The room's record: the live one, or, for a room that ended, its full archived record with
+    the notes written after its end (an old agent's removal) from the compact one."""
     store = await room_store(js)
     if store is None:
         return None
     got = await store.get(room)
-    return got.record if got else None
+    live = got.record if got else None
+    if live is not None and not live.terminal:
+        return live
+    archived = await store.archived(room)
+    if archived is None or (live is not None and live.sid != archived.sid):
+        return live
+    if live is None:
+        return archived
+    last = archived.history[-1].at if archived.history else archived.received_at
+    later = [h for h in live.history if h.at > last]
+    return live.model_copy(update={"history": [*archived.history, *later]})
 
 
 def by_state(records: list[RoomRecord]) -> dict[str, int]:

@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
+from orchestrator.ops.rooms import get_room
 from orchestrator.partitions import partition_of
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.store import (
@@ -20,9 +21,11 @@ from orchestrator.store import (
     RoomStore,
     UnreadableRecord,
     migrate_unpartitioned,
+    open_archive,
     open_bucket,
     room_key,
 )
+from orchestrator.transitions import note, transition
 from shared import subjects
 
 STREAM = f"KV_{subjects.ROOMS_BUCKET}"
@@ -175,3 +178,37 @@ async def test_records_under_the_keys_of_a_build_before_partitions_move_once(nc:
                 break
             seen.append(change[0])
     assert "ornina-old-live" in seen and all(partition_of(room) == partition for room in seen)
+
+
+async def test_the_end_of_a_room_is_archived_whole_and_kept_compact_for_an_hour(nc: NATS) -> None:
+    """The write that ends a room puts its full record in the archive and a compact one (the
+    history from its end on) in the rooms bucket, with the short TTL; a later note (an old agent's
+    removal) goes to the compact one only; ``explain``'s read joins the two."""
+    js = nc.jetstream()
+    archive = await open_archive(js, 3600)
+    store = RoomStore(await open_bucket(js), js, terminal_ttl_s=600.0, archive=archive)
+    room = "ornina-archived"
+    created = await store.create(RoomRecord(room=room, sid="RM_1"))
+    assert created is not None
+    rec = created.record
+    steps = [
+        RoomState.DISPATCHING,
+        RoomState.DISPATCHED,
+        RoomState.JOINED,
+        RoomState.SPEAKING,
+        RoomState.ENDED,
+    ]
+    for at, state in enumerate(steps, start=1):
+        rec = transition(rec, state, now=at, event=state.value)
+    ended = await store.update(rec, created.revision)
+    assert [h.state for h in ended.record.history] == [RoomState.ENDED]  # what the bucket keeps
+    assert (await store.get(room)) == ended and await _ttl_header(nc, room) is not None
+    full = await store.archived(room)
+    assert full is not None and [h.state for h in full.history] == steps
+    noted = await store.update(
+        note(ended.record, now=9.0, event="removal", detail="old agent gone"), ended.revision
+    )
+    assert len(noted.record.history) == 2 and (await store.archived(room)) == full  # not archived again
+    shown = await get_room(js, room)
+    assert shown is not None and [h.event for h in shown.history][-2:] == ["ended", "removal"]
+    assert len(shown.history) == len(full.history) + 1
