@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import StorageType
 from nats.js.errors import BucketNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
+from orchestrator.store import open_or_create_kv
 from shared import subjects
 
 log = logging.getLogger(__name__)
@@ -40,19 +41,14 @@ def member_id(replica: str) -> str:
 
 async def open_members_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1) -> KeyValue:
     """Bind to the members bucket, creating it (in memory: it holds only who is alive) if missing."""
-    try:
-        return await js.key_value(subjects.MEMBERS_BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.MEMBERS_BUCKET,
-                description="Switchboard orchestrator replicas alive now (they divide the rooms)",
-                history=1,
-                replicas=replicas,
-                storage=StorageType.MEMORY,
-                limit_marker_ttl=max(1.0, ttl_s),
-            )
-        )
+    return await open_or_create_kv(
+        js,
+        subjects.MEMBERS_BUCKET,
+        "Switchboard orchestrator replicas alive now (they divide the rooms)",
+        replicas,
+        storage=StorageType.MEMORY,
+        limit_marker_ttl_s=max(1.0, ttl_s),
+    )
 
 
 async def live_members(js: JetStreamContext) -> list[str]:

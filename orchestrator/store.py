@@ -89,14 +89,28 @@ async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     )
 
 
-async def open_or_create_kv(js: JetStreamContext, bucket: str, description: str, replicas: int) -> KeyValue:
-    """Bind to a KV bucket of ours (history 1, file storage), creating it if missing."""
+async def open_or_create_kv(
+    js: JetStreamContext,
+    bucket: str,
+    description: str,
+    replicas: int,
+    storage: StorageType = StorageType.FILE,
+    max_age_s: float | None = None,
+    limit_marker_ttl_s: float | None = None,
+) -> KeyValue:
+    """Bind to a KV bucket of ours (history 1), creating it if missing (never reconfiguring one)."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
         return await js.create_key_value(
             KeyValueConfig(
-                bucket=bucket, description=description, history=1, replicas=replicas, storage=StorageType.FILE
+                bucket=bucket,
+                description=description,
+                history=1,
+                replicas=replicas,
+                storage=storage,
+                ttl=max_age_s,
+                limit_marker_ttl=limit_marker_ttl_s,
             )
         )
 
@@ -104,19 +118,10 @@ async def open_or_create_kv(js: JetStreamContext, bucket: str, description: str,
 async def open_archive(js: JetStreamContext, keep_s: float, replicas: int = 1) -> KeyValue:
     """Bind to the archive of ended rooms' full records, creating it if missing: each kept
     ``keep_s`` (0: for good) from its last write."""
-    try:
-        return await js.key_value(subjects.ARCHIVE_BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.ARCHIVE_BUCKET,
-                description="Switchboard: the full records of ended rooms, for explain",
-                history=1,
-                ttl=keep_s or None,
-                replicas=replicas,
-                storage=StorageType.FILE,
-            )
-        )
+    description = "Switchboard: the full records of ended rooms, for explain"
+    return await open_or_create_kv(
+        js, subjects.ARCHIVE_BUCKET, description, replicas, max_age_s=keep_s or None
+    )
 
 
 class RoomStore:
