@@ -362,7 +362,7 @@ async def deadlines(work: Path, sizes: tuple[int, ...], events: int) -> dict[str
                 break
             loaded = size
             # Subscribed only while this size's events run: not to the live rooms' writes.
-            sub = await nc.subscribe(f"$KV.{subjects.ROOMS_BUCKET}.r.*", cb=watch.on_kv)
+            sub = await nc.subscribe(f"$KV.{subjects.ROOMS_BUCKET}.*.r.*", cb=watch.on_kv)
             try:
                 row = await _size(work, config, ns.url, standin, kv, size, events, watch)
             except Exception as exc:  # recorded; the next size still runs

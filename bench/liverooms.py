@@ -500,7 +500,7 @@ async def liverooms(work: Path, sizes: tuple[int, ...], seconds: float, drain_s:
             b.rec,
         )
         feeder = JobFeeder(event_workers)
-        sub = await nc.subscribe(f"$KV.{subjects.ROOMS_BUCKET}.r.*", cb=feeder.on_kv)
+        sub = await nc.subscribe(f"$KV.{subjects.ROOMS_BUCKET}.*.r.*", cb=feeder.on_kv)
         stack.push_async_callback(sub.unsubscribe)
         others = {
             name: proc.pid

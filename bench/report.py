@@ -256,7 +256,69 @@ def verdicts(sections: dict[str, Any]) -> list[Verdict]:
         out.append(("10. Deadlines, join deadline → fired", goal, "; ".join(figs), _met(met)))
     else:
         out.append(("10. Deadlines", goal, _status(s), _met(None)))
+
+    s = sections.get("sharing")
+    goal = (
+        "3 replicas: each tracks ~1/3 (± 15 %); one dies → its share taken over within member_ttl_s, "
+        "nothing lost, no double agent; ≤ 2 KB per tracked room; start-up replays no terminal records "
+        "(issue 15, goal 2)"
+    )
+    if _ok(s) and any("three" in r for r in s["rows"]):
+        figs = [_sharing_figure(r, s) for r in s["rows"] if "three" in r]
+        met = s.get("goal_met")
+        if met and 30_000 not in s.get("sizes", []):
+            met = None  # quick sizes: too few rooms for a verdict
+        out.append(("11. Replicas divide the rooms", goal, "; ".join(figs), _met(met)))
+    else:
+        out.append(("11. Replicas divide the rooms", goal, _status(s), _met(None)))
     return out
+
+
+def _ready(a: dict[str, Any] | None) -> str:
+    if not a:
+        return "n/a"
+    if a.get("ready_s") is None:
+        return f"not ready after {a.get('limit_s', 0):.0f} s"
+    return f"{a['ready_s']:.1f} s"
+
+
+def _sharing_figure(r: dict[str, Any], s: dict[str, Any]) -> str:
+    three = r["three"]
+    parts = [
+        f"{r['live_rooms']:,} live rooms: shares "
+        + " / ".join(f"{x['share']:.1%}" for x in three["replicas"].values())
+        + f" (max {three['max_abs_deviation']:.1%} off 1/3), {_f(three['rss_kb_per_room_max'], '.2f')} kB "
+        "RSS per tracked room (worst of 3)"
+    ]
+    kill, join, term = r.get("kill"), r.get("join"), r.get("term")
+    if kill:
+        parts.append(
+            f"SIGKILL taken over in {_f(kill['takeover_s'], '.2f', ' s')} "
+            f"(member_ttl_s {s['member_ttl_s']:g} s)"
+        )
+    if join:
+        parts.append(f"a replica joining in {_f(join['takeover_s'], '.2f', ' s')}")
+    if term:
+        parts.append(f"SIGTERM in {_f(term['takeover_s'], '.2f', ' s')}")
+    phases = [k for k in (kill, join, term) if k]
+    if len(phases) == 3 and "moved_writes" in r:
+        extra = [k["extra_create_dispatch"] for k in phases if k["extra_create_dispatch"] is not None]
+        parts.append(
+            f"{sum(k['rooms'] for k in phases):,} new rooms: {sum(k['lost'] for k in phases)} lost, "
+            f"{sum(k['doubled'] for k in phases)} doubled, {sum(extra)} extra CreateDispatch; "
+            f"{r['moved_writes']} writes to pre-loaded rooms"
+        )
+    if "alone" in r:
+        parts.append(f"one replica alone: ready {_ready(r['alone'])}")
+    if "alone_terminal" in r:
+        replayed = r.get("terminal_replayed")
+        parts.append(
+            f"with {r['terminal_records']:,} terminal records too: {_ready(r['alone_terminal'])} "
+            f"({'replayed' if replayed else 'not replayed' if replayed is not None else 'n/a'})"
+        )
+    if "error" in r:
+        parts.append(f"stopped: {' '.join(str(r['error']).split())[:160]}")
+    return ", ".join(parts)
 
 
 def _ge(row: dict[str, Any]) -> str:
@@ -481,6 +543,35 @@ def plot_deadlines(s: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_sharing(s: dict[str, Any], path: Path) -> None:
+    fig, (ax, lat) = plt.subplots(2, 1, figsize=(7.5, 6.4), sharex=True)
+    for r in s["rows"]:
+        for key, style in (("kill", "-"), ("join", ":"), ("term", "--")):
+            k = r.get(key) or {}
+            label = f"{r['live_rooms']:,} live rooms, {k.get('signal')}"
+            pts = k.get("samples") or []
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] / r["live_rooms"] for p in pts], style, label=label)
+            ev = [(t, ms) for t, ms in k.get("latency_samples") or [] if ms is not None]
+            if ev:
+                lat.plot([p[0] for p in ev], [p[1] for p in ev], ".", markersize=2, label=label)
+    ttl = s.get("member_ttl_s", 3.0)
+    for a in (ax, lat):
+        a.axvline(ttl, color="grey", linewidth=0.8, linestyle=":", label=f"member_ttl_s = {ttl:g} s")
+        a.axvline(0, color="black", linewidth=0.6)
+        a.grid(alpha=0.3)
+    ax.set_ylabel("live rooms tracked / all")
+    ax.set_title("Takeover: a signal to one of three replicas, or a replica joining two", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    lat.set_yscale("log")
+    lat.set_ylabel("new room's event → CreateDispatch, ms")
+    lat.set_xlabel("s since the signal or the start (events published from 3 s before it)")
+    lat.legend(fontsize=7, loc="upper right", markerscale=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
 PLOTS = {
     "overhead": plot_overhead,
     "compare": plot_compare,
@@ -489,6 +580,7 @@ PLOTS = {
     "scaleout": plot_scaleout,
     "liverooms": plot_liverooms,
     "deadlines": plot_deadlines,
+    "sharing": plot_sharing,
 }
 
 
@@ -591,6 +683,7 @@ def _details(sections: dict[str, Any], images: dict[str, str]) -> list[str]:
         liverooms,
         overhead,
         scaleout,
+        sharing,
         spread,
     )
 
@@ -610,6 +703,7 @@ def _details(sections: dict[str, Any], images: dict[str, str]) -> list[str]:
         "listrooms": listrooms.__doc__ or "",
         "liverooms": liverooms.__doc__ or "",
         "deadlines": deadlines.__doc__ or "",
+        "sharing": sharing.__doc__ or "",
     }
     titles = {
         "scheduler": "1. Scheduler",
@@ -622,6 +716,7 @@ def _details(sections: dict[str, Any], images: dict[str, str]) -> list[str]:
         "listrooms": "8. ListRooms: the cost of an anti-entropy resync pass",
         "liverooms": "9. Live rooms: the cost of the rooms a replica tracks, per event",
         "deadlines": "10. Deadlines: how late a room's timer fires, by live rooms",
+        "sharing": "11. Replicas divide the rooms: shares, takeover, start-up",
     }
     out: list[str] = []
     for name, title in titles.items():
@@ -1034,6 +1129,160 @@ def _t_deadlines(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _t_sharing(s: dict[str, Any]) -> list[str]:
+    ttl = s["member_ttl_s"]
+    rows = s["rows"]
+    lines = [
+        f"Three replicas, `member_ttl_s` {ttl:g} s; new rooms' events at {s['event_rate']:g}/s for "
+        f"{s['phase_s']:g} s per phase, the signal {s['signal_after_s']:g} s in; replicas polled every "
+        f"~{s['poll_s']:g} s (the takeover times are the first poll that saw it). Memory: RSS of the "
+        "replica's process group, its growth per tracked room (loaded − once the live rooms' workers "
+        "beat; in brackets, from before those beats); one replica alone: a fresh replica synced over "
+        "every room against the three's figure before the load. Slow consumer: nats-server closed the "
+        "replica's connection for falling more than 64 MB behind (its log; the client connects again).",
+        "",
+        "**Shares and memory (three replicas)**",
+        "",
+        "| live rooms | replica | partitions | tracked | share | vs 1/3 | RSS: no rooms → beats → loaded "
+        "| RSS (with beats) / PSS per tracked room |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "three" not in r:
+            continue
+        for name, x in r["three"]["replicas"].items():
+            lines.append(
+                f"| {r['live_rooms']:,} | {name} | {x['partitions']} | {x['tracked']:,} | {x['share']:.1%} | "
+                f"{x['deviation']:+.1%} | {x['rss_kb_empty'] / 1024:.0f} → {x['rss_kb_beats'] / 1024:.0f} → "
+                f"{x['rss_kb_loaded'] / 1024:.0f} MB | {_f(x['rss_kb_per_room'])} "
+                f"({_f(x['rss_kb_per_room_with_beats'])}) / {_f(x['pss_kb_per_room'])} kB |"
+            )
+        a = r.get("alone")
+        if a and a.get("ready_s") is not None:
+            lines.append(
+                f"| {r['live_rooms']:,} | one alone (fresh) | {a['synced_partitions']} | "
+                f"{_f(a['tracked'], ',')} | 100 % | | → {a['rss_kb'] / 1024:.0f} MB | "
+                f"{_f(a['rss_kb_per_room'])} kB (PSS: not comparable, fewer processes share its pages) |"
+            )
+    lines += [
+        "",
+        "**Takeover** (SIGKILL / SIGTERM to one of three replicas, or a fresh replica joining two; new "
+        "rooms: their events published across it; lost = no CreateDispatch by the end of the wait; doubled "
+        "= more than one dispatch id, `dispatched` entry or attempt; extra = CreateDispatch calls the "
+        "stand-in counted beyond one per room; parked = new rooms a replica first put in "
+        "`waiting_for_pool`)",
+        "",
+        "| live rooms | phase | replica: its rooms before (partitions) | all tracked again after | gone / "
+        "ready after | tracked sum min / max | new rooms dispatched | lost / doubled / extra | parked "
+        "| event → CreateDispatch p50 / p99 / max ms | events > 1 s | slow-consumer disconnects | cores "
+        "busy: machine (replicas polled) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for k in (r.get("kill"), r.get("join"), r.get("term")):
+            if not k:
+                continue
+            slow = ", ".join(f"{n} {c}" for n, c in (k.get("slow_consumer_disconnects") or {}).items())
+            before = "new" if k["signal"] == "JOIN" else _f(k["target_tracked_before"], ",")
+            lines.append(
+                f"| {r['live_rooms']:,} | {k['signal']} | {k['target']}: {before} "
+                f"({k['target_partitions']}) | **{_f(k['takeover_s'], '.2f', ' s')}** | "
+                f"{_f(k['exit_s'], '.2f', ' s')} | {_f(k['speaking_min'], ',')} / "
+                f"{_f(k['speaking_max'], ',')} | {k['dispatched']}/{k['rooms']} | "
+                f"{k['lost']} / {k['doubled']} / {_f(k['extra_create_dispatch'], 'd')} | "
+                f"{k['parked_for_pool']} | {_f(k['event_to_dispatch_p50_ms'], '.1f')} / "
+                f"{_f(k['event_to_dispatch_p99_ms'], '.1f')} / {_f(k['event_to_dispatch_max_ms'], '.0f')} | "
+                f"{k['events_over_1s']} | {slow or 'none'} | {_f(k.get('machine_cores_busy'))} "
+                f"({' + '.join(f'{v:.2f}' for v in (k.get('replica_cores') or {}).values())}) |"
+            )
+    parked = [
+        (r, k)
+        for r in rows
+        for k in (r.get("kill"), r.get("join"), r.get("term"))
+        if k and k["parked_for_pool"]
+    ]
+    for r, k in parked:
+        by = ", ".join(f"{n} {c}" for n, c in k.get("parked_by_replica", {}).items())
+        lines += [
+            "",
+            f"{r['live_rooms']:,} live rooms, {k['signal']}: {k['parked_for_pool']} new rooms were first "
+            f"parked in `waiting_for_pool` ({by}) and dispatched once a replica saw room in the pool again: "
+            "what their latency above shows.",
+        ]
+    for r in rows:
+        if "final_speaking" in r:
+            lines += [
+                "",
+                f"{r['live_rooms']:,} live rooms: writes to pre-loaded rooms over the three phases: "
+                f"**{r['moved_writes']}**; at the end the two replicas left tracked {r['final_speaking']:,} "
+                f"speaking rooms of {r['live_rooms']:,} and {r['final_total']:,} rooms in all of "
+                f"{r['expected_total']:,}.",
+            ]
+    lines += [
+        "",
+        "**Start-up, one fresh replica alone** (CPU: the process's CPU seconds from its start to /readyz, "
+        "or to the end of the wait; messages: what nats-server had sent it by then over all its "
+        "connections — records, heartbeats, membership)",
+        "",
+        "| live rooms | terminal records in KV | ready after | CPU by then | messages / MB sent to it "
+        "| connections (slow-consumer disconnects) | tracked | RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cases = [(r.get("alone"), 0), (r.get("alone_terminal"), r.get("terminal_records", 0))]
+        for a, t in cases:
+            if not a:
+                continue
+            mb = a["nats_out_bytes_to_ready"]
+            lines.append(
+                f"| {r['live_rooms']:,} | {t:,} | {_ready(a)} | {_f(a['cpu_s_to_ready'], '.2f', ' s')} | "
+                f"{_f(a['nats_out_msgs_to_ready'], ',')} / "
+                f"{_f(mb / 1e6 if mb is not None else None, '.0f')} | "
+                f"{a['nats_connections']} ({a['slow_consumer_disconnects']}) | {_f(a['tracked'], ',')} | "
+                f"{a['rss_kb'] / 1024:.0f} MB |"
+            )
+    for r in rows:
+        if "terminal_replayed" in r:
+            replayed = r["terminal_replayed"]
+            t = r["alone_terminal"]
+            ready = (
+                f"{_f(r['terminal_extra_ready_s'], '+.1f', ' s')} to ready"
+                if t.get("ready_s") is not None
+                else f"not ready after {t['limit_s']:.0f} s (without them: {_ready(r['alone'])})"
+            )
+            lines += [
+                "",
+                f"{r['live_rooms']:,} live rooms + {r['terminal_records']:,} terminal records: {ready}, "
+                f"{_f(r['terminal_extra_cpu_s'], '+.2f')} s CPU, "
+                f"{_f(r['terminal_extra_msgs'], '+,')} messages "
+                f"and {_f((r['terminal_extra_bytes'] or 0) / 1e6, '+.0f')} MB sent to the replica, "
+                f"{_f((r['terminal_extra_rss_kb'] or 0) / 1024, '+.0f')} MB RSS: terminal records **"
+                f"{'replayed' if replayed else 'not replayed' if replayed is not None else 'n/a'}** at "
+                "start-up.",
+            ]
+    for r in rows:
+        problems = r.get("log_problems") or {}
+        if problems:
+            said = "; ".join(f"{name}: {p['count']}" for name, p in problems.items())
+            lines += ["", f"Replica log lines at WARNING or worse ({r['live_rooms']:,} live rooms): {said}."]
+    g = s.get("goals") or {}
+    parts = (
+        ("share", f"each tracks 1/3 ± {s['share_goal']:.0%}"),
+        ("takeover", f"SIGKILL: taken over within member_ttl_s ({ttl:g} s)"),
+        ("exactly_once", "nothing lost, no double agent, nothing moved"),
+        ("memory", f"≤ {s['memory_goal_kb']:g} kB RSS per tracked room (worst of 3)"),
+        ("terminal", "start-up does not replay terminal records"),
+    )
+    lines += ["", "| goal 2, part | |", "|---|---|"]
+    lines += [f"| {text} | {_met(g.get(key))} |" for key, text in parts]
+    for note in s.get("notes", []):
+        lines += ["", f"**Not measured as planned**: {note}"]
+    for r in rows:
+        if "error" in r:
+            lines += ["", f"**{r['live_rooms']:,} live rooms stopped early**: {r['error'][:600]}"]
+    return lines
+
+
 TABLES = {
     "scheduler": _t_scheduler,
     "overhead": _t_overhead,
@@ -1045,4 +1294,5 @@ TABLES = {
     "listrooms": _t_listrooms,
     "liverooms": _t_liverooms,
     "deadlines": _t_deadlines,
+    "sharing": _t_sharing,
 }

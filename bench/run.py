@@ -38,6 +38,7 @@ from bench import (
     overhead,
     scaleout,
     scheduler_bench,
+    sharing,
     spread,
 )
 from bench.common import REPO, machine, now_iso, rounded
@@ -70,6 +71,7 @@ SECTIONS: dict[str, tuple[Callable[[Path, bool], Awaitable[dict[str, Any]]], flo
     "listrooms": (listrooms.run, 200),
     "liverooms": (liverooms.run, 900),
     "deadlines": (deadlines.run, 300),
+    "sharing": (sharing.run, 420),
 }
 
 

@@ -75,11 +75,10 @@ async def one(work: Path, backend: str, replicas: int, rooms: int) -> dict[str, 
                 dispatched: dict[str, float] = {}
                 done = asyncio.Event()
                 marker = b'"state":"dispatched"'
-                prefix = f"$KV.{subjects.ROOMS_BUCKET}.r."
 
                 async def on_kv(msg: Msg) -> None:
                     if marker in msg.data:
-                        room = msg.subject[len(prefix) :]
+                        room = msg.subject.rsplit(".r.", 1)[-1]  # $KV.<bucket>.p<nn>.r.<room>
                         if room not in dispatched:
                             dispatched[room] = time.monotonic()
                             if len(dispatched) >= rooms:

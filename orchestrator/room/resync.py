@@ -15,8 +15,7 @@ replica lists LiveKit's rooms once and compares them with the records of the par
 Rooms and records younger than ``resync_grace_s`` are left to their events. Each finding goes
 through the reconciler like any other fact, so the decisions are the same pure functions, and one
 room's failure never stops the pass. The last pass of any replica is written in KV bucket
-``switchboard_resync`` for ``doctor`` (:class:`PassLog`). (:class:`ResyncLease`, one replica
-passing over every room, is what the simulator's replicas use: they each track every room.)
+``switchboard_resync`` for ``doctor`` (:class:`PassLog`).
 """
 
 from __future__ import annotations

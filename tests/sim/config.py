@@ -32,13 +32,18 @@ ORCHESTRATOR = OrchestratorConfig(
     max_dispatch_rounds=3,
     sweep_interval_s=0.5,
     terminal_record_ttl_s=0,
-    # Issue 14: one replica (the resync lease's holder) lists LiveKit's rooms every 5 s; a room
-    # waiting for LiveKit tries again every 2 s and fails only after 150 s of waiting in all —
-    # far beyond the longest outage the sim draws (LONG_OUTAGE_S), so no room may fail of one.
+    # Issue 14: every replica lists LiveKit's rooms every 5 s (and compares them with the records
+    # of its partitions); a room waiting for LiveKit tries again every 2 s and fails only after
+    # 150 s of waiting in all — far beyond the longest outage the sim draws (LONG_OUTAGE_S), so no
+    # room may fail of one.
     resync_interval_s=5.0,
     resync_grace_s=3.0,
     livekit_retry_s=2.0,
     livekit_wait_deadline_s=150.0,
+    # The replicas divide the rooms (orchestrator/partitions.py): a crashed replica's partitions
+    # move to the others this long after its last membership renewal (production's default; the
+    # heartbeat timings it is measured against are not scaled either).
+    member_ttl_s=3.0,
 )
 
 # --- the stand-ins' timings ---------------------------------------------------------------------
@@ -56,8 +61,9 @@ MSG_DELAY_MAX_S = 2.0
 AGENT_GHOST_S = 15.0
 # The real service listens to heartbeats this long before it takes messages or sweeps.
 WARMUP_S = 1.5 * ORCHESTRATOR.heartbeat_interval_s
-# The resync lease outlives two missed passes of its holder (orchestrator/service.py's hold).
-RESYNC_HOLD_S = 3 * ORCHESTRATOR.resync_interval_s
+# Core NATS and the members bucket's watch: a message reaches a subscriber this long after it
+# was sent (the membership keys, the reservations reports).
+NOTIFY_LAG_S = (0.001, 0.02)
 # A room CreateDispatch made (a ghost) closes once it has been empty this long: LiveKit's
 # departure timeout (20 s by default; its empty_timeout for a room nobody ever joined is longer,
 # one value here keeps the world simple).

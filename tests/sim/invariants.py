@@ -37,6 +37,10 @@ At the end, once every fault is healed, every timer has fired and the resync has
   (``ghost_served``);
 - a room LiveKit no longer lists has no live record (``ended_room_not_terminal``: a record holding
   a pool for a room that is gone).
+And the replicas' division of the rooms (``_ownership_problems``): every live replica sees the live
+replicas as the members (``membership_diverged``), no index holds a room its replica does not track
+(``index_not_dropped``), every record is tracked by exactly one live replica (``untracked_room``)
+whose index holds it at its KV revision when the index keeps it (``index_behind``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.consumer import is_transient
 from orchestrator.livekit_gateway import LiveKitCallError
+from orchestrator.membership import member_id
 from orchestrator.records import RoomRecord, RoomState
 from tests.sim.config import LOBBY_PREFIX, REMOVAL_BOUND_S
 
@@ -176,6 +181,17 @@ class Checks:
                 room,
             )
 
+    def loop_ended(self, actor: str, loop: str, exc: BaseException | None) -> None:
+        """One of a replica's service loops (its partition watches, its resync) ended on its own:
+        in production that takes the replica down."""
+        if exc is not None:
+            for kind in (_describe(leaf) for leaf in leaves(exc)):
+                self.exceptions[f"{loop}: {kind}"] += 1
+            where = "".join(traceback.format_exception(exc)[-4:]).rstrip()
+            self.fail("unexpected_exception", f"{actor}'s {loop} loop died of {_describe(exc)}:\n{where}")
+        else:
+            self.fail("unexpected_exception", f"{actor}'s {loop} loop returned")
+
     # -- invariant 4 ---------------------------------------------------------------------------------
 
     def on_create_sent(self, room: str, key: str | None) -> None:
@@ -296,12 +312,72 @@ class Checks:
                     )
             else:
                 problems.append(("stuck", name, f"record {state}, agents {agents}"))
+        problems.extend(self._ownership_problems())
         for name, want in world.scenario.expect.items():
             rec = world.kv.peek(name)
             got = f"{rec.state.value}/{rec.reason}" if rec is not None else "no record"
             if got not in want.split("|"):  # "a|b": either outcome
                 problems.append(
                     ("unexpected_outcome", name, f"the scenario expects {want}, the record is {got}")
+                )
+        return problems
+
+    def _ownership_problems(self) -> list[tuple[str, str, str]]:
+        """Once healed and quiet: every live replica sees the same members, the live replicas
+        (``membership_diverged``); so every partition has exactly one tracker, whose index holds
+        each of its records the index keeps at the KV's revision (``untracked_room``,
+        ``index_behind``), and no index holds a room of a partition its replica does not track
+        (``index_not_dropped``)."""
+        world = self.world
+        live = [r for r in world.replicas if r.alive]
+        members = frozenset(member_id(r.name) for r in live)
+        problems: list[tuple[str, str, str]] = []
+        for replica in live:
+            seen = replica.ownership.members
+            if seen != members:
+                problems.append(
+                    (
+                        "membership_diverged",
+                        replica.name,
+                        f"{replica.name} sees members {sorted(seen)}; the live ones are {sorted(members)}",
+                    )
+                )
+            for entry in replica.index.live():
+                if not replica.ownership.tracks(entry.room):
+                    problems.append(
+                        (
+                            "index_not_dropped",
+                            entry.room,
+                            f"{replica.name}'s index holds {entry.room} (partition "
+                            f"{world.kv.partition(entry.room)}), a partition it does not track",
+                        )
+                    )
+        if problems:
+            return problems
+        for room in world.kv.rooms():
+            rec = world.kv.peek(room)
+            revision = world.kv.revision(room)
+            trackers = [r for r in live if r.ownership.tracks(room)]
+            if len(trackers) != 1:
+                problems.append(
+                    (
+                        "untracked_room",
+                        room,
+                        f"partition {world.kv.partition(room)} of {room} is tracked by "
+                        f"{[r.name for r in trackers] or 'no live replica'}",
+                    )
+                )
+                continue
+            kept = rec is not None and (not rec.terminal or rec.removal_pending)
+            held = trackers[0].index.revision(room)
+            if held != (revision if kept else None):
+                problems.append(
+                    (
+                        "index_behind",
+                        room,
+                        f"{trackers[0].name}'s index holds {room} at revision {held}; KV has "
+                        f"revision {revision} ({rec.state.value if rec else '-'})",
+                    )
                 )
         return problems
 

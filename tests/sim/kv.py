@@ -1,14 +1,17 @@
 """The JetStream KV bucket of room records, simulated: get / create / compare-and-set update, and
-one ordered watch stream per replica.
+watches of one partition each (``orchestrator.store.RoomStore.watch``), as the replicas' partition
+watches (``orchestrator.partition_watch.PartitionWatches``) open and close them.
 
 A call reaches the "server" after a seeded delay, is applied there (the compare-and-set decided at
 that instant), and its answer travels back after another. Both legs are scheduled on the loop, not
 awaited by the caller: a caller cancelled mid-call (a crashed replica) still has its write land,
 as a request already on the wire does. Faults: a timeout before the write was applied, a timeout
-*after* it was applied (the ambiguous one), an outage (every call times out).
+*after* it was applied (the ambiguous one), an outage (every call times out; a watch cannot be
+opened).
 
-Records are stored as the JSON the real store writes (``model_dump_json``) and parsed on every read
-and every watch delivery, so the serialisation the rewrite may change is exercised too.
+Records are stored as the JSON the real store writes (``model_dump_json``; a terminal record in its
+compact form, as the store with an archive writes it) and parsed on every read and every watch
+delivery, so the serialisation the rewrite may change is exercised too.
 """
 
 from __future__ import annotations
@@ -16,15 +19,15 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from orchestrator.index import RoomIndex
+from orchestrator.partitions import partition_of
 from orchestrator.records import RoomRecord
-from orchestrator.room.resync import PassReport, ResyncLease
+from orchestrator.room.resync import PassLog, PassReport
 from orchestrator.store import Conflict, Versioned
-from tests.sim.config import KV_TIMEOUT_S, RESYNC_HOLD_S
+from tests.sim.config import KV_TIMEOUT_S
 from tests.sim.faults import Call, Faults
 from tests.sim.loop import ACTIVITY, ACTOR, VirtualLoop
 
@@ -45,7 +48,8 @@ class SimKV:
         self._states: dict[str, RoomRecord] = {}  # the last record written per room, unparsed
         self._seq = 0  # the stream sequence: a revision is global across keys, as in JetStream
         self._calls: dict[tuple[str, str], int] = {}
-        self._feeds: dict[str, WatchFeed] = {}
+        self._partitions: dict[str, int] = {}  # room -> its partition (a hash: computed once)
+        self._watches: dict[int, list[PartitionWatch]] = {}  # partition -> its open watches
 
     # -- the RoomStore surface ---------------------------------------------------------------------
 
@@ -59,6 +63,7 @@ class SimKV:
         return await self._call("get", room, None, apply)
 
     async def create(self, record: RoomRecord) -> Versioned | None:
+        record = _stored(record)
         data = record.model_dump_json().encode()
 
         def apply() -> Versioned | None:
@@ -69,6 +74,7 @@ class SimKV:
         return await self._call("create", record.room, record.state.value, apply)
 
     async def update(self, record: RoomRecord, revision: int) -> Versioned:
+        record = _stored(record)
         data = record.model_dump_json().encode()
 
         def apply() -> Versioned:
@@ -94,6 +100,7 @@ class SimKV:
         def reply(result: T | None, error: BaseException | None) -> None:
             if answer.done():
                 return  # the caller is gone (crashed): the answer has no one to go to
+            world.touched(actor)  # what the caller makes of it may change its reservations
             if error is not None:
                 answer.set_exception(error)
             else:
@@ -129,25 +136,72 @@ class SimKV:
         self._data[room] = (data, self._seq)
         self.world.checks.on_commit(self._states.get(room), record)
         self._states[room] = record
-        for feed in self._feeds.values():
-            feed.push(room, data, self._seq)
+        for watch in self._watches.get(self.partition(room), ()):
+            watch.feed.push((room, data, self._seq))
         return self._seq
 
-    # -- the watch -------------------------------------------------------------------------------
+    def partition(self, room: str) -> int:
+        partition = self._partitions.get(room)
+        if partition is None:
+            partition = self._partitions[room] = partition_of(room)
+        return partition
 
-    def watch(self, replica: str, index: RoomIndex) -> WatchFeed:
-        """Feed ``index``: every record now (at once: the service sweeps only once synced), then
-        every commit, in commit order, each after a seeded lag."""
-        for room, (data, rev) in self._data.items():
-            index.apply(room, Versioned(RoomRecord.model_validate_json(data), rev))
-        feed = WatchFeed(self.world, index)
-        self._feeds[replica] = feed
-        return feed
+    # -- the watch (orchestrator.store.RoomStore.watch, of one partition) ---------------------------
+
+    def watch(
+        self,
+        held: Callable[[str], int | None] | None = None,
+        partition: int | None = None,
+        applied: Callable[[int], None] | None = None,
+    ) -> AsyncGenerator[tuple[str, Versioned | None] | None, None]:
+        """As the real store's: the partition's records now (last per key, in revision order),
+        then ``None``, then every commit to it, in commit order, each after a seeded lag. A put
+        the reader already ``held`` at that revision or newer is skipped unparsed; ``applied`` is
+        told every revision once the reader has taken it."""
+        assert partition is not None, "the replicas watch one partition each"
+        return self._watch(held, partition, applied or (lambda _revision: None))
+
+    async def _watch(
+        self, held: Callable[[str], int | None] | None, partition: int, taken: Callable[[int], None]
+    ) -> AsyncGenerator[tuple[str, Versioned | None] | None, None]:
+        world = self.world
+        faults = self.faults
+        if faults.kv_down and not faults.healed:
+            # The watch is a JetStream consumer: creating it is a request like any other.
+            await asyncio.sleep(KV_TIMEOUT_S)
+            raise TimeoutError("KV watch timed out")
+        actor = ACTOR.get()
+        watch = PartitionWatch(actor, Feed(world, faults.watch_lag, counted=True, on_arrival=actor))
+        # The server reads the partition when the watch starts; what it reads arrives after the
+        # watch's lag, as every change after it.
+        snapshot = sorted(
+            (rev, room, data) for room, (data, rev) in self._data.items() if self.partition(room) == partition
+        )
+        watch.feed.push(*((room, data, rev) for rev, room, data in snapshot), None)
+        self._watches.setdefault(partition, []).append(watch)
+        try:
+            while True:
+                item = await watch.feed.get()
+                if item is None:
+                    yield None
+                    continue
+                room, data, revision = item
+                if held is None or (have := held(room)) is None or have < revision:
+                    yield room, Versioned(RoomRecord.model_validate_json(data), revision)
+                # The reader asks for the next change only once it has taken this one.
+                taken(revision)
+        finally:
+            watch.feed.stopped = True
+            watches = self._watches.get(partition)
+            if watches is not None and watch in watches:
+                watches.remove(watch)
 
     def unwatch(self, replica: str) -> None:
-        feed = self._feeds.pop(replica, None)
-        if feed is not None:
-            feed.stopped = True
+        """A crashed replica's watches deliver nothing more (its tasks are being cancelled)."""
+        for watches in self._watches.values():
+            for watch in watches:
+                if watch.actor == replica:
+                    watch.feed.stopped = True
 
     # -- ground truth for the checks ----------------------------------------------------------------
 
@@ -158,6 +212,16 @@ class SimKV:
     def rooms(self) -> list[str]:
         return list(self._data)
 
+    def revision(self, room: str) -> int | None:
+        entry = self._data.get(room)
+        return entry[1] if entry is not None else None
+
+
+def _stored(record: RoomRecord) -> RoomRecord:
+    """What the real store writes to the rooms bucket (and answers): an ended room's compact form,
+    its history from its end on (its full form goes to the archive bucket, not simulated)."""
+    return record.compacted() if record.terminal else record
+
 
 def _outcome(result: object, error: BaseException | None) -> str:
     if error is not None:
@@ -167,46 +231,77 @@ def _outcome(result: object, error: BaseException | None) -> str:
     return "exists" if result is None else str(result)
 
 
-class WatchFeed:
-    """One replica's ordered stream of changes. Deliveries are due at non-decreasing times and each
-    timer pops the head, so equal due times cannot reorder them."""
+class Feed(Generic[T]):
+    """One subscriber's ordered stream (a watch, a NATS subscription): each item arrives after a
+    lag, at non-decreasing times (each timer pops the head, so equal due times cannot reorder
+    them), then waits for the reader. ``counted``: pending in the world until it arrives;
+    ``on_arrival``: the replica told (``World.touched``) when something arrives for it."""
 
-    def __init__(self, world: World, index: RoomIndex) -> None:
+    def __init__(
+        self, world: World, lag: Callable[[], float], counted: bool = False, on_arrival: str | None = None
+    ) -> None:
         self.world = world
-        self.index = index
+        self.lag = lag
+        self.counted = counted
+        self.on_arrival = on_arrival
         self.stopped = False
-        self._queue: deque[tuple[str, bytes, int]] = deque()
+        self._queue: deque[list[T]] = deque()
+        self._ready: deque[T] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._last_due = 0.0
 
-    def push(self, room: str, data: bytes, revision: int) -> None:
+    def push(self, *items: T) -> None:
+        """``items`` arrive together (a watch's first reading), after one lag."""
         loop = self.world.loop
-        due = max(loop.time() + self.world.faults.watch_lag(), self._last_due)
+        due = max(loop.time() + self.lag(), self._last_due)
         self._last_due = due
-        self._queue.append((room, data, revision))
-        self.world.pending += 1
+        self._queue.append(list(items))
+        if self.counted:
+            self.world.pending += 1
         loop.call_at(due, self._pop)
 
     def _pop(self) -> None:
-        self.world.pending -= 1
-        room, data, revision = self._queue.popleft()
-        if not self.stopped:
-            self.index.apply(room, Versioned(RoomRecord.model_validate_json(data), revision))
+        if self.counted:
+            self.world.pending -= 1
+        items = self._queue.popleft()
+        if self.stopped or self.world.stopped:
+            return
+        self._ready.extend(items)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self.on_arrival is not None:
+            self.world.touched(self.on_arrival)
+
+    async def get(self) -> T:
+        while not self._ready:
+            self._waiter = self.world.loop.create_future()
+            await self._waiter
+        return self._ready.popleft()
+
+
+class PartitionWatch:
+    """One open watch of one partition: whose it is, its feed of (room, data, revision) or None
+    (the snapshot is complete)."""
+
+    def __init__(self, actor: str, feed: Feed[tuple[str, bytes, int] | None]) -> None:
+        self.actor = actor
+        self.feed = feed
 
 
 class ResyncBucket:
-    """KV bucket ``switchboard_resync``: its one key, the resync lease (owner, until) and the last
-    pass. A call is one round trip applied at the server (the real lease's read and
-    compare-and-set collapsed into one step); it times out as the room bucket's calls do (an
-    outage, ``kv_timeout_before``), with a random stream of its own."""
+    """KV bucket ``switchboard_resync``: its one key, the last pass of any replica
+    (``orchestrator.room.resync.PassLog``). A call is one round trip applied at the server (the
+    real log's read and compare-and-set collapsed into one step); it times out as the room
+    bucket's calls do (an outage, ``kv_timeout_before``), with a random stream of its own."""
 
     def __init__(self, world: World, rng: random.Random) -> None:
         self.world = world
         self.rng = rng
         self.value: dict[str, Any] = {}
-        self.passes = 0  # passes that listed LiveKit's rooms (the settle waits for some)
+        self.passes: dict[str, int] = {}  # per replica: passes that listed LiveKit's rooms
 
-    def lease(self, replica: str) -> SimResyncLease:
-        return SimResyncLease(self, replica, RESYNC_HOLD_S)
+    def pass_log(self, replica: str) -> SimPassLog:
+        return SimPassLog(self, replica)
 
     async def call(self, apply: Callable[[], T]) -> T:
         faults = self.world.faults
@@ -219,36 +314,20 @@ class ResyncBucket:
         return result
 
 
-class SimResyncLease(ResyncLease):
-    """:class:`orchestrator.room.resync.ResyncLease` on the :class:`ResyncBucket`: taken when free
-    or expired, renewed by its holder every pass; a crashed holder's lease runs out after
-    ``RESYNC_HOLD_S`` (a restarted replica has a new name)."""
+class SimPassLog(PassLog):
+    """:class:`orchestrator.room.resync.PassLog` on the :class:`ResyncBucket`: each replica writes
+    its passes over its own partitions there (the settle counts every replica's)."""
 
-    def __init__(self, bucket: ResyncBucket, replica: str, hold_s: float) -> None:  # no NATS KV
+    def __init__(self, bucket: ResyncBucket, replica: str) -> None:  # no NATS KV
         self.bucket = bucket
         self.replica = replica
-        self.hold_s = hold_s
-        self.wall = bucket.world.wall
-
-    async def acquire(self) -> bool:
-        def apply() -> bool:
-            value = self.bucket.value
-            now = self.wall()
-            owner = value.get("owner")
-            if owner not in (None, self.replica) and float(value.get("until") or 0.0) > now:
-                return False
-            if owner != self.replica:
-                self.bucket.world.log(self.replica, f"takes the resync lease (from {owner or 'nobody'})")
-            value.update(owner=self.replica, until=now + self.hold_s)
-            return True
-
-        return await self.bucket.call(apply)
 
     async def record(self, report: PassReport) -> None:
         def apply() -> None:
-            if self.bucket.value.get("owner") == self.replica:
-                self.bucket.value.update(asdict(report))
+            value = self.bucket.value
+            found_total = int(value.get("found_total") or 0) + report.found
+            value.update(asdict(report), owner=self.replica, found_total=found_total)
             if report.error is None:
-                self.bucket.passes += 1
+                self.bucket.passes[self.replica] = self.bucket.passes.get(self.replica, 0) + 1
 
         await self.bucket.call(apply)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import weakref
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
@@ -179,8 +180,20 @@ def drain(loop: VirtualLoop) -> None:
             continue
         except Deadlock:
             break
-    with contextlib.suppress(Deadlock):
-        loop.run_until_complete(loop.shutdown_asyncgens())
+    # Async generators (the partition watches') closed by their tasks' cancellation are only
+    # forgotten; one still open is closed (shutdown_asyncgens would make a task for each).
+    agens: weakref.WeakSet[Any] = loop._asyncgens  # type: ignore[attr-defined]
+    still = [agen for agen in agens if agen.ag_frame is not None]
+    agens.clear()
+    if still:
+        with contextlib.suppress(Deadlock):
+            loop.run_until_complete(_close(still))
+
+
+async def _close(agens: list[Any]) -> None:
+    for agen in agens:
+        with contextlib.suppress(Exception):
+            await agen.aclose()
 
 
 async def _all_done(tasks: list[SimTask[Any]]) -> None:

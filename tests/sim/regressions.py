@@ -493,6 +493,122 @@ def sidless_dispatch_adopts_ghost() -> Scenario:
     )
 
 
+def _ghosts_apart(env: Envelope, ready: list[Replica], world: World) -> Replica | None:
+    """The first ghost's RoomCreated (RM_auto1) to r1, everything else to r0."""
+    if isinstance(env.msg, RoomCreated) and env.msg.sid == "RM_auto1":
+        return next((r for r in ready if r.name == "r1"), None)
+    return next((r for r in ready if r.name == "r0"), None)
+
+
+def stale_ghost_event_takes_newer_ghosts_sid() -> Scenario:
+    """(found by the partitioned campaign, seed 1003469; open) Two ghosts of room-1, one after the
+    other. r0's first CreateDispatch is slow (applied 2.55 s later, after it timed out); its retry
+    races the room's deletion and makes ghost RM_auto1 (AD_2), whose worker deletes it at once
+    (the dispatch was for another room). The RoomEnded ends the record, but the removal of AD_2
+    fails (LiveKit refuses r0's and r1's first participant lists), so it stays pending. The slow
+    try lands: ghost RM_auto3 with AD_4 (same attempt key, given to no worker). r0 handles
+    RM_auto3's room_started: our dispatch in it, no caller — the record remembers ``ghost_sid``
+    RM_auto3 (rev 4), and r0's removal, going on with that record, finds AD_4 by its key and
+    deletes it (slowly: 1 s). Meanwhile r1 handles RM_auto1's room_started, late (its create took
+    0.55 s): to the record it is a newer room, so ``Effects.ghost_of(room-1, RM_auto1)`` lists the
+    dispatches of the room *now* named room-1 — RM_auto3's AD_4, not deleted yet — and takes them
+    as evidence about RM_auto1: ``ghost_sid`` becomes RM_auto1 (rev 5). Once AD_4 is gone nothing
+    says RM_auto3 is ours: the tracker's (r1's) resync finds it listed, a newer room of the name
+    with no evidence of a ghost, and serves it — an agent in a ghost room for good."""
+    return Scenario(
+        name="stale_ghost_event_takes_newer_ghosts_sid",
+        replicas=2,
+        pools=TWO_POOLS,
+        rooms=[RoomScript("room-1", at=3.0, doomed="on_wire")],
+        heal_at=60.0,
+        phases=[0.0, 0.0],
+        router=_ghosts_apart,
+        rules=[
+            Rule("lk", "create_dispatch", room="room-1", nth=0, outcome="slow", delay=2.55),
+            Rule("job", "assign", room="room-1", delay=0.05),
+            Rule("job", "join", room="room-1", delay=0.1),
+            Rule("job", "assign", room="room-1", outcome="none"),
+            Rule("lk", "participants", room="room-1", actor="r0", outcome="refuse"),
+            Rule("lk", "participants", room="room-1", actor="r1", outcome="refuse", times=3),
+            Rule("kv", "create", room="room-1", activity="RoomCreated room-1 RM_auto1", delay=0.55),
+            Rule("lk", "delete_dispatch", room="room-1", actor="r0", delay=1.0, times=3),
+        ],
+    )
+
+
+def sidless_room_replaced_while_dispatching() -> Scenario:
+    """(found by the partitioned campaign, seed 2006985; open) room-1's events carry no sid. Its
+    dispatch finds the room (RM_room-1) but CreateDispatch is refused, and LiveKit is down from
+    3.5 s to 4.5 s. The room ends at 4.0 s (its RoomEnded waits for the room's lock) and a user
+    opens room-1 again at 4.2 s (RM_room-1.2, no sids either). The next try, after the outage,
+    sees the name under another sid: the record ends (``room_gone``) at ~4.5 s, after the new
+    room was created — and, sid-less, it learnt no sid. The new room's RoomCreated
+    (``created_at`` 4.2 s) is then not newer than that end (``incarnation``: a terminal sid-less
+    record is superseded only by a room created after it ended): a duplicate. The resync's finding
+    of it is too (``wrongly_ended`` only repairs ``room_ended``). The user's room is never served:
+    ``unserved_room``."""
+    return Scenario(
+        name="sidless_room_replaced_while_dispatching",
+        replicas=1,
+        pools=TWO_POOLS,
+        rooms=[
+            RoomScript("room-1", at=3.0, end_at=4.0, sidless=True),
+            RoomScript("room-1", at=4.2, sid="RM_room-1.2", sidless=True),
+        ],
+        heal_at=40.0,
+        timeline=[Event(3.5, "lk_outage", duration=1.0)],
+        rules=[Rule("lk", "create_dispatch", room="room-1", outcome="refuse", times=10)],
+    )
+
+
+def _created_to_r1(env: Envelope, ready: list[Replica], world: World) -> Replica | None:
+    """RoomCreated to r1 (which tracks room-1 while the members are r0 and r1), the rest anywhere."""
+    if isinstance(env.msg, RoomCreated):
+        return next((r for r in ready if r.name == "r1"), None)
+    return None
+
+
+def _tracker_leaves_mid_dispatch(name: str, how: str) -> Callable[[], Scenario]:
+    def scenario() -> Scenario:
+        """(partitions) r1 tracks room-1 (its partition is r1's while r0 and r1 are the
+        members) and handles its RoomCreated; its CreateDispatch takes 1 s to land, and 0.3 s in
+        r1 {how}. LiveKit gives that dispatch no job, so only a sweep can get the room its agent,
+        and only the room's tracker sweeps it: r0, once r1 has left its view — {when} — and r0
+        has replayed r1's partitions. r1's lease on the dispatch step runs out, r0 looks for the
+        dispatch before making another (finds r1's, landed after the crash), sees no job for it
+        past the assignment check, and dispatches again. r1 comes back 20 s later (a new name,
+        r1.2) and the partitions are divided again. Guards the takeover."""
+        return Scenario(
+            name=name,
+            replicas=2,
+            pools=TWO_POOLS,
+            rooms=[RoomScript("room-1", at=3.0)],
+            heal_at=40.0,
+            phases=[0.0, 0.0],
+            router=_created_to_r1,
+            timeline=[Event(3.35, how, "1", 20.0)],
+            rules=[
+                Rule("lk", "create_dispatch", room="room-1", delay=1.0),
+                Rule("job", "assign", room="room-1", attempt=1, outcome="none"),
+            ],
+            expect={"room-1": "speaking/not_assigned"},
+        )
+
+    leaves = "crashes" if how == "crash_replica" else "stops cleanly (its membership key deleted)"
+    when = (
+        "member_ttl_s after its last renewal arrived"
+        if how == "crash_replica"
+        else "as soon as the delete of its key arrives"
+    )
+    assert scenario.__doc__ is not None
+    scenario.__doc__ = scenario.__doc__.format(how=leaves, when=when)
+    return scenario
+
+
+tracker_crashes_mid_dispatch = _tracker_leaves_mid_dispatch("tracker_crashes_mid_dispatch", "crash_replica")
+tracker_stops_mid_dispatch = _tracker_leaves_mid_dispatch("tracker_stops_mid_dispatch", "stop_replica")
+
+
 SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "late_join_during_redispatch": late_join_during_redispatch,
     "late_join_after_confirmed_removal": late_join_after_confirmed_removal,
@@ -519,4 +635,8 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "new_room_taken_for_ghost": new_room_taken_for_ghost,
     "sidless_end_processed_late": sidless_end_processed_late,
     "sidless_dispatch_adopts_ghost": sidless_dispatch_adopts_ghost,
+    "stale_ghost_event_takes_newer_ghosts_sid": stale_ghost_event_takes_newer_ghosts_sid,
+    "sidless_room_replaced_while_dispatching": sidless_room_replaced_while_dispatching,
+    "tracker_crashes_mid_dispatch": tracker_crashes_mid_dispatch,
+    "tracker_stops_mid_dispatch": tracker_stops_mid_dispatch,
 }

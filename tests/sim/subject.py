@@ -1,5 +1,6 @@
 """The code under test, in one place: how a replica's room controller is built (the reconciler of
-``orchestrator/room/``), and what it needs from the world to run deterministically.
+``orchestrator/room/``, with the replica's ``Ownership`` of its partitions) and its resync, and
+what they need from the world to run deterministically.
 
 The reconciler takes its clocks, its random source and its retry policy from the caller, so the
 only thing a run still swaps is the module-level tracer its spans come from (see
@@ -17,9 +18,10 @@ from opentelemetry import trace
 
 from orchestrator.index import RoomIndex
 from orchestrator.livekit_gateway import DispatchJobs, ListedDispatch, LiveKitCallError, LiveRoom
+from orchestrator.ownership import Ownership
 from orchestrator.pools import PoolRegistry
 from orchestrator.room import Clocks, Reconciler, observe
-from orchestrator.room.resync import Resync, ResyncLease
+from orchestrator.room.resync import PassLog, Resync
 from shared.config import SwitchboardConfig
 from shared.messages import AgentStatus, RoomCreated, RoomEnded
 from tests.sim.kv import SimKV
@@ -51,6 +53,7 @@ def make_replica(
     wall: Callable[[], float],
     mono: Callable[[], float],
     rng: random.Random,
+    ownership: Ownership,
 ) -> Subject:
     return Reconciler(
         store=store,
@@ -61,13 +64,15 @@ def make_replica(
         replica=replica,
         clocks=Clocks(wall=wall, mono=mono),
         rng=rng,
+        ownership=ownership,
     )
 
 
-def make_resync(controller: Subject, gateway: SimLiveKit, lease: ResyncLease) -> Resync:
-    """The replica's anti-entropy loop (``Resync.run``), over the same gateway contract."""
+def make_resync(controller: Subject, gateway: SimLiveKit, passes: PassLog) -> Resync:
+    """The replica's anti-entropy loop (``Resync.run``), over the same gateway contract: as in
+    production, no lease (every replica passes over its own partitions), each pass logged."""
     assert isinstance(controller, Reconciler)
-    return Resync(controller, Gateway(gateway), lease)
+    return Resync(controller, Gateway(gateway), None, passes)
 
 
 class Gateway:

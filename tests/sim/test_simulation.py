@@ -1,4 +1,4 @@
-"""The fast suite: 2,000 seeds of the random campaign, the calm world, exact replay.
+"""The fast suite: 1,500 seeds of the random campaign, the calm world, exact replay.
 
 A failing seed fails the campaign test with the seed's report and interleaving
 (``python -m tests.sim --seed N`` replays it step by step).
@@ -17,7 +17,9 @@ from tests.sim.loop import VirtualLoop
 from tests.sim.runner import run_scenario, run_seed
 from tests.sim.scenario import Scenario
 
-SEEDS = range(0, 2000)
+# 1,500 since the replicas divide the rooms (a seed costs about a quarter more: partition watches,
+# membership, reservations reports, every replica's resync); 2,000 before, in the same time.
+SEEDS = range(0, 1500)
 
 # Violation kinds tolerated (counted, not failed) while a known bug is open: none today. Issue 14's
 # ghost rooms (agent_in_ghost_room, ghost_served, unserved_room, ended_while_listed, and seeds

@@ -21,14 +21,15 @@ from datetime import UTC, datetime
 
 from orchestrator.records import IN_FLIGHT, RoomState
 from orchestrator.room.resync import SETTLED_S
-from shared.messages import PoolHeartbeat, RoomCreated, RoomEnded
-from tests.sim.config import EPOCH, ORCHESTRATOR, sim_config
+from shared.messages import PoolHeartbeat, ReservationsReport, RoomCreated, RoomEnded
+from tests.sim.config import EPOCH, NOTIFY_LAG_S, ORCHESTRATOR, sim_config
 from tests.sim.delivery import Delivery
 from tests.sim.faults import Faults
 from tests.sim.invariants import Checks, Violation
 from tests.sim.kv import ResyncBucket, SimKV
 from tests.sim.livekit import LkRoom, SimLiveKit
 from tests.sim.loop import ACTOR, VirtualLoop
+from tests.sim.members import Members
 from tests.sim.pools import Workers
 from tests.sim.replica import Replica
 from tests.sim.scenario import Event, RoomScript, Scenario
@@ -74,6 +75,9 @@ class World:
         # Streams of their own, so the rest of a seed's world is what it was before these existed.
         self.life_rng = random.Random(f"lifecycle:{seed}")  # ghost rooms' webhooks lost or not
         self.resync_bucket = ResyncBucket(self, random.Random(f"resync:{seed}"))
+        self.members = Members(self, random.Random(f"members:{seed}"))
+        self.net = random.Random(f"net:{seed}")  # watches opened, reservations reports sent
+        self._beats: dict[str, tuple[str, tuple[str, ...]]] = {}  # pool -> (worker, jobs) last beat
         self.loop.after_step = self.checks.after_step
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -102,13 +106,41 @@ class World:
         return [r for r in self.replicas if r.ready]
 
     def heartbeat(self, hb: PoolHeartbeat) -> None:
+        jobs = (hb.worker, tuple(hb.jobs))
+        changed = self._beats.get(hb.pool) != jobs
+        self._beats[hb.pool] = jobs
+
         def arrive() -> None:
             now = self.loop.time()
             for replica in self.replicas:
                 if replica.alive:
                     replica.registry.observe(hb, now)
+                    if changed:
+                        replica.touched()  # its jobs count in the replica's reservations report
 
         self.loop.call_later(BEAT_LAG_S, arrive)
+
+    def touched(self, actor: str) -> None:
+        """Something reached ``actor`` (a watch delivery, a KV answer) that may change its
+        reservations report."""
+        for replica in self.replicas:
+            if replica.name == actor and replica.alive:
+                replica.touched()
+
+    def share_reservations(self, sender: Replica, report: ReservationsReport) -> None:
+        """Core NATS: every replica subscribed (every live one, from its start) gets the report a
+        moment later (one lag for all: one message fanned out); ``PeerReservations.on_report``
+        ignores a replica's own. (``report`` as decoded from the wire: ``Replica`` encodes it.)"""
+        to = [r for r in self.replicas if r is not sender and r.alive]
+        if not to:
+            return
+
+        def arrive() -> None:
+            for replica in to:
+                if replica.alive and not self.stopped:
+                    replica.ownership.peers.on_report(report)
+
+        self.loop.call_later(self.net.uniform(*NOTIFY_LAG_S), arrive)
 
     # -- replicas ------------------------------------------------------------------------------------
 
@@ -201,11 +233,14 @@ class World:
         if self.faults.healed:
             return
         what, target, duration = event.what, event.target, event.duration
-        if what == "crash_replica":
+        if what in ("crash_replica", "stop_replica"):
             replica = self.replica_in(int(target))
             if replica is None:
                 return
-            replica.crash()
+            if what == "stop_replica":
+                replica.stop()
+            else:
+                replica.crash()
             self.later(duration, lambda: self._restart_replica(int(target)))
         elif what == "crash_pool":
             pool = self.workers.pools[target]
@@ -284,7 +319,7 @@ class World:
         started = self.loop.time()
         quiet_since: float | None = None
         frozen_since: float | None = None
-        passes = 0
+        passes: dict[str, int] = {}
         while self.loop.time() - started < SETTLE_MAX_S:
             await asyncio.sleep(1.0)
             now = self.loop.time()
@@ -299,14 +334,19 @@ class World:
                 continue
             quiet_since = None
             # Wrong, and nothing left that could change it: no message, call or job step pending,
-            # no record with a timer or a step in flight, and the resync has listed LiveKit's
-            # rooms twice since. Waiting longer would only cost time.
+            # no record with a timer or a step in flight, and every replica's resync has listed
+            # LiveKit's rooms twice since (each passes over its own partitions). Waiting longer
+            # would only cost time.
             if self._has_timers(now):
                 frozen_since = None
             else:
+                done = self.resync_bucket.passes
                 if frozen_since is None:
-                    frozen_since, passes = now, self.resync_bucket.passes
-                if now - frozen_since >= FROZEN_S and self.resync_bucket.passes - passes >= 2:
+                    frozen_since, passes = now, dict(done)
+                live = [r.name for r in self.replicas if r.alive]
+                if now - frozen_since >= FROZEN_S and all(
+                    done.get(name, 0) - passes.get(name, 0) >= 2 for name in live
+                ):
                     break
         problems = self.checks.final_problems()
         if not problems:
