@@ -68,13 +68,18 @@ class PartitionWatches:
             if revision > self.ownership.applied.get(partition, 0):
                 self.ownership.applied[partition] = revision
 
-        while True:
+        # Given up: the task is cancelled too, but Python 3.11's asyncio.wait_for (which the NATS
+        # client awaits in) can lose a cancellation; a watch that outlived its partition must not
+        # put the partition's rooms back into the index (the bench saw rooms tracked twice).
+        while partition in self.ownership.owned:
             try:
                 # aclosing: on cancellation the watcher's subscription is stopped now, not at GC
                 # time (a leftover subscription would hold up the connection drain on shutdown).
                 changes = self.store.watch(self.index.revision, partition, taken)
                 async with contextlib.aclosing(changes):
                     async for change in changes:
+                        if partition not in self.ownership.owned:
+                            return
                         if change is None:
                             self.loaded.add(partition)
                             self._on_synced(self.synced)
