@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 class Ownership:
     def __init__(self, replica: str, index: RoomIndex, stale_s: float, mono: Callable[[], float]) -> None:
-        self.replica = replica
         self.me = member_id(replica)
         self.index = index
         self.peers = PeerReservations(self.me, stale_s, mono)

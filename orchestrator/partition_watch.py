@@ -55,7 +55,8 @@ class PartitionWatches:
                 want = self.ownership.owned
                 lost = [p for p in watches if p not in want]
                 for partition in lost:
-                    # Cancelled before this coroutine awaits again: it applies nothing more.
+                    # Cancelled before this coroutine awaits again (and, should the cancellation be
+                    # lost, _follow stops at its next change: the partition is no longer owned).
                     watches.pop(partition).cancel()
                     self.loaded.discard(partition)
                     self.ownership.applied.pop(partition, None)

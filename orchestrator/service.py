@@ -111,6 +111,8 @@ class OrchestratorService:
         self.index = RoomIndex(assign_check_s=config.orchestrator.assign_check_s)
         self.ownership = Ownership(self.replica, self.index, config.orchestrator.member_ttl_s, time.monotonic)
         self._frozen = False
+        # The room reconciler, once NATS and LiveKit are wired (None before and after).
+        self.controller: Reconciler | None = None
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -156,7 +158,7 @@ class OrchestratorService:
             archive = await open_archive(js, cfg.terminal_record_ttl_s, replicas)
             store = RoomStore(kv, js, cfg.ended_record_ttl_s, archive)
             await migrate_unpartitioned(store)
-            ttl_s = self.config.orchestrator.member_ttl_s
+            ttl_s = cfg.member_ttl_s
             members_kv = await open_members_bucket(js, ttl_s, replicas)
             membership = Membership(members_kv, js, self.replica, ttl_s, self.ownership.on_members)
             watches = PartitionWatches(store, self.index, self.ownership, self._on_index_synced)
@@ -174,6 +176,7 @@ class OrchestratorService:
                     metrics=self.metrics,
                     ownership=self.ownership,
                 )
+                self.controller = controller
                 self.metrics.observe_rooms(self.index.by_state)
                 pools = self.registry
                 self.metrics.observe_pools(lambda: pools.snapshot(time.monotonic()), controller.reserved)
@@ -222,7 +225,7 @@ class OrchestratorService:
                         tg.create_task(self._sweep(controller))
                         tg.create_task(self._check_livekit(gateway))
                         if resync_kv is not None:
-                            resync = Resync(controller, gateway, None, PassLog(resync_kv, self.replica))
+                            resync = Resync(controller, gateway, PassLog(resync_kv, self.replica))
                             tg.create_task(resync.run(lambda: self.readiness.index_synced))
                         tg.create_task(self._track_binding(rooms, statuses))
                 finally:
@@ -231,6 +234,7 @@ class OrchestratorService:
                             await sub.unsubscribe()
         finally:
             self.readiness = Readiness()
+            self.controller = None
             await bus.close(nc, NATS_CLOSE_S)
 
     # -- handlers --------------------------------------------------------------------------------
@@ -350,16 +354,17 @@ class OrchestratorService:
             if not own.joined or len(own.members) < 2:
                 last = None  # alone: nobody to tell
                 continue
-            report = own.report(self.index.in_flight(self.registry.listed_jobs(time.monotonic())))
+            in_flight = self.index.in_flight(self.registry.listed_jobs(time.monotonic()))
+            state = (in_flight, dict(own.applied))  # compared before a report is built (20 Hz)
             now = time.monotonic()
-            if (report.reserved, report.applied) == last and now - sent_at < RESERVATIONS_KEEPALIVE_S:
+            if state == last and now - sent_at < RESERVATIONS_KEEPALIVE_S:
                 continue
             try:
-                await nc.publish(subjects.RESERVATIONS, encode(report))
+                await nc.publish(subjects.RESERVATIONS, encode(own.report(in_flight)))
             except Exception as err:  # NATS away: said again once it is back
                 log.debug("reservations report not sent: %r", err)
                 continue
-            last, sent_at = (report.reserved, report.applied), now
+            last, sent_at = state, now
 
     async def _sweep(self, controller: Reconciler) -> None:
         await controller.sweep_loop(lambda: self.readiness.index_synced)

@@ -58,7 +58,7 @@ SETTLED_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class PassReport:
-    """One pass, as ``doctor`` shows it (the value of the lease key carries the last one)."""
+    """One pass, as ``doctor`` shows it (key ``pass`` carries the last one: :class:`PassLog`)."""
 
     at: float  # unix seconds, when ListRooms was asked
     rooms: int  # rooms LiveKit listed
@@ -67,60 +67,6 @@ class PassReport:
     agent_lost: int  # rooms dispatched again because their agent was gone
     seconds: float
     error: str | None = None
-
-
-class ResyncLease:
-    """Which replica runs the resync: the holder of key ``pass`` in bucket ``switchboard_resync``,
-    taken with compare-and-set once the holder's ``until`` has passed (it renews every pass)."""
-
-    def __init__(
-        self, kv: KeyValue, replica: str, hold_s: float, wall: Callable[[], float] = time.time
-    ) -> None:
-        self.kv = kv
-        self.replica = replica
-        self.hold_s = hold_s
-        self.wall = wall
-        self._revision: int | None = None
-        self._value: dict[str, Any] = {}
-
-    async def acquire(self) -> bool:
-        """Take or renew the lease; False while another replica holds it."""
-        try:
-            entry = await self.kv.get(subjects.RESYNC_KEY)
-            value: dict[str, Any] = json.loads(entry.value or b"{}")
-            revision: int | None = entry.revision
-        except KeyNotFoundError:
-            value, revision = {}, None
-        except ValueError:
-            value, revision = {}, None  # unreadable: taken over like an expired one
-        now = self.wall()
-        if value.get("owner") not in (None, self.replica) and float(value.get("until") or 0.0) > now:
-            return False
-        value.update(owner=self.replica, until=now + self.hold_s)
-        try:
-            if revision is None:
-                self._revision = await self.kv.create(subjects.RESYNC_KEY, _encode(value))
-            else:
-                self._revision = await self.kv.update(subjects.RESYNC_KEY, _encode(value), last=revision)
-        except KeyWrongLastSequenceError:
-            return False  # another replica took it in between
-        self._value = value
-        return True
-
-    async def record(self, report: PassReport) -> None:
-        """Write the pass next to the lease (best effort: a lost write only ages ``doctor``'s view)."""
-        if self._revision is None:
-            return
-        found_total = int(self._value.get("found_total") or 0) + report.found
-        value = {**self._value, **asdict(report), "found_total": found_total}
-        if report.found:
-            # For doctor: when rooms last had to be found (lost webhooks are a standing problem).
-            value.update(last_found_at=report.at, last_found=report.found)
-        try:
-            self._revision = await self.kv.update(subjects.RESYNC_KEY, _encode(value), last=self._revision)
-            self._value = value
-        except KeyWrongLastSequenceError:
-            self._revision = None
 
 
 class PassLog:
@@ -174,7 +120,7 @@ async def open_resync_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValu
 
 
 async def read_last_pass(js: JetStreamContext) -> dict[str, Any] | None:
-    """The lease key's value (owner, until, the last pass); None when no resync ever ran."""
+    """Key ``pass``: the last pass of any replica (and which one); None when no resync ever ran."""
     try:
         kv = await js.key_value(subjects.RESYNC_BUCKET)
         entry = await kv.get(subjects.RESYNC_KEY)
@@ -192,12 +138,10 @@ class Resync:
         self,
         reconciler: Reconciler,
         livekit: LiveKit,
-        lease: ResyncLease | None,
         passes: PassLog | None = None,
     ) -> None:
         self.r = reconciler
         self.livekit = livekit
-        self.lease = lease
         self.passes = passes
         self.cfg = reconciler.cfg
         # Rooms LiveKit lists whose record (a terminal one: the index keeps only live records) was
@@ -206,18 +150,14 @@ class Resync:
         self._settled: dict[str, tuple[str | None, float]] = {}
 
     async def run(self, ready: Callable[[], bool]) -> None:
-        """Every ``resync_interval_s``: take the lease, make one pass, write it down."""
+        """Every ``resync_interval_s``: make one pass, write it down."""
         interval = self.cfg.resync_interval_s
         while True:
             await asyncio.sleep(interval)
             if not ready():
                 continue
             try:
-                if self.lease is not None and not await self.lease.acquire():
-                    continue
                 report = await self.pass_once()
-                if self.lease is not None:
-                    await self.lease.record(report)
                 if self.passes is not None:
                     await self.passes.record(report)
             except Exception as err:
@@ -377,4 +317,4 @@ class Resync:
         return done
 
 
-__all__ = ["PassLog", "PassReport", "Resync", "ResyncLease", "open_resync_bucket", "read_last_pass"]
+__all__ = ["PassLog", "PassReport", "Resync", "open_resync_bucket", "read_last_pass"]

@@ -58,11 +58,9 @@ def _divided(replicas: list[OrchestratorService]) -> bool:
 
 
 def _reserved(replica: OrchestratorService) -> dict[str, int]:
-    jobs = {v.pool: v.jobs for v in replica.registry.snapshot(time.monotonic())}
-    counts = replica.index.reserved(jobs)
-    for pool, n in replica.ownership.peers.reserved(jobs).items():
-        counts[pool] = counts.get(pool, 0) + n
-    return counts
+    """What the replica's placements count per pool (its own rooms in flight and the others')."""
+    assert replica.controller is not None
+    return replica.controller.reserved(replica.registry.snapshot(time.monotonic()))
 
 
 async def _dispatch_count(api: lkapi.LiveKitAPI, room: str) -> int:
@@ -128,7 +126,7 @@ async def test_a_sigkilled_replicas_rooms_fail_over_by_the_survivor(
     is SIGKILLed (no clean stop: its key expires). Its pool then dies: the survivor, which took
     the partition over, moves the room to the other pool."""
     js = nc.jetstream()
-    config = make_config(member_ttl_s=2)
+    config = make_config()  # the default member_ttl_s (3 s)
     procs = [
         OrchestratorProcess(tmp_path / name, nats_server.url, livekit_server, config, name=name)
         for name in ("orch-a", "orch-b")

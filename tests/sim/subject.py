@@ -72,7 +72,7 @@ def make_resync(controller: Subject, gateway: SimLiveKit, passes: PassLog) -> Re
     """The replica's anti-entropy loop (``Resync.run``), over the same gateway contract: as in
     production, no lease (every replica passes over its own partitions), each pass logged."""
     assert isinstance(controller, Reconciler)
-    return Resync(controller, Gateway(gateway), None, passes)
+    return Resync(controller, Gateway(gateway), passes)
 
 
 class Gateway:
