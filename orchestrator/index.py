@@ -63,6 +63,7 @@ class RoomEntry(NamedTuple):
     event_at: float | None
     removal_pending: bool
     ended_at: float | None
+    reason: str | None
 
     @property
     def state(self) -> RoomState:
@@ -96,6 +97,7 @@ class RoomEntry(NamedTuple):
             event_at=rec.event_at,
             removal_pending=rec.removal_pending,
             ended_at=rec.ended_at,
+            reason=_shared(rec.reason),
         )
 
 

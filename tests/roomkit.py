@@ -18,6 +18,18 @@ from orchestrator.room.step import EnsureDispatch
 from orchestrator.store import Versioned
 
 
+def effects_on(livekit: object, metrics: OrchestratorMetrics | None = None) -> Effects:
+    """The effects executor over ``livekit`` (a stand-in of the gateway)."""
+    return Effects(
+        cast(LiveKit, livekit),
+        mono=time.monotonic,
+        rng=random.Random(1),
+        retry=RetryPolicy(deadline_s=10.0, wait_initial_s=0.01),
+        region_of=lambda _pool: "eu-central",
+        observer=Observer(metrics),
+    )
+
+
 async def run_dispatch(livekit: object, metrics: OrchestratorMetrics | None = None) -> Outcome:
     """EnsureDispatch for a fresh claim (no look first) of room ``ornina-1``, attempt 1."""
     rec = RoomRecord(
@@ -31,13 +43,6 @@ async def run_dispatch(livekit: object, metrics: OrchestratorMetrics | None = No
         dispatch_key="ornina-1/1",
         lease_until=time.time() + 300,
     )
-    effects = Effects(
-        cast(LiveKit, livekit),
-        mono=time.monotonic,
-        rng=random.Random(1),
-        retry=RetryPolicy(deadline_s=10.0, wait_initial_s=0.01),
-        region_of=lambda _pool: "eu-central",
-        observer=Observer(metrics),
-    )
+    effects = effects_on(livekit, metrics)
     lease = Lease(Versioned(rec, 1), cast(RecordStore, None), time.time, 300.0, lambda v: v)
     return await effects.run(EnsureDispatch("ornina-1/1", look_first=False), rec, lease)

@@ -53,6 +53,13 @@ class RetryPolicy:
         )
 
 
+@dataclass(frozen=True)
+class Listed:
+    """LiveKit lists another room (``sid``) under the name than the one an event is about."""
+
+    sid: str
+
+
 class Effects:
     def __init__(
         self,
@@ -204,13 +211,18 @@ class Effects:
             )
         return RemovalDone(room_exists=True, entries=tuple(found))
 
-    async def ghost_of(self, room: str, sid: str) -> GhostFound | None:
-        """Whether the room LiveKit lists as ``sid`` holds a dispatch of ours made for another room
-        of the name, and no caller: our ghost, made by a try that LiveKit applied after the room it
-        was for had been deleted (a timed-out try can land seconds later, after the record has
-        forgotten its attempt). Asked before a newer room of a known name is served. A failed look
-        counts as no evidence: the room is served, as it was before this look existed."""
+    async def ghost_of(self, room: str, sid: str) -> GhostFound | Listed | None:
+        """Asked before a newer room of a known name (``sid``) is served, on its event. Whether
+        LiveKit lists another room under the name now (:class:`Listed`: the event is late, its room
+        is gone, and the dispatches listed under the name are not evidence about it), or whether
+        ``sid``'s room holds a dispatch of ours made for another room of the name, and no caller:
+        our ghost, made by a try that LiveKit applied after the room it was for had been deleted
+        (a timed-out try can land seconds later, after the record has forgotten its attempt). A
+        failed look counts as no evidence: the room is served, as it was before this look existed."""
         try:
+            info = await self.livekit.room_info(room)
+            if info is not None and info.sid and info.sid != sid:
+                return Listed(info.sid)
             listed = await self.livekit.room_dispatches(room)
             stale = next((d for d in listed or () if d.key and d.sid and d.sid != sid), None)
             if stale is None:

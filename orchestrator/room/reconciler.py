@@ -34,7 +34,7 @@ from orchestrator.room.decide import (
     tombstone,
     wrongly_ended,
 )
-from orchestrator.room.effects import Effects, RetryPolicy
+from orchestrator.room.effects import Effects, Listed, RetryPolicy
 from orchestrator.room.facts import Claimed, Ended, Fact, PlaceInput, Report
 from orchestrator.room.lease import Lease
 from orchestrator.room.locks import RoomLocks
@@ -156,6 +156,13 @@ class Reconciler:
                     return False
                 if kind == "newer" and event.sid is not None and not revive:
                     ghost = await self.effects.ghost_of(event.room, event.sid)
+                    if isinstance(ghost, Listed):
+                        log.info(
+                            "room event ignored: LiveKit lists another room (%s) under the name now",
+                            ghost.sid,
+                            extra={"room": event.room},
+                        )
+                        return False
                     if ghost is not None:
                         await self._drive(existing, ghost)  # remembered: never served on its event
                         log.info("room event ignored: %s", _NOT_NEW["ghost"], extra={"room": event.room})

@@ -62,16 +62,11 @@ FAILED_BEFORE: dict[str, str | None] = {
 # slow_dispatch_lands_after_room_end (agent_in_ghost_room, 72cc760), new_room_taken_for_ghost
 # (unserved_room: a ghost is marked only on evidence, our key's dispatch found in the new room),
 # user_joins_ghost_room (unserved_room: the resync serves our ghost once a caller is in it) and
-# sidless_dispatch_adopts_ghost (resurrected: a round's tries compare the sid the first one saw).
-KNOWN_BUGS: dict[str, str] = {
-    # Effects.ghost_of(room, sid) takes the dispatches of the room now listed under the name as
-    # evidence about the event's (older, gone) room, and the record's one ghost_sid is overwritten.
-    "stale_ghost_event_takes_newer_ghosts_sid": "agent_in_ghost_room",
-    # A sid-less record ended (room_gone) because the name is listed under another sid keeps no
-    # sid and ends after that newer room was created: incarnation() takes the newer room for the
-    # same one (a terminal sid-less record yields only to a room created after its end).
-    "sidless_room_replaced_while_dispatching": "unserved_room",
-}
+# sidless_dispatch_adopts_ghost (resurrected: a round's tries compare the sid the first one saw),
+# stale_ghost_event_takes_newer_ghosts_sid (agent_in_ghost_room: a newer room's event is ignored
+# while LiveKit lists another sid under the name) and sidless_room_replaced_while_dispatching
+# (unserved_room: a room_gone record yields to any room created after its own).
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def test_every_scenario_is_named_with_what_it_caught() -> None:

@@ -364,6 +364,29 @@ def test_incarnations_by_sid_and_by_creation_time() -> None:
     assert incarnation(tomb, RoomCreated(room="room-a", sid="RM_1", created_at=t(NOW - 5))) == "same"
 
 
+def test_a_room_created_before_a_room_gone_end_was_written_is_still_a_newer_room() -> None:
+    """(simulator seed 2006985) A sid-less record's dispatch finds the name under another sid and
+    ends ``room_gone`` at NOW: the room that replaced it was created earlier (NOW - 3), and its own
+    sid-less event is newer than the record's room, not a duplicate of the ended record."""
+    t = lambda s: datetime.fromtimestamp(s, UTC)  # noqa: E731
+    rec = holding(
+        S.DISPATCHING,
+        sid=None,
+        event_at=NOW - 10,
+        dispatch_id=None,
+        identity=None,
+        owner="r1",
+        lease_until=NOW + 5,
+    )
+    gone = step(rec, RoomGone(rec.dispatch_key or "", "RM_other")).record
+    assert gone.state == S.ENDED and gone.reason == "room_gone" and gone.ended_at == NOW
+    assert incarnation(gone, RoomCreated(room="room-a", created_at=t(NOW - 3))) == "newer"
+    assert incarnation(gone, RoomCreated(room="room-a", created_at=t(NOW - 10))) == "same"  # its own, late
+    # Ended by the room's own end instead: only a room created after the end is a newer one.
+    ended = step(rec, Ended(RoomEnded(room="room-a"))).record
+    assert incarnation(ended, RoomCreated(room="room-a", created_at=t(NOW - 3))) == "same"
+
+
 def test_a_stale_sidless_end_does_not_end_a_newer_room_and_a_wrong_end_is_undone_by_the_resync() -> None:
     newer = holding(S.DISPATCHED, sid="RM_2", event_at=NOW - 5)
     stale = Ended(RoomEnded(room="room-a"), published_at=NOW - 6)  # published before this room began

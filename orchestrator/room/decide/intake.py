@@ -82,6 +82,12 @@ def incarnation(rec: RoomView, event: RoomCreated) -> Incarnation:
     if rec.event_at is not None and created < rec.event_at:
         return "older"
     if rec.terminal:
+        if rec.reason == "room_gone" and rec.ghost_sid is None and rec.event_at is not None:
+            # Ended because LiveKit no longer had the record's room (or listed another under the
+            # name): a room created after the record's own is a newer one, even one created
+            # before the end was written (a sid-less record learns no sid of the room that
+            # replaced it; found by the simulator, seed 2006985).
+            return "newer" if created > rec.event_at else "same"
         ended_at = rec.ended_at if rec.ended_at is not None else rec.received_at
         return "newer" if created > ended_at else "same"
     sidless = event.sid is None and rec.sid is None
