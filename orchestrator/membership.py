@@ -9,6 +9,16 @@ the bucket from holding dead replicas for a replica that starts later.
 
 A replica counts itself a member only once its own write came back on the watch: a replica cut
 off from NATS drops out of its own view within ``member_ttl_s``, as it does from everyone else's.
+
+A replica that crashes is known sooner than its TTL: every replica answers requests on its own
+presence subject, and asks each other member's every :data:`PROBE_S`. NATS answers "no
+responders" only when nobody subscribes there, which for a live member means its connection is
+gone (a SIGKILL, an OOM kill, a lost host: the server drops the subscriptions at once). The
+first replica to hear that deletes the member's key at the revision it saw, so every replica's
+watch drops it within milliseconds, and its partitions move. A replica merely slow to answer (a
+GC pause, a starved loop) still has its subscription: the probe times out, which proves nothing,
+and only the TTL judges it. A member whose key was deleted while it lives (its connection came
+back) writes the key again at its next renewal.
 """
 
 from __future__ import annotations
@@ -21,6 +31,9 @@ import re
 import time
 from collections.abc import Callable
 
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import StorageType
 from nats.js.errors import BucketNotFoundError, NoKeysError
@@ -32,6 +45,8 @@ from shared import subjects
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# How often each other member's presence is asked, and how long an answer is awaited.
+PROBE_S = 0.25
 
 
 def member_id(replica: str) -> str:
@@ -69,6 +84,7 @@ class Membership:
     def __init__(
         self,
         kv: KeyValue,
+        nc: NATS,
         js: JetStreamContext,
         replica: str,
         ttl_s: float,
@@ -76,15 +92,20 @@ class Membership:
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kv = kv
+        self.nc = nc
         self.js = js
         self.me = member_id(replica)
         self.ttl_s = ttl_s
         self._on_change = on_change
         self._mono = mono
         self._heard: dict[str, float] = {}
+        self._revision: dict[str, int] = {}  # of each member's key, as last seen
         self._members: frozenset[str] = frozenset()
         self._subject = f"$KV.{subjects.MEMBERS_BUCKET}.m.{self.me}"
         self._payload = json.dumps({"replica": replica}).encode()
+        # A clean stop's purge marker expires too: replicas come and go under new ids (a pod's
+        # name, a pid).
+        self._marker_ttl = max(1.0, ttl_s)
 
     @property
     def members(self) -> frozenset[str]:
@@ -93,21 +114,26 @@ class Membership:
     async def run(self) -> None:
         """Renew this replica's key, watch everyone's, expire the silent ones; until cancelled.
         On the way out the key is deleted, so the others take this replica's partitions now."""
+        # Answering before the key is first written: a member others see always has a responder.
+        presence = await self.nc.subscribe(subjects.presence(self.me), cb=self._answer)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._renew())
                 tg.create_task(self._watch())
                 tg.create_task(self._expire())
+                tg.create_task(self._probe())
         finally:
+            with contextlib.suppress(Exception):
+                await presence.unsubscribe()
             with contextlib.suppress(Exception):  # NATS gone: the TTL does it
                 async with asyncio.timeout(1.0):
-                    await self.kv.delete(f"m.{self.me}")
+                    await self.kv.purge(f"m.{self.me}", msg_ttl=self._marker_ttl)
 
     async def _renew(self) -> None:
         failing = False
         while True:
             try:
-                await self.js.publish(self._subject, self._payload, msg_ttl=max(1.0, self.ttl_s), timeout=1.0)
+                await self.js.publish(self._subject, self._payload, msg_ttl=self._marker_ttl, timeout=1.0)
                 failing = False
             except Exception as err:  # NATS away: the watch drops us from our own view meanwhile
                 if not failing:
@@ -126,8 +152,10 @@ class Membership:
                         member = entry.key[2:]
                         if entry.operation in ("DEL", "PURGE") or not entry.value:
                             self._heard.pop(member, None)
+                            self._revision.pop(member, None)
                         else:
                             self._heard[member] = self._mono()
+                            self._revision[member] = int(entry.revision or 0)
                         self._update()
                 finally:
                     await watcher.stop()  # type: ignore[no-untyped-call]
@@ -136,6 +164,37 @@ class Membership:
             except Exception as err:
                 log.warning("membership: watch failed, restarting: %r", err)
                 await asyncio.sleep(self.ttl_s / 3)
+
+    async def _answer(self, msg: Msg) -> None:
+        with contextlib.suppress(Exception):  # the asker gave up, or NATS is away
+            await msg.respond(b"")
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_S)
+            others = sorted(m for m in self._heard if m != self.me)
+            if others:
+                await asyncio.gather(*(self._ask(m) for m in others))
+
+    async def _ask(self, member: str) -> None:
+        try:
+            await self.nc.request(subjects.presence(member), b"", timeout=PROBE_S)
+        except NoRespondersError:
+            await self._gone(member)
+        except Exception:  # slow to answer, or NATS away: no evidence either way; the TTL judges
+            pass
+
+    async def _gone(self, member: str) -> None:
+        """``member``'s connection is gone: out of this view now, and its key deleted (at the
+        revision seen, so a write it made since, having come back, stands) for everyone's."""
+        revision = self._revision.get(member)
+        if member not in self._heard:
+            return
+        del self._heard[member]
+        log.info("membership: replica %s has no connection to NATS: it is gone", member)
+        self._update()
+        with contextlib.suppress(Exception):  # already deleted by another replica, or rewritten
+            await self.kv.delete(f"m.{member}", last=revision)
 
     async def _expire(self) -> None:
         while True:

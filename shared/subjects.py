@@ -41,6 +41,15 @@ ARCHIVE_BUCKET = "switchboard_rooms_archive"
 # Live orchestrator replicas: key m.<replica> renewed every second with a per-message TTL; the
 # replicas divide the rooms' partitions among the members (orchestrator/membership.py).
 MEMBERS_BUCKET = "switchboard_members"
+# Each live replica answers requests on its own presence subject (core NATS): a request that NATS
+# answers "no responders" proves the replica's connection is gone (orchestrator/membership.py).
+PRESENCE_PREFIX = f"{PREFIX}.orchestrator.presence"
+
+
+def presence(member: str) -> str:
+    return f"{PRESENCE_PREFIX}.{member}"
+
+
 # In-flight rooms per pool of each replica's partitions (core NATS; orchestrator/peer_reservations.py).
 RESERVATIONS = f"{PREFIX}.orchestrator.reservations"
 

@@ -15,7 +15,10 @@ As in production:
   after 1 s, then the loop sleeps as usual), so every replica drops out of every view, its own
   included, until renewals land again;
 * a replica stopped cleanly deletes its key (unless KV is down): it leaves every view when the
-  delete arrives.
+  delete arrives;
+* a crashed replica's connection is gone, so the other members' presence probes hear "no
+  responders" within ``PROBE_S``: the first to hear it (if any member is left, and KV answers)
+  deletes the key, and it leaves every view when that delete arrives, before its TTL.
 
 Each view change calls the replica's ``Ownership.on_members`` (through ``Replica.on_members``).
 None of this is ``World.pending`` (renewals never stop); the end check judges the views.
@@ -27,7 +30,7 @@ import math
 import random
 from typing import TYPE_CHECKING
 
-from orchestrator.membership import member_id
+from orchestrator.membership import PROBE_S, member_id
 from tests.sim.config import NOTIFY_LAG_S
 
 if TYPE_CHECKING:
@@ -79,6 +82,18 @@ class Members:
         me = member_id(replica.name)
         self.views.pop(me, None)
         self._expire_later(me)
+        self.world.loop.call_later(self.rng.uniform(0.0, PROBE_S) + self.lag(), self._probed_gone, me)
+
+    def _probed_gone(self, member: str) -> None:
+        """A live member's probe of the crashed ``member`` got "no responders": it deletes the key
+        (as of the renewal it saw: one landed since would make the delete fail)."""
+        faults = self.world.faults
+        kv_down = faults.kv_down and not faults.healed
+        if self.world.stopped or member not in self.keys or not self.views or kv_down:
+            return  # nobody left to probe, or the delete times out: the TTL does it
+        del self.keys[member]
+        for view in self.views.values():
+            self.world.loop.call_later(self.lag(), self._deleted, view, member)
 
     def stop(self, replica: Replica) -> None:
         """A clean stop: the key is deleted on the way out (if KV answers)."""
