@@ -82,7 +82,7 @@ class PartitionWatches:
                     await replay.enter_async_context(self._replaying)  # left once replayed
                     # aclosing: on cancellation the watcher's subscription is stopped now, not at
                     # GC time (a leftover one would hold up the connection drain on shutdown).
-                    changes = self.store.watch(self.index.revision, partition, taken)
+                    changes = self.store.watch(self.index.revision, partition, taken, skip_at_rest=True)
                     async with contextlib.aclosing(changes):
                         async for change in changes:
                             if partition not in self.ownership.owned:

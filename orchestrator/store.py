@@ -26,7 +26,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from orchestrator.partitions import partition_of
-from orchestrator.records import RoomRecord
+from orchestrator.records import TERMINAL, RoomRecord
 from shared import subjects
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,24 @@ class UnreadableRecord(ValueError):
     def __init__(self, room: str, error: Exception) -> None:
         super().__init__(f"room {room!r}: unreadable record ({type(error).__name__}: {str(error)[:200]})")
         self.room = room
+
+
+# The head of a record as this build writes it (pydantic's compact JSON, fields in declaration
+# order: v, room, sid, state): its state, read without parsing the record.
+_STRING = rb'"(?:[^"\\]|\\.)*"'
+_HEAD = re.compile(
+    rb'\{"v":\d+,"room":' + _STRING + rb',"sid":(?:null|' + _STRING + rb'),"state":"([a-z_]+)"'
+)
+_AT_REST = frozenset(s.value.encode() for s in TERMINAL)
+
+
+def at_rest(data: bytes) -> bool:
+    """Whether ``data`` is a terminal record with no old agent left to remove, told from its bytes
+    (a room that ended leaves its record for ``ended_record_ttl_s``: most of what a partition's
+    watch replays, and nothing a replica's index keeps). Conservative: a record written in any
+    other form, or naming any replaced dispatch not removed, is not at rest here (it is parsed)."""
+    head = _HEAD.match(data)
+    return head is not None and head.group(1) in _AT_REST and b'"removed":false' not in data
 
 
 def _parse(room: str, data: bytes) -> RoomRecord:
@@ -241,11 +259,14 @@ class RoomStore:
         held: Callable[[str], int | None] | None = None,
         partition: int | None = None,
         applied: Callable[[int], None] | None = None,
+        skip_at_rest: bool = False,
     ) -> AsyncGenerator[tuple[str, Versioned | None] | None, None]:
         """Every record now, then ``None`` (the snapshot is complete), then every change: of one
         ``partition``, or of all.
 
-        Yields (room, Versioned) for a put and (room, None) for a delete/purge. ``held``: the
+        Yields (room, Versioned) for a put and (room, None) for a delete/purge, and with
+        ``skip_at_rest`` for a terminal record with nothing left to remove (:func:`at_rest`: not
+        parsed; a room index keeps no such record). ``held``: the
         revision the reader already holds of a room; a put no newer is skipped before it is
         parsed (a replica's own writes, applied when written: parsing a record with its history
         was 5 % of a replica's CPU per room). ``applied`` is told the revision of every entry
@@ -265,6 +286,8 @@ class RoomStore:
                     yield room, None
                 elif held is not None and (have := held(room)) is not None and have >= revision:
                     pass
+                elif skip_at_rest and at_rest(entry.value):
+                    yield room, None  # newer than what the reader holds: it forgets the room
                 else:
                     try:
                         record = _parse(room, entry.value)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from orchestrator.partitions import partition_of
 from orchestrator.records import RoomRecord
 from orchestrator.room.resync import PassLog, PassReport
-from orchestrator.store import Conflict, Versioned
+from orchestrator.store import Conflict, Versioned, at_rest
 from tests.sim.config import KV_TIMEOUT_S
 from tests.sim.faults import Call, Faults
 from tests.sim.loop import ACTIVITY, ACTOR, VirtualLoop
@@ -153,16 +153,22 @@ class SimKV:
         held: Callable[[str], int | None] | None = None,
         partition: int | None = None,
         applied: Callable[[int], None] | None = None,
+        skip_at_rest: bool = False,
     ) -> AsyncGenerator[tuple[str, Versioned | None] | None, None]:
         """As the real store's: the partition's records now (last per key, in revision order),
         then ``None``, then every commit to it, in commit order, each after a seeded lag. A put
-        the reader already ``held`` at that revision or newer is skipped unparsed; ``applied`` is
-        told every revision once the reader has taken it."""
+        the reader already ``held`` at that revision or newer is skipped unparsed, and with
+        ``skip_at_rest`` a record at rest (``orchestrator.store.at_rest``) comes as (room, None);
+        ``applied`` is told every revision once the reader has taken it."""
         assert partition is not None, "the replicas watch one partition each"
-        return self._watch(held, partition, applied or (lambda _revision: None))
+        return self._watch(held, partition, applied or (lambda _revision: None), skip_at_rest)
 
     async def _watch(
-        self, held: Callable[[str], int | None] | None, partition: int, taken: Callable[[int], None]
+        self,
+        held: Callable[[str], int | None] | None,
+        partition: int,
+        taken: Callable[[int], None],
+        skip_at_rest: bool,
     ) -> AsyncGenerator[tuple[str, Versioned | None] | None, None]:
         world = self.world
         faults = self.faults
@@ -187,7 +193,10 @@ class SimKV:
                     continue
                 room, data, revision = item
                 if held is None or (have := held(room)) is None or have < revision:
-                    yield room, Versioned(RoomRecord.model_validate_json(data), revision)
+                    if skip_at_rest and at_rest(data):
+                        yield room, None
+                    else:
+                        yield room, Versioned(RoomRecord.model_validate_json(data), revision)
                 # The reader asks for the next change only once it has taken this one.
                 taken(revision)
         finally:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
 from orchestrator.index import _RESERVING as RESERVING
 from orchestrator.index import RoomIndex
-from orchestrator.records import RoomRecord, RoomState
-from orchestrator.store import Versioned
+from orchestrator.records import Replaced, RoomRecord, RoomState
+from orchestrator.store import Versioned, at_rest
 
 S = RoomState
 
@@ -149,3 +150,22 @@ def test_kept_reservations_agree_with_a_walk_over_every_record(seed: int) -> Non
         else:
             jobs = {p: frozenset(rng.sample(every_id, rng.randint(0, 60))) for p in pools}
             assert index.reserved(jobs) == walk.reserved(jobs)
+
+
+def test_a_record_at_rest_is_told_from_its_bytes_and_only_one_this_build_wrote() -> None:
+    """A partition's watch skips parsing ended records (most of what it replays): only the exact
+    form this build writes, terminal, with no old agent left to remove, is skipped."""
+    live = RoomRecord(room='odd "state":"ended" name', sid="RM_1", state=RoomState.SPEAKING)
+    ended = live.model_copy(update={"state": RoomState.ENDED})
+    pending = ended.model_copy(update={"replaced": [Replaced(dispatch_id="AD_1", removed=False)]})
+    gone = ended.model_copy(update={"replaced": [Replaced(dispatch_id="AD_1", removed=True)]})
+    assert at_rest(ended.model_dump_json().encode())
+    assert at_rest(gone.model_dump_json().encode())
+    assert at_rest(RoomRecord(room="r", state=RoomState.FAILED).model_dump_json().encode())  # sid null
+    assert not at_rest(live.model_dump_json().encode())
+    assert not at_rest(pending.model_dump_json().encode())
+    assert not at_rest(json.dumps(json.loads(ended.model_dump_json()), indent=1).encode())
+    # Every state this build writes reads back the same way.
+    for state in RoomState:
+        rec = RoomRecord(room="r", sid="RM_1", state=state)
+        assert at_rest(rec.model_dump_json().encode()) == (rec.terminal and not rec.removal_pending)
