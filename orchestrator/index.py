@@ -132,9 +132,11 @@ class RoomIndex:
         # live: the reserving rooms whose job no heartbeat has listed yet (room -> pool, dispatch
         # id), their count per pool, and the dispatch ids of reserving rooms some heartbeat did list
         # (from then on the job is counted in `active`, or has ended: never a reservation again,
-        # even before the record catches up).
-        self._unlisted: dict[str, tuple[str, str | None]] = {}
+        # even before the record catches up). Of those, the ones whose worker has reported the job
+        # (joined, speaking) are also counted per pool in `_reported`: see `in_flight`.
+        self._unlisted: dict[str, tuple[str, str | None, bool]] = {}
         self._pending: Counter[str] = Counter()
+        self._reported: Counter[str] = Counter()
         self._listed: set[str] = set()
         # Live rooms per state, kept as records come and go (the rooms gauge reads it for free).
         self._by_state: Counter[RoomState] = Counter()
@@ -168,8 +170,11 @@ class RoomIndex:
         self._by_state[entry.state] += 1
         counted = reserving(entry)
         if counted is not None and (counted[1] is None or counted[1] not in self._listed):
-            self._unlisted[room] = counted
+            reported = entry.state in _REPORTED
+            self._unlisted[room] = (*counted, reported)
             self._pending[counted[0]] += 1
+            if reported:
+                self._reported[counted[0]] += 1
         if entry.state in HOLDING and entry.pool is not None:
             self._on_pool.setdefault(entry.pool, {})[room] = None
             if entry.worker is not None:
@@ -194,9 +199,7 @@ class RoomIndex:
                 del self._by_job[old.dispatch_id]
         was = self._unlisted.pop(room, None)
         if was is not None:
-            self._pending[was[0]] -= 1
-            if not self._pending[was[0]]:
-                del self._pending[was[0]]
+            self._uncount(was[0], was[2])
         if old.dispatch_id is not None and old.dispatch_id in self._listed:
             still = reserving(next_) if next_ is not None else None
             if still is None or still[1] != old.dispatch_id:
@@ -275,32 +278,58 @@ class RoomIndex:
     def __len__(self) -> int:
         return len(self._rooms)
 
-    def reserved(self, pool_jobs: Mapping[str, Container[str]]) -> dict[str, int]:
+    def reserved(
+        self, pool_jobs: Mapping[str, Container[str]], complete: Callable[[str], bool] | None = None
+    ) -> dict[str, int]:
         """Per pool: rooms placed on it whose job its heartbeats do not show yet. Costs the rooms
-        in flight (placed, job not yet listed) and this replica's holds, not the live rooms."""
-        counts = self.in_flight(pool_jobs)
+        in flight (placed, job not yet listed) and this replica's holds, not the live rooms
+        (``complete``: see :meth:`in_flight`)."""
+        counts = self.in_flight(pool_jobs, complete)
         for room, pool in self._holds.items():
             current = self.get(room)
             if current is None or current.pool != pool or current.state not in _RESERVING:
                 counts[pool] = counts.get(pool, 0) + 1
         return counts
 
-    def in_flight(self, pool_jobs: Mapping[str, Container[str]]) -> dict[str, int]:
+    def in_flight(
+        self, pool_jobs: Mapping[str, Container[str]], complete: Callable[[str], bool] | None = None
+    ) -> dict[str, int]:
         """Per pool: the indexed rooms placed on it whose job its heartbeats do not list yet
-        (what this replica reports to the others; holds not included)."""
-        still: dict[str, tuple[str, str | None]] = {}
-        for room, (pool, dispatch_id) in self._unlisted.items():
+        (what this replica reports to the others; holds not included).
+
+        ``complete``: whether this replica knows every job list of the pool whole. A worker's long
+        list comes whole only every few beats (``shared.heartbeat_jobs``), so a replica that just
+        started (or took partitions over) knows it only from the next whole one; meanwhile a room
+        whose worker has reported its job (joined, speaking) is not counted for a pool it does
+        not know whole — the worker's beats count that job in ``active`` — instead of making the
+        pool look full for seconds. Rooms still waiting for their job always count."""
+        still: dict[str, tuple[str, str | None, bool]] = {}
+        for room, (pool, dispatch_id, reported) in self._unlisted.items():
             if dispatch_id is not None and dispatch_id in pool_jobs.get(pool, ()):
                 self._listed.add(dispatch_id)
-                self._pending[pool] -= 1
-                if not self._pending[pool]:
-                    del self._pending[pool]
+                self._uncount(pool, reported)
             else:
-                still[room] = (pool, dispatch_id)
+                still[room] = (pool, dispatch_id, reported)
         # A new dict, not deletions: a dict never shrinks, and walking one that once held a burst
         # of rooms costs that burst's size on every call.
         self._unlisted = still
-        return dict(self._pending)
+        counts = dict(self._pending)
+        if complete is not None:
+            for pool, n in self._reported.items():
+                if not complete(pool):
+                    counts[pool] -= n
+                    if not counts[pool]:
+                        del counts[pool]
+        return counts
+
+    def _uncount(self, pool: str, reported: bool) -> None:
+        self._pending[pool] -= 1
+        if not self._pending[pool]:
+            del self._pending[pool]
+        if reported:
+            self._reported[pool] -= 1
+            if not self._reported[pool]:
+                del self._reported[pool]
 
     def written_elsewhere(self, room: str, pool: str | None) -> None:
         """A record of a room this index does not track was written with ``pool``: the hold
@@ -317,6 +346,10 @@ class RoomIndex:
             self._heap = [(at, i, room) for i, (room, at) in enumerate(self._wake.items())]
             heapq.heapify(self._heap)
         return len(gone)
+
+
+# States in which the worker has reported the room's job (it counts it in its beats' `active`).
+_REPORTED = frozenset({RoomState.JOINED, RoomState.SPEAKING})
 
 
 def reserving(rec: RoomView) -> tuple[str, str | None] | None:

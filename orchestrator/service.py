@@ -23,6 +23,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
@@ -343,6 +344,10 @@ class OrchestratorService:
             return
         self.ownership.peers.on_report(report)
 
+    def _complete_at(self, now: float) -> Callable[[str], bool]:
+        """Whether this replica knows every job list of a pool whole, as of ``now``."""
+        return lambda pool: self.registry.jobs_complete(pool, now)
+
     async def _share_reservations(self, nc: NATS) -> None:
         """Tell the other replicas this replica's rooms in flight whenever they change (at most
         every RESERVATIONS_EVERY_S), and every RESERVATIONS_KEEPALIVE_S regardless."""
@@ -354,9 +359,9 @@ class OrchestratorService:
             if not own.joined or len(own.members) < 2:
                 last = None  # alone: nobody to tell
                 continue
-            in_flight = self.index.in_flight(self.registry.listed_jobs(time.monotonic()))
-            state = (in_flight, dict(own.applied))  # compared before a report is built (20 Hz)
             now = time.monotonic()
+            in_flight = self.index.in_flight(self.registry.listed_jobs(now), self._complete_at(now))
+            state = (in_flight, dict(own.applied))  # compared before a report is built (20 Hz)
             if state == last and now - sent_at < RESERVATIONS_KEEPALIVE_S:
                 continue
             try:

@@ -325,7 +325,8 @@ class Reconciler:
     def reserved(self, pools: Iterable[PoolView]) -> dict[str, int]:
         """Rooms in flight per pool: this replica's (its partitions, its holds) and the others'."""
         jobs = {p.pool: p.jobs for p in pools}
-        counts = self.index.reserved(jobs)
+        mono = self.clocks.mono()
+        counts = self.index.reserved(jobs, lambda pool: self.registry.jobs_complete(pool, mono))
         if self.ownership is not None:
             for pool, n in self.ownership.peers.reserved(jobs).items():
                 counts[pool] = counts.get(pool, 0) + n

@@ -160,7 +160,10 @@ class Replica:
             self._sent = None  # alone: nobody to tell
             return
         now = self.world.loop.time()
-        report = own.report(self.index.in_flight(self.registry.listed_jobs(now)))
+        in_flight = self.index.in_flight(
+            self.registry.listed_jobs(now), lambda pool: self.registry.jobs_complete(pool, now)
+        )
+        report = own.report(in_flight)
         what = (report.reserved, report.applied)
         sent = self._sent
         if sent is None or what != sent[0]:

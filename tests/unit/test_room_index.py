@@ -30,6 +30,25 @@ def test_reserved_counts_placed_rooms_until_the_heartbeat_lists_their_job() -> N
     assert index.reserved({"p": frozenset({"AD_c"})}) == {"p": 2}
 
 
+def test_a_reported_job_of_a_pool_not_known_whole_is_not_counted_but_one_still_waiting_is() -> None:
+    """A replica that just started knows a worker's long job list only from its next whole one:
+    meanwhile a joined or speaking room (its worker reported the job, and counts it in `active`)
+    does not make the pool look full; a room still waiting for its job does."""
+    index = RoomIndex()
+    index.apply("a", _v("a", S.DISPATCHED, "p", 1, "AD_a"))
+    index.apply("b", _v("b", S.JOINED, "p", 2, "AD_b"))
+    index.apply("c", _v("c", S.SPEAKING, "p", 3, "AD_c"))
+    index.apply("d", _v("d", S.SPEAKING, "q", 4, "AD_d"))
+    whole = {"p": True, "q": False}
+    assert index.in_flight({}, lambda pool: whole[pool]) == {"p": 3}
+    assert index.reserved({}, lambda pool: False) == {"p": 1}
+    assert index.in_flight({}) == {"p": 3, "q": 1}  # nothing said about whole lists: all count
+    # Listed, or gone: out of both counts.
+    index.apply("c", _v("c", S.ENDED, "p", 5))
+    assert index.in_flight({"p": frozenset({"AD_b"})}, lambda pool: True) == {"p": 1, "q": 1}
+    assert index.in_flight({}, lambda pool: False) == {"p": 1}
+
+
 def test_terminal_records_leave_the_index_and_old_revisions_never_win() -> None:
     index = RoomIndex()
     index.apply("a", _v("a", S.DISPATCHED, "p", 5, "AD_a"))
