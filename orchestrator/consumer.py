@@ -27,6 +27,7 @@ from opentelemetry.trace import Link, SpanKind
 
 from orchestrator.alongside import alongside
 from orchestrator.livekit_gateway import LiveKitCallError
+from orchestrator.pull import Puller
 from orchestrator.store import Conflict
 from shared import subjects
 from shared.codec import ContractError, decode
@@ -182,44 +183,44 @@ class MessagePump:
         self.bound = False
 
     async def run(self) -> None:
-        psub = await self.js.pull_subscribe_bind(durable=self.spec.durable, stream=self.spec.stream)
-        self.bound = True
-        try:
-            async with asyncio.TaskGroup() as tg:
-                while True:
-                    try:
-                        msgs = await psub.fetch(self.batch, timeout=1.0)
-                    except TimeoutError:  # nothing to do (nats' TimeoutError is one too)
-                        continue
-                    except Exception as err:
-                        # Reconnecting, a leader election, a restarted server: keep pulling.
-                        log.warning("fetch from %s failed (%r); retrying", self.spec.stream, err)
-                        await asyncio.sleep(0.5)
-                        continue
-                    links = [
-                        Link(trace.get_current_span(extract_headers(m.headers)).get_span_context())
-                        for m in msgs
-                    ]
-                    with _tracer.start_as_current_span(
-                        f"receive {self.spec.stream}",
-                        kind=SpanKind.CLIENT,
-                        links=links,
-                        attributes={
-                            "messaging.system": "nats",
-                            "messaging.operation.type": "receive",
-                            "messaging.operation.name": "fetch",
-                            "messaging.destination.name": self.spec.stream,
-                            "messaging.consumer.group.name": self.spec.durable,
-                            "messaging.batch.message_count": len(msgs),
-                        },
-                    ) as receive:
-                        receive_link = Link(receive.get_span_context())
-                    for msg in msgs:
-                        await self._slots.acquire()
-                        tg.create_task(self._one(msg, receive_link))
-        finally:
-            self.bound = False
-            await psub.unsubscribe()
+        puller = Puller.of(self.js, self.spec.stream, self.spec.durable, batch=self.batch)
+        async with puller:
+            self.bound = True
+            try:
+                await self._pump(puller)
+            finally:
+                self.bound = False
+
+    async def _pump(self, puller: Puller) -> None:
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                try:
+                    msgs = await puller.next()
+                except Exception as err:
+                    # Reconnecting, a restarted server: keep pulling.
+                    log.warning("pull from %s failed (%r); retrying", self.spec.stream, err)
+                    await asyncio.sleep(0.5)
+                    continue
+                links = [
+                    Link(trace.get_current_span(extract_headers(m.headers)).get_span_context()) for m in msgs
+                ]
+                with _tracer.start_as_current_span(
+                    f"receive {self.spec.stream}",
+                    kind=SpanKind.CLIENT,
+                    links=links,
+                    attributes={
+                        "messaging.system": "nats",
+                        "messaging.operation.type": "receive",
+                        "messaging.operation.name": "fetch",
+                        "messaging.destination.name": self.spec.stream,
+                        "messaging.consumer.group.name": self.spec.durable,
+                        "messaging.batch.message_count": len(msgs),
+                    },
+                ) as receive:
+                    receive_link = Link(receive.get_span_context())
+                for msg in msgs:
+                    await self._slots.acquire()
+                    tg.create_task(self._one(msg, receive_link))
 
     async def _one(self, msg: Msg, receive_link: Link) -> None:
         try:
