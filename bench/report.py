@@ -1054,14 +1054,15 @@ def _t_liverooms(s: dict[str, Any]) -> list[str]:
         "0-room replica's, per live room. Cores busy during the events: the replica / the whole "
         "machine (other jobs included).",
         "",
-        "| live rooms | event → CreateDispatch p50 / p99 (max) ms | p99 vs 0 rooms | dispatched "
+        "| live rooms | event → CreateDispatch p50 / p99 (max) ms | p99 of each third of the events "
+        "| p99 vs 0 rooms | dispatched "
         "| idle CPU | CPU ms per room dispatched (net) | RSS / PSS per room | index synced after start "
         "| cores busy during the events |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in s["rows"]:
         if "error" in r:
-            lines.append(f"| {r['live_rooms']:,} | error: {r['error'][:200]} | | | | | | | |")
+            lines.append(f"| {r['live_rooms']:,} | error: {r['error'][:200]} | | | | | | | | |")
             continue
         ge = _ge(r)
         ratio = "(baseline)" if r["live_rooms"] == 0 else f"{ge}×{_f(r.get('ratio_p99_vs_0'))}"
@@ -1073,7 +1074,9 @@ def _t_liverooms(s: dict[str, Any]) -> list[str]:
         util = r.get("cpu_util") or {}
         lines.append(
             f"| {r['live_rooms']:,} | {ge}{_f(r['p50_ms'])} / **{ge}{_f(r['p99_ms'])}** "
-            f"({ge}{_f(r['max_ms'], '.0f')}) | {ratio} | {r['dispatched']}/{r['events']} | "
+            f"({ge}{_f(r['max_ms'], '.0f')}) | "
+            f"{' / '.join(_f(w, '.1f') for w in r.get('p99_windows_ms') or []) or '—'} | "
+            f"{ratio} | {r['dispatched']}/{r['events']} | "
             f"{r['idle_cpu']:.2f} | {_f(r.get('cpu_ms_per_room'))} ({_f(r.get('cpu_ms_per_room_net'))}) | "
             f"{mem} | {r['ready_s']:.1f} s | {_f(util.get('replica'))} / {_f(util.get('machine'))} |"
         )
@@ -1087,6 +1090,49 @@ def _t_liverooms(s: dict[str, Any]) -> list[str]:
     ]
     for note in s.get("notes", []):
         lines += ["", f"**Not measured as planned**: {note}"]
+    return lines + _profiles()
+
+
+PROFILES = Path(__file__).resolve().parent / "results"
+PROFILE_ROWS = 16
+
+
+def _profile_shares(path: Path) -> tuple[str, dict[str, str]]:
+    """(the profile's first paragraph, {function: inclusive share}) of a ``bench.profile`` file."""
+    lines = path.read_text().splitlines()
+    intro = next((line for line in lines[1:] if line.strip()), "")
+    shares: dict[str, str] = {}
+    for line in lines:
+        if line.startswith("Own time"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 2 and cells[0].endswith("%"):
+            shares[cells[1]] = cells[0]
+    return intro, shares
+
+
+def _profiles() -> list[str]:
+    """Where a replica's CPU goes per room (issue 15, goal 4: the profile before any cut), from
+    the committed ``bench.profile`` runs at 0 and 100,000 live rooms."""
+    found = [(n, PROFILES / f"profile-{n}.md") for n in (0, 100_000)]
+    found = [(n, p) for n, p in found if p.exists()]
+    if not found:
+        return []
+    read = {n: _profile_shares(p) for n, p in found}
+    first = read[found[0][0]][1]
+    lines = [
+        "",
+        "**Where the replica's CPU goes** (py-spy, `python -m bench.profile`; share of the samples "
+        "in the function or what it calls; full tables: "
+        + ", ".join(f"[`{p.name}`](results/{p.name})" for _, p in found)
+        + "):",
+        "",
+        "| function | " + " | ".join(f"{n:,} live rooms" for n, _ in found) + " |",
+        "|---|" + "---|" * len(found),
+    ]
+    for fn in list(first)[1:PROFILE_ROWS]:  # the first row is the process's main loop: 100 %
+        lines.append(f"| {fn} | " + " | ".join(read[n][1].get(fn, "—") for n, _ in found) + " |")
+    lines += ["", *(f"{n:,} live rooms: {read[n][0]}" for n, _ in found)]
     return lines
 
 

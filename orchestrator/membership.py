@@ -18,7 +18,9 @@ first replica to hear that deletes the member's key at the revision it saw, so e
 watch drops it within milliseconds, and its partitions move. A replica merely slow to answer (a
 GC pause, a starved loop) still has its subscription: the probe times out, which proves nothing,
 and only the TTL judges it. A member whose key was deleted while it lives (its connection came
-back) writes the key again at its next renewal.
+back) writes the key again at its next renewal. Only members whose key says they answer
+(``"presence": true``, written once a replica heard its own answer) are probed: a replica of an
+older build, or one whose NATS user may not use the subject, is judged by the TTL alone.
 """
 
 from __future__ import annotations
@@ -80,6 +82,13 @@ async def live_members(js: JetStreamContext) -> list[str]:
     return sorted(key[2:] for key in keys if key.startswith("m."))
 
 
+def _answers_probes(value: bytes) -> bool:
+    try:
+        return bool(json.loads(value).get("presence"))
+    except (ValueError, AttributeError):
+        return False
+
+
 class Membership:
     def __init__(
         self,
@@ -102,7 +111,9 @@ class Membership:
         self._revision: dict[str, int] = {}  # of each member's key, as last seen
         self._members: frozenset[str] = frozenset()
         self._subject = f"$KV.{subjects.MEMBERS_BUCKET}.m.{self.me}"
+        self._replica = replica
         self._payload = json.dumps({"replica": replica}).encode()
+        self._probed: set[str] = set()  # members whose key says they answer presence probes
         # A clean stop's purge marker expires too: replicas come and go under new ids (a pod's
         # name, a pid).
         self._marker_ttl = max(1.0, ttl_s)
@@ -116,6 +127,7 @@ class Membership:
         On the way out the key is deleted, so the others take this replica's partitions now."""
         # Answering before the key is first written: a member others see always has a responder.
         presence = await self.nc.subscribe(subjects.presence(self.me), cb=self._answer)
+        await self._announce_presence()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._renew())
@@ -153,9 +165,14 @@ class Membership:
                         if entry.operation in ("DEL", "PURGE") or not entry.value:
                             self._heard.pop(member, None)
                             self._revision.pop(member, None)
+                            self._probed.discard(member)
                         else:
                             self._heard[member] = self._mono()
                             self._revision[member] = int(entry.revision or 0)
+                            if _answers_probes(entry.value):
+                                self._probed.add(member)
+                            else:
+                                self._probed.discard(member)
                         self._update()
                 finally:
                     await watcher.stop()  # type: ignore[no-untyped-call]
@@ -165,6 +182,22 @@ class Membership:
                 log.warning("membership: watch failed, restarting: %r", err)
                 await asyncio.sleep(self.ttl_s / 3)
 
+    async def _announce_presence(self) -> None:
+        """Say in the key that this replica answers probes, once it has heard its own answer: a
+        replica of an older build, or one whose NATS user may not use the presence subject, is
+        never probed (the others would take its silence for a lost connection), only timed out."""
+        try:
+            await self.nc.request(subjects.presence(self.me), b"", timeout=2.0)
+        except Exception as err:
+            log.warning(
+                "membership: this replica cannot answer presence probes on %s (%r): the others will "
+                "judge it by member_ttl_s alone (NATS permissions: see deploy/nats/accounts.conf)",
+                subjects.presence(self.me),
+                err,
+            )
+            return
+        self._payload = json.dumps({"replica": self._replica, "presence": True}).encode()
+
     async def _answer(self, msg: Msg) -> None:
         with contextlib.suppress(Exception):  # the asker gave up, or NATS is away
             await msg.respond(b"")
@@ -172,7 +205,7 @@ class Membership:
     async def _probe(self) -> None:
         while True:
             await asyncio.sleep(PROBE_S)
-            others = sorted(m for m in self._heard if m != self.me)
+            others = sorted(m for m in self._heard if m != self.me and m in self._probed)
             if others:
                 await asyncio.gather(*(self._ask(m) for m in others))
 

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 _HEARTBEAT = "100"
 _EXPIRED = "408"  # a request's expiry: its unfilled count is given back
 _PENDING = "Nats-Pending-Messages"
+# After a request ended otherwise (409: a leader change, a deleted consumer; 503: no JetStream),
+# the next one waits this long: a server that refuses every request is not asked in a tight loop.
+PAUSE_S = 0.5
 
 
 class Puller:
@@ -53,6 +56,8 @@ class Puller:
         self._outstanding = 0  # messages requested and not yet delivered
         self._heard = time.monotonic()
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._pause_until = 0.0
+        self._refused: str | None = None  # the last refusal logged (logged again once it changes)
 
     @classmethod
     def of(cls, js: JetStreamContext, stream: str, durable: str, *, batch: int = 64) -> Puller:
@@ -83,6 +88,9 @@ class Puller:
         takes, keeping requests outstanding and starting over after a silence."""
         assert self._sub is not None, "use Puller as an async context manager"
         while True:
+            pause = self._pause_until - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
             await self._top_up()
             try:
                 async with asyncio.timeout(2 * self.heartbeat_s):
@@ -104,14 +112,18 @@ class Puller:
         status = (msg.headers or {}).get("Status") if not msg.data else None
         if status is None:
             self._outstanding = max(0, self._outstanding - 1)
+            self._refused = None
             return [msg]
         if status == _EXPIRED:
             given_back = (msg.headers or {}).get(_PENDING)
             self._outstanding = max(0, self._outstanding - int(given_back)) if given_back else 0
-        elif status != _HEARTBEAT:  # the request ended otherwise (409: a leader change, a limit…)
-            description = (msg.headers or {}).get("Description")
-            log.debug("pull request on %s ended: %s %s", self._next, status, description)
+        elif status != _HEARTBEAT:  # the request ended otherwise
+            refused = f"{status} {(msg.headers or {}).get('Description', '')}".strip()
+            if refused != self._refused:
+                log.warning("pull request on %s refused: %s; asking again", self._next, refused)
+                self._refused = refused
             self._outstanding = 0
+            self._pause_until = time.monotonic() + PAUSE_S
         return []
 
     async def _top_up(self) -> None:

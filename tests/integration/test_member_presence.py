@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -77,9 +78,17 @@ async def test_a_sigkilled_replica_leaves_the_members_at_once_and_a_frozen_one_s
         try:
             for proc in procs:
                 await asyncio.to_thread(proc.start)
-            await keys.until(lambda: len(keys.live) == 3, within=20)
+            # A replica of an older build: it answers no probes and its key does not say it does.
+            await js.publish(
+                "$KV.switchboard_members.m.older-build", b'{"replica": "older-build"}', msg_ttl=TTL_S
+            )
+            await keys.until(lambda: len(keys.live) == 4, within=20)
             frozen, victim, survivor = procs
             frozen_id, victim_id = _member_of(frozen, keys.live), _member_of(victim, keys.live)
+            assert all(
+                json.loads((await kv.get(f"m.{m}")).value or b"{}").get("presence")
+                for m in (frozen_id, victim_id)
+            )
 
             # Frozen (SIGSTOP) for many probe periods: its subscription stays, so the probes only
             # time out, which proves nothing; nobody deletes its key.
@@ -97,7 +106,8 @@ async def test_a_sigkilled_replica_leaves_the_members_at_once_and_a_frozen_one_s
             killed_at = time.monotonic()
             await keys.until(lambda: victim_id in keys.deleted, within=15)
             assert keys.deleted[victim_id] - killed_at < TTL_S / 4
-            assert keys.live == {frozen_id, _member_of(survivor, keys.live)}
+            assert keys.live == {frozen_id, _member_of(survivor, keys.live), "older-build"}
+            assert "older-build" not in keys.deleted  # never probed: only its TTL judges it
             assert "has no connection to NATS" in frozen.log_text() + survivor.log_text()
         finally:
             follow.cancel()

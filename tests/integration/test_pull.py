@@ -30,7 +30,8 @@ async def test_each_message_is_handed_over_alone_as_it_arrives_also_after_idle_s
     nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         js = nc.jetstream()
-        await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT], retention=RetentionPolicy.WORK_QUEUE))
+        work_queue = RetentionPolicy.WORK_QUEUE
+        await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT], retention=work_queue))
         await js.add_consumer(STREAM, ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT))
         # Requests that expire within the idle spells below, heartbeats that keep them watched.
         puller = Puller(nc, STREAM, DURABLE, batch=8, expires_s=1.0, heartbeat_s=0.25)
