@@ -85,10 +85,8 @@ async def test_a_sigkilled_replica_leaves_the_members_at_once_and_a_frozen_one_s
             await keys.until(lambda: len(keys.live) == 4, within=20)
             frozen, victim, survivor = procs
             frozen_id, victim_id = _member_of(frozen, keys.live), _member_of(victim, keys.live)
-            assert all(
-                json.loads((await kv.get(f"m.{m}")).value or b"{}").get("presence")
-                for m in (frozen_id, victim_id)
-            )
+            announced = [json.loads((await kv.get(f"m.{m}")).value or b"{}") for m in (frozen_id, victim_id)]
+            assert all(a.get("presence") is True for a in announced), announced
 
             # Frozen (SIGSTOP) for many probe periods: its subscription stays, so the probes only
             # time out, which proves nothing; nobody deletes its key.
