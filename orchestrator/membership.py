@@ -21,6 +21,11 @@ and only the TTL judges it. A member whose key was deleted while it lives (its c
 back) writes the key again at its next renewal. Only members whose key says they answer
 (``"presence": true``, written once a replica heard its own answer) are probed: a replica of an
 older build, or one whose NATS user may not use the subject, is judged by the TTL alone.
+
+The bucket is in memory, so a NATS server that restarts comes back without it: a renewal that
+fails makes the bucket again, and a watch that hears nothing for ``member_ttl_s`` (not even this
+replica's own renewals) starts over on the bucket as it is now (the drill that restarts NATS
+found rooms nobody tracked any more: no members, no partitions, no timers).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -99,8 +104,10 @@ class Membership:
         ttl_s: float,
         on_change: Callable[[frozenset[str]], None],
         mono: Callable[[], float] = time.monotonic,
+        reopen: Callable[[], Awaitable[KeyValue]] | None = None,
     ) -> None:
         self.kv = kv
+        self._reopen = reopen
         self.nc = nc
         self.js = js
         self.me = member_id(replica)
@@ -151,14 +158,28 @@ class Membership:
                 if not failing:
                     log.warning("membership: renewing replica %s failed: %r", self.me, err)
                 failing = True
+                await self._ensure_bucket()
             await asyncio.sleep(self.ttl_s / 3)
+
+    async def _ensure_bucket(self) -> None:
+        """Bind to the bucket again, making it if it is gone (a restarted NATS server)."""
+        if self._reopen is None or not self.nc.is_connected:
+            return
+        try:
+            self.kv = await self._reopen()
+        except Exception as err:  # JetStream not back yet: the next failure tries again
+            log.debug("membership: members bucket not reopened: %r", err)
 
     async def _watch(self) -> None:
         while True:
             try:
                 watcher = await self.kv.watch("m.>")
                 try:
-                    async for entry in watcher:
+                    while True:
+                        try:
+                            entry = await watcher.updates(timeout=self.ttl_s)  # type: ignore[no-untyped-call]
+                        except TimeoutError:
+                            break  # not even our own renewals: watch the bucket as it is now
                         if entry is None:
                             continue
                         member = entry.key[2:]
@@ -180,7 +201,8 @@ class Membership:
                 raise
             except Exception as err:
                 log.warning("membership: watch failed, restarting: %r", err)
-                await asyncio.sleep(self.ttl_s / 3)
+                await self._ensure_bucket()
+            await asyncio.sleep(self.ttl_s / 3)
 
     async def _announce_presence(self) -> None:
         """Say in the key that this replica answers probes, once it has heard its own answer: a

@@ -161,7 +161,15 @@ class OrchestratorService:
             await migrate_unpartitioned(store)
             ttl_s = cfg.member_ttl_s
             members_kv = await open_members_bucket(js, ttl_s, replicas)
-            membership = Membership(members_kv, nc, js, self.replica, ttl_s, self.ownership.on_members)
+            membership = Membership(
+                members_kv,
+                nc,
+                js,
+                self.replica,
+                ttl_s,
+                self.ownership.on_members,
+                reopen=lambda: open_members_bucket(js, ttl_s, replicas),
+            )
             watches = PartitionWatches(store, self.index, self.ownership, self._on_index_synced)
             resync_kv = (
                 await open_resync_bucket(js, replicas) if self.config.orchestrator.resync_interval_s else None

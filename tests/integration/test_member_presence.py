@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 from devstack.livekit_server import LiveKitServer
 from devstack.nats_server import NatsServer
 from orchestrator.membership import PROBE_S, open_members_bucket
+from shared import subjects
 from tests.orchestratorkit import OrchestratorProcess, make_config
 
 pytestmark = pytest.mark.integration
@@ -112,3 +113,38 @@ async def test_a_sigkilled_replica_leaves_the_members_at_once_and_a_frozen_one_s
             for proc in procs:
                 with contextlib.suppress(Exception):
                     proc.stop()
+
+
+async def test_a_lost_members_bucket_is_made_again_and_the_replicas_rejoin(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    """The members bucket is in memory: a NATS server that restarts comes back without it. Deleted
+    here: the replicas make it again and their keys come back (no members means no replica
+    tracks any partition, so no room's timers would fire)."""
+    js = nc.jetstream()
+    config = make_config()
+    procs = [
+        OrchestratorProcess(tmp_path / name, nats_server.url, livekit_server, config, name=name)
+        for name in ("orch-a", "orch-b")
+    ]
+    try:
+        for proc in procs:
+            await asyncio.to_thread(proc.start)
+
+        async def members() -> set[str]:
+            with contextlib.suppress(Exception):  # no bucket, or no keys yet
+                return {k[2:] for k in await (await js.key_value(subjects.MEMBERS_BUCKET)).keys()}
+            return set()
+
+        async with asyncio.timeout(15):
+            while len(await members()) < 2:  # noqa: ASYNC110 (polling the bucket's keys)
+                await asyncio.sleep(0.1)
+        await js.delete_key_value(subjects.MEMBERS_BUCKET)
+        assert not await members()
+        async with asyncio.timeout(20):
+            while len(await members()) < 2:  # noqa: ASYNC110 (polling the bucket's keys)
+                await asyncio.sleep(0.1)
+    finally:
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.stop()
