@@ -1,4 +1,4 @@
-"""Room connects that cannot take the worker down: one at a time per process, never cut short.
+"""Room connects that cannot take the worker down: never cut short, and the first of a process alone.
 
 livekit rtc 1.1.21's ``Room.connect`` is not cancellation-safe (livekit/python-sdks#784): its
 FFI server answers the connect request, then waits for the ``ReadyForRoomEvent`` request that
@@ -14,8 +14,15 @@ waits for it (bounded), the room is left again at once, and then the cancellatio
 livekit-agents waits for a cancelled entrypoint to finish (``cancel_and_wait``), so the job's loop
 is still there while it does.
 
-Connects also go one at a time per process: five jobs connecting at once on an idle 2-core
-machine lost a hand-off the same way. A connect takes ~0.1–0.3 s, so queueing them costs little.
+The first connect of a process goes alone. livekit rtc 1.1.21 makes its process-wide FFI client
+on first use without a lock: two job threads whose connects are the process's first each make
+one, and the events of one connect go to the other's queue — that connect hangs, and 15 s later
+the FFI panics and SIGTERMs the worker (five jobs connecting at once on an idle 2-core machine had
+lost a hand-off so; livekit 1.2.1 adds the lock, but livekit-agents 1.8.9 pins 1.1.21). Measured
+in a fresh process, 10 threads connecting at once: 9 of 10 hung, in 3 runs of 3; with the client
+made first, 10 of 10 connected within 0.57 s, in 20 runs of 20. So the first connect makes the
+client under a lock, and from then on connects run side by side (they went one at a time until
+issue 16: ~0.1–0.3 s each, so a failover's ten rooms on one process queued for 1–3 s).
 """
 
 from __future__ import annotations
@@ -28,12 +35,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from livekit.agents import JobContext
+from livekit.rtc._ffi_client import FfiClient
 
 log = logging.getLogger(__name__)
 
 # Process-wide by necessity: jobs run on different threads and event loops, and the FFI client
-# they must not race on is itself process-wide.
-_GATE = threading.Lock()
+# they must not race to make is itself process-wide.
+_FIRST = threading.Lock()
+_FFI_MADE = threading.Event()
 # How long a cancelled job waits for its connect to finish; beyond it the FFI has given up anyway.
 FINISH_CONNECT_S = 20.0
 
@@ -47,7 +56,7 @@ def gate_connect(
     still_wanted: Callable[[], Awaitable[bool]] | None = None,
     in_its_room: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
-    """Make ``ctx.connect`` wait for the other connects of this process, and finish once begun.
+    """Make ``ctx.connect`` finish once begun, and the process's first one go alone.
 
     ``still_wanted``: asked right before connecting. A job can wait long for its turn (a busy
     worker, a burst of jobs); meanwhile the orchestrator may have replaced its dispatch and
@@ -61,21 +70,33 @@ def gate_connect(
     original = ctx.connect
 
     async def connect(*args: Any, **kwargs: Any) -> None:
-        # Non-blocking tries: cancel-safe (a blocking acquire in a helper thread could take the
-        # lock after this task was cancelled, and nobody would release it).
-        while not _GATE.acquire(blocking=False):  # noqa: ASYNC110 (no Event spans the jobs' loops)
-            await asyncio.sleep(0.02)
-        try:
-            if still_wanted is not None and not await still_wanted():
-                raise DispatchWithdrawn("the dispatch was withdrawn before the agent connected")
-            await run_to_completion(original(*args, **kwargs), ctx.room.disconnect)
-            if in_its_room is not None and not await in_its_room():
-                await ctx.room.disconnect()
-                raise DispatchWithdrawn("the job's room was deleted; connecting made a new, empty one")
-        finally:
-            _GATE.release()
+        await ffi_client_made()
+        if still_wanted is not None and not await still_wanted():
+            raise DispatchWithdrawn("the dispatch was withdrawn before the agent connected")
+        await run_to_completion(original(*args, **kwargs), ctx.room.disconnect)
+        if in_its_room is not None and not await in_its_room():
+            await ctx.room.disconnect()
+            raise DispatchWithdrawn("the job's room was deleted; connecting made a new, empty one")
 
     ctx.connect = connect  # type: ignore[method-assign]
+
+
+async def ffi_client_made() -> None:
+    """Make livekit rtc's FFI client, once per process, before any connect can race to make it."""
+    if _FFI_MADE.is_set():
+        return
+    # Non-blocking tries: cancel-safe (a blocking acquire in a helper thread could take the lock
+    # after this task was cancelled, and nobody would release it).
+    while not _FIRST.acquire(blocking=False):  # noqa: ASYNC110 (no Event spans the jobs' loops)
+        await asyncio.sleep(0.02)
+    try:
+        if not _FFI_MADE.is_set():
+            # Private in 1.1.21 (made on first access): tests/unit/test_worker_connect_gate.py
+            # fails if it moves.
+            _ = FfiClient.instance
+            _FFI_MADE.set()
+    finally:
+        _FIRST.release()
 
 
 async def run_to_completion(

@@ -8,6 +8,7 @@ from typing import cast
 
 import pytest
 from livekit.agents import JobContext
+from livekit.rtc._ffi_client import FfiClient
 
 from agent_worker.connect_gate import DispatchWithdrawn, gate_connect, run_to_completion
 
@@ -129,3 +130,26 @@ async def test_a_job_that_connected_to_a_room_made_anew_leaves_it(its_room: bool
         with pytest.raises(DispatchWithdrawn, match="deleted"):
             await ctx.connect()
     assert ctx.room.connected and ctx.room.left is not its_room
+
+
+async def test_connects_run_side_by_side_once_the_ffi_client_is_made() -> None:
+    """The process's FFI client is made before the first connect (under a lock: livekit rtc
+    1.1.21 makes it without one, and two first connects racing to make it lose one's events);
+    after that, jobs connect at once instead of queueing behind each other."""
+    rooms = [JobRoom() for _ in range(3)]
+    ctxs = []
+    for room in rooms:
+        ctx = Ctx()
+        ctx.room = room
+        ctx.connect = room.connect
+        gate_connect(cast(JobContext, ctx))
+        ctxs.append(ctx)
+    joins = [asyncio.create_task(ctx.connect()) for ctx in ctxs]
+    async with asyncio.timeout(5):
+        for room in rooms:
+            await room.started.wait()  # all three begun while none has finished
+    assert FfiClient.instance is not None  # the private name this relies on is still there
+    for room in rooms:
+        room.release.set()
+    await asyncio.gather(*joins)
+    assert all(room.connected for room in rooms)
