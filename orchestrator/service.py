@@ -31,8 +31,9 @@ from nats.aio.msg import Msg
 from opentelemetry import metrics
 from prometheus_client import CollectorRegistry
 
-from orchestrator.consumer import ConsumerSpec, MessagePump, ensure_consumer
+from orchestrator.consumer import ConsumerSpec, MessagePump
 from orchestrator.index import RoomIndex
+from orchestrator.jetstream_setup import open_jetstream
 from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.membership import Membership, open_members_bucket
 from orchestrator.metrics import OrchestratorMetrics
@@ -40,8 +41,7 @@ from orchestrator.ownership import Ownership
 from orchestrator.partition_watch import PartitionWatches
 from orchestrator.pools import PoolRegistry, summary
 from orchestrator.room import Reconciler
-from orchestrator.room.resync import PassLog, Resync, open_resync_bucket
-from orchestrator.store import RoomStore, migrate_unpartitioned, open_archive, open_bucket
+from orchestrator.room.resync import PassLog, Resync
 from shared import bus, subjects
 from shared.codec import ContractError, decode, encode
 from shared.config import SwitchboardConfig
@@ -151,18 +151,12 @@ class OrchestratorService:
         try:
             js = nc.jetstream()
             replicas = self.settings.nats.stream_replicas
-            await bus.ensure_streams(js, replicas)
-            kv = await open_bucket(js, replicas)
-            for spec in (ROOMS_CONSUMER, STATUS_CONSUMER):
-                await ensure_consumer(js, spec)
             cfg = self.config.orchestrator
-            archive = await open_archive(js, cfg.terminal_record_ttl_s, replicas)
-            store = RoomStore(kv, js, cfg.ended_record_ttl_s, archive)
-            await migrate_unpartitioned(store)
+            handles = await open_jetstream(js, cfg, replicas, (ROOMS_CONSUMER, STATUS_CONSUMER))
+            store = handles.store
             ttl_s = cfg.member_ttl_s
-            members_kv = await open_members_bucket(js, ttl_s, replicas)
             membership = Membership(
-                members_kv,
+                handles.members,
                 nc,
                 js,
                 self.replica,
@@ -171,9 +165,7 @@ class OrchestratorService:
                 reopen=lambda: open_members_bucket(js, ttl_s, replicas),
             )
             watches = PartitionWatches(store, self.index, self.ownership, self._on_index_synced)
-            resync_kv = (
-                await open_resync_bucket(js, replicas) if self.config.orchestrator.resync_interval_s else None
-            )
+            resync_kv = handles.resync
             async with LiveKitGateway(self.settings.livekit) as gateway:
                 controller = Reconciler(
                     store=store,
