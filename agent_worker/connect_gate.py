@@ -55,6 +55,7 @@ def gate_connect(
     ctx: JobContext,
     still_wanted: Callable[[], Awaitable[bool]] | None = None,
     in_its_room: Callable[[], Awaitable[bool]] | None = None,
+    on_connected: Callable[[], None] | None = None,
 ) -> None:
     """Make ``ctx.connect`` finish once begun, and the process's first one go alone.
 
@@ -66,6 +67,8 @@ def gate_connect(
     ``in_its_room``: asked right after connecting. A room deleted just before the connect is
     created again by it (LiveKit creates rooms on join): that is not the job's room, so the agent
     leaves it (and :class:`DispatchWithdrawn` is raised).
+
+    ``on_connected``: called once the connect itself finished (the job's timeline).
     """
     original = ctx.connect
 
@@ -74,6 +77,8 @@ def gate_connect(
         if still_wanted is not None and not await still_wanted():
             raise DispatchWithdrawn("the dispatch was withdrawn before the agent connected")
         await run_to_completion(original(*args, **kwargs), ctx.room.disconnect)
+        if on_connected is not None:
+            on_connected()
         if in_its_room is not None and not await in_its_room():
             await ctx.room.disconnect()
             raise DispatchWithdrawn("the job's room was deleted; connecting made a new, empty one")

@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import AutoSubscribe, JobContext
+from livekit.agents import AutoSubscribe, JobContext, JobProcess
 
 from agent_worker import speech
 
@@ -57,9 +57,19 @@ async def _prepare_voices() -> _Voices:
     if not speech.espeak_available():
         log.warning("espeak-ng is not installed: the default agent plays a TONE instead of speech")
         return _Voices("tone", speech.tone(), [speech.tone(0.4, 660.0)])
+    # Made by the prewarm at the worker's start (cached per process): no wait here then.
     greeting = await speech.synthesize(GREETING)
     phrases = [await speech.synthesize(p) for p in PHRASES]
     return _Voices("espeak-ng", greeting, phrases)
+
+
+def prewarm(proc: JobProcess) -> None:
+    """The default agent's prewarm: speak its lines once, before any job, so that a job (a
+    failover's burst of them above all) is in its room and speaking without waiting for espeak-ng."""
+    del proc  # the voices are cached by speech itself, for every job of this process
+    if speech.espeak_available():
+        for text in (GREETING, *PHRASES):
+            speech.synthesize_now(text)
 
 
 async def _speak(room: rtc.Room, source: rtc.AudioSource, voices: _Voices) -> None:

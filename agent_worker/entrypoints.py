@@ -73,6 +73,13 @@ def resolve_agent(reference: str | None, prewarm: str | None = None) -> UserAgen
     if inspect.ismodule(target):
         target, ref = _find_server(target, ref)
     agent = _take_apart(ref, target)
+    if ref == DEFAULT_ENTRYPOINT and not prewarm:
+        from agent_worker import default_agent
+
+        # Its voices, made once per process before any job (default_agent.prewarm).
+        agent = dataclasses.replace(
+            agent, prewarm=default_agent.prewarm, prewarm_source="the default agent's"
+        )
     if prewarm:
         fnc = _import(prewarm, "prewarm", allow_module=False)
         _check_prewarm(fnc, f"prewarm {prewarm!r}")

@@ -113,6 +113,7 @@ class JobRunner:
                     ctx,
                     functools.partial(dispatch_listed, ctx, intended),
                     functools.partial(in_its_room, ctx),
+                    on_connected=reporter.connected,
                 )
                 await agent(ctx)
             except DispatchWithdrawn as withdrawn:

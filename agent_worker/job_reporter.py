@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from opentelemetry import trace
 
@@ -32,6 +33,13 @@ class JobReporter:
         self._facts = facts
         self._span = span
         self.identity: str | None = None
+        # The job's phases on this worker's clock, sent with ``joined`` (AgentStatus).
+        self.started_at = utcnow()
+        self.connected_at: datetime | None = None
+
+    def connected(self) -> None:
+        self.connected_at = utcnow()
+        self._span.add_event("room connected")
 
     def status(self, state: AgentState, reason: str | None = None) -> AgentStatus:
         f = self._facts
@@ -46,6 +54,8 @@ class JobReporter:
             identity=self.identity,
             reason=reason[:MAX_REASON_CHARS] if reason else None,
             warnings=list(f.warnings),
+            started_at=self.started_at if state == "joined" else None,
+            connected_at=self.connected_at if state == "joined" else None,
         )
 
     async def report(self, state: AgentState, reason: str | None = None) -> None:

@@ -26,6 +26,7 @@ from agent_worker.heartbeat import beat_forever
 from agent_worker.loop_monitor import configure_loop_monitor
 from agent_worker.nats_link import NatsLink
 from agent_worker.options import WorkerOptions
+from agent_worker.presence import answer_presence
 from agent_worker.report_channel import ReportServer
 from agent_worker.report_queue import ReportQueue
 from agent_worker.worker_metrics import WorkerMetrics
@@ -142,6 +143,7 @@ async def _serve(
                 tg.create_task(queue.publish_forever(link), name="report_publisher"),
                 tg.create_task(beat_forever(state, link, wake_heartbeat), name="heartbeat"),
                 tg.create_task(obey_forever(opts, link, request_drain), name="pool_control"),
+                tg.create_task(answer_presence(opts, link), name="presence"),
             ]
             stopping = tg.create_task(stop.wait(), name="stop_request")
             await asyncio.wait({livekit, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -7,9 +7,11 @@ track's rate with livekit's own resampler. No cloud key, no model download.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import shutil
+import subprocess
 import wave
 from collections.abc import Iterator
 
@@ -32,33 +34,36 @@ def espeak_available() -> bool:
 
 
 async def synthesize(text: str, *, voice: str = "en", words_per_minute: int = 165) -> np.ndarray:
-    """Speak ``text`` with espeak-ng; int16 mono samples at :data:`SAMPLE_RATE`."""
+    """Speak ``text`` with espeak-ng; int16 mono samples at :data:`SAMPLE_RATE` (read-only).
+
+    The same text always sounds the same, so a process synthesizes each once: its later jobs (a
+    failover's burst of them above all) start speaking without waiting for espeak-ng."""
+    return await asyncio.to_thread(synthesize_now, text, voice, words_per_minute)
+
+
+@functools.lru_cache(maxsize=64)
+def synthesize_now(text: str, voice: str = "en", words_per_minute: int = 165) -> np.ndarray:
+    """:func:`synthesize`, blocking (the default agent's prewarm runs it at the worker's start)."""
     binary = shutil.which("espeak-ng")
     if binary is None:
         raise SpeechError("espeak-ng is not installed")
     # argv, never a shell: the text comes from config and must not be interpreted.
-    proc = await asyncio.create_subprocess_exec(
-        binary,
-        "--stdout",
-        "-v",
-        voice,
-        "-s",
-        str(words_per_minute),
-        "--",
-        text,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
     try:
-        async with asyncio.timeout(SYNTH_TIMEOUT_S):
-            wav, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        done = subprocess.run(
+            [binary, "--stdout", "-v", voice, "-s", str(words_per_minute), "--", text],
+            capture_output=True,
+            timeout=SYNTH_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
         raise SpeechError(f"espeak-ng took longer than {SYNTH_TIMEOUT_S:.0f}s") from None
-    if proc.returncode != 0:
-        raise SpeechError(f"espeak-ng exited with {proc.returncode}: {err.decode(errors='replace')[:200]}")
-    return _resample_wav(wav)
+    if done.returncode != 0:
+        raise SpeechError(
+            f"espeak-ng exited with {done.returncode}: {done.stderr.decode(errors='replace')[:200]}"
+        )
+    samples = _resample_wav(done.stdout)
+    samples.setflags(write=False)  # shared by every job of the process
+    return samples
 
 
 def _resample_wav(wav: bytes) -> np.ndarray:

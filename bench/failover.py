@@ -1,4 +1,5 @@
-"""Measure 5 — failover: SIGKILL a pool with 10 speaking rooms; time until each room speaks again.
+"""Measure 5 — failover: SIGKILL a pool with 10 (and 50) speaking rooms; time until each room's
+listener hears the new agent, and where that time goes.
 
 Method: real livekit-server and nats-server, the orchestrator as a ``switchboard orchestrator``
 subprocess, two real worker pools of two worker processes each (default agent, thread executor): the doomed
@@ -9,9 +10,12 @@ room = the orchestrator's ``voice_at`` of the new attempt (the new agent's audio
 listener, as reported by its worker) − the kill time; the listener's own first audible frame
 (RMS ≥ 0.01) from the new agent is recorded beside it. Same machine clock throughout.
 
-Row 1 uses the defaults (heartbeat 1 s, dead after 3 missed beats); row 2 heartbeats every 0.5 s
-(workers via ``SWITCHBOARD_WORKER_HEARTBEAT_INTERVAL_S``, orchestrator
-``heartbeat_interval_s: 0.5``), 3 beats.
+Rows: the defaults (heartbeat 1 s, dead after 3 missed beats, or sooner by the presence probes
+once a late worker's connection is gone) with 10 rooms and with 50; and 10 rooms with heartbeats
+every 0.5 s (workers via ``SWITCHBOARD_WORKER_HEARTBEAT_INTERVAL_S``, orchestrator
+``heartbeat_interval_s: 0.5``). Each recovered room is split into phases by its own timeline
+(:data:`MARKS`): the orchestrator's history, the worker's job marks sent with its joined report,
+and the listener.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from bench.common import (
     summary,
     write_config,
 )
+from orchestrator.ops import recovery
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.store import open_bucket, room_key
 from shared import bus
@@ -55,8 +60,45 @@ async def _record(kv: KeyValue, room: str) -> RoomRecord | None:
     return RoomRecord.model_validate_json(entry.value) if entry.value else None
 
 
+# A recovered room's moments, in order, in seconds since the SIGKILL: the room's own timeline
+# (orchestrator.ops.recovery, as `switchboard drill kill-pool` prints it), its last phase timed by
+# the listener itself rather than by the worker's voice report.
+MARKS = (
+    *recovery.MARKS[:-1],
+    ("listener_heard", "first audio", "the listener's first audible frame from the new agent"),
+)
+
+
+def marks(name: str, rec: RoomRecord | None, killed_at: float, listener: TimedListener) -> dict[str, Any]:
+    if rec is None:
+        return {"room": name, "recovered_s": None}
+    at = recovery.recovery_marks(rec, killed_at)
+    heard = listener.first_audible.get(rec.identity or "")
+    return {
+        "room": name,
+        "new_pool": rec.pool,
+        "attempt": rec.attempt,
+        **{f"{mark}_s": at[mark] for mark, _, _ in recovery.MARKS[:-1]},
+        "recovered_s": at["speaking"],
+        "listener_heard_s": heard - killed_at if heard else None,
+    }
+
+
+def phase_summary(timeline: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Each phase's duration per recovered room, p50/p99/max over the rooms."""
+    spans: dict[str, list[float]] = {phase: [] for _, phase, _ in MARKS}
+    for t in timeline:
+        if t.get("recovered_s") is None:
+            continue
+        at = {mark: t.get(f"{mark}_s") for mark, _, _ in MARKS}
+        for phase, seconds in recovery.phase_durations(at, MARKS):
+            if seconds is not None:
+                spans[phase].append(seconds)
+    return {phase: summary(values) for phase, values in spans.items()}
+
+
 async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, Any]:
-    tag = f"hb{heartbeat_s:g}".replace(".", "_")
+    tag = f"hb{heartbeat_s:g}-{rooms}".replace(".", "_")
     work = work / tag
     config = write_config(
         work / "switchboard.yaml",
@@ -132,25 +174,8 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
     timeline: list[dict[str, Any]] = []
     for name in affected:
         rec = recovered.get(name)
-        if rec is None:
-            timeline.append({"room": name, "recovered_s": None})
-            continue
-        redispatch = next((h.at for h in rec.history if h.event == "redispatch" and h.at >= killed_at), None)
-        heard = next(
-            (lis.first_audible.get(rec.identity or "") for lis in listeners if lis.room_name == name), None
-        )
-        timeline.append(
-            {
-                "room": name,
-                "new_pool": rec.pool,
-                "attempt": rec.attempt,
-                "redispatch_s": redispatch - killed_at if redispatch else None,
-                "dispatched_s": rec.dispatched_at - killed_at if rec.dispatched_at else None,
-                "joined_s": rec.joined_at - killed_at if rec.joined_at else None,
-                "recovered_s": rec.voice_at - killed_at if rec.voice_at else None,
-                "listener_heard_s": heard - killed_at if heard else None,
-            }
-        )
+        listener = next(lis for lis in listeners if lis.room_name == name)
+        timeline.append(marks(name, rec, killed_at, listener))
     # livekit rtc answers an FFI panic (e.g. a job's room connect starved for >10 s) with SIGTERM to
     # its own process: a worker that dies that way takes its rooms with it. Say so when it happened.
     worker_problems = []
@@ -171,22 +196,29 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
         "recovered": len(times),
         "recovery_s": summary(times),
         "listener_heard_s": summary(heard_times),
+        "phases": phase_summary(timeline),
         "timeline": timeline,
         "worker_problems": worker_problems,
     }
 
 
+# (heartbeat interval, rooms on the killed pool): the defaults with 10 and with 50 rooms (the
+# issue's two goals), and 10 rooms with beats twice as fast.
+ROWS = ((1.0, 10), (0.5, 10), (1.0, 50))
+
+
 async def run(work: Path, quick: bool = False) -> dict[str, Any]:
-    rooms = 4 if quick else 10
     rows = []
     with livekit_server(work, "livekit-failover") as lk:
-        for heartbeat_s in (1.0, 0.5):
+        for heartbeat_s, rooms in ((1.0, 4),) if quick else ROWS:
             r = await row(work, lk, heartbeat_s, rooms)
             rows.append(r)
-            s = r["recovery_s"]
+            s, h = r["recovery_s"], r["listener_heard_s"]
             print(
-                f"  heartbeat {heartbeat_s:g}s x3: {r['recovered']}/{r['affected']} recovered; "
-                f"p50 {s['p50'] or 0:.2f}s p99 {s['p99'] or 0:.2f}s max {s['max'] or 0:.2f}s",
+                f"  heartbeat {heartbeat_s:g}s x3, {rooms} rooms: "
+                f"{r['recovered']}/{r['affected']} recovered; "
+                f"listener hears p50 {h['p50'] or 0:.2f}s p99 {h['p99'] or 0:.2f}s max {h['max'] or 0:.2f}s; "
+                f"speaking p99 {s['p99'] or 0:.2f}s",
                 flush=True,
             )
     return {"rows": rows}

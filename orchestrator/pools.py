@@ -36,6 +36,9 @@ class _Worker:
     # False from a delta that does not apply on top of the beat it names (a beat missed, a replica
     # started since the last whole list) until the next whole list: ``jobs`` is then the last known.
     complete: bool = True
+    # Its NATS connection was seen gone (a presence probe NATS answered "no responders") while its
+    # beats were late: dead at once, without waiting out the missed beats. A new beat revives it.
+    gone: bool = False
 
 
 @dataclass(slots=True)
@@ -225,7 +228,29 @@ class PoolRegistry:
         return self._heard(now) - w.heard_at
 
     def _alive(self, w: _Worker, now: float) -> bool:
-        return self._silence(w, now) < self.dead_after_s
+        return not w.gone and self._silence(w, now) < self.dead_after_s
+
+    def late_workers(self, now: float, late_after_s: float) -> list[tuple[str, str, float]]:
+        """``(pool, worker, seen_at)`` of the live workers silent (on the hearing clock) for at
+        least ``late_after_s``: the ones a presence probe may find gone."""
+        return [
+            (pool, worker, w.seen_at)
+            for pool, workers in self._workers.items()
+            for worker, w in workers.items()
+            if self._alive(w, now) and self._silence(w, now) >= late_after_s
+        ]
+
+    def knows(self, pool: str, worker: str) -> bool:
+        return worker in self._workers.get(pool, {})
+
+    def mark_gone(self, pool: str, worker: str, seen_at: float) -> bool:
+        """Declare the worker dead now: its connection is gone. Only if its last beat is still the
+        one that arrived at ``seen_at`` (a beat since says it is back). True if it was alive."""
+        w = self._workers.get(pool, {}).get(worker)
+        if w is None or w.gone or w.seen_at != seen_at:
+            return False
+        w.gone = True
+        return True
 
     def orphaned_jobs(self, now: float) -> frozenset[str]:
         """Dispatch ids the last beat of a now-dead worker listed, that no live worker lists: their
@@ -293,7 +318,7 @@ class PoolRegistry:
         for w in self._workers.get(pool, {}).values():
             if newest is None or w.seen_at > newest:
                 newest = w.seen_at
-            if heard - w.heard_at >= dead_after:  # as _alive
+            if w.gone or heard - w.heard_at >= dead_after:  # as _alive
                 continue
             b = w.beat
             names.append(b.worker)

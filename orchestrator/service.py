@@ -42,6 +42,7 @@ from orchestrator.partition_watch import PartitionWatches
 from orchestrator.pools import PoolRegistry, summary
 from orchestrator.room import Reconciler
 from orchestrator.room.resync import PassLog, Resync
+from orchestrator.worker_presence import WorkerPresence
 from shared import bus, subjects
 from shared.codec import ContractError, decode, encode
 from shared.config import SwitchboardConfig
@@ -114,6 +115,8 @@ class OrchestratorService:
         self._frozen = False
         # The room reconciler, once NATS and LiveKit are wired (None before and after).
         self.controller: Reconciler | None = None
+        # Probes late workers' presence subjects, once NATS is connected (None before and after).
+        self.presence: WorkerPresence | None = None
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -146,11 +149,14 @@ class OrchestratorService:
     async def _serve(self) -> None:
         async def on_nats_state(state: str) -> None:
             self.readiness.nats_connected = state == "connected"
+            if state == "connected" and self.presence is not None:
+                self.presence.reconnected()
 
         nc = await bus.connect(self.settings.nats, f"switchboard-orchestrator-{self.replica}", on_nats_state)
         try:
             js = nc.jetstream()
             replicas = self.settings.nats.stream_replicas
+            self.presence = WorkerPresence(nc, self.registry, self.config.orchestrator.heartbeat_interval_s)
             cfg = self.config.orchestrator
             handles = await open_jetstream(js, cfg, replicas, (ROOMS_CONSUMER, STATUS_CONSUMER))
             store = handles.store
@@ -219,6 +225,7 @@ class OrchestratorService:
                             probes.port,
                         )
                         tg.create_task(membership.run())
+                        tg.create_task(self.presence.run())
                         tg.create_task(watches.run())
                         tg.create_task(self._share_reservations(nc))
                         tg.create_task(rooms.run())
@@ -315,6 +322,8 @@ class OrchestratorService:
             log.warning("bad heartbeat on %s: %s", msg.subject, err, extra={"reason": err.reason})
             return
         self.registry.observe(hb, time.monotonic())
+        if self.presence is not None:
+            self.presence.heard(hb.pool, hb.worker)
 
     # -- loops -----------------------------------------------------------------------------------
 

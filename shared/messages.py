@@ -203,6 +203,12 @@ class AgentStatus(Message):
     reason: Reason | None = None
     # Problems the worker noticed but survived, e.g. dispatch metadata that was not JSON.
     warnings: Annotated[list[Reason], Field(max_length=16)] = Field(default_factory=list)
+    # ``joined`` only, on the worker's clock: when the job began on the worker (LiveKit assigned it
+    # and the worker launched it) and when its room connect finished. The room's timeline keeps
+    # them, so a failover's phases can be told apart (issue 16). Older orchestrators refuse these
+    # fields: upgrade orchestrators before workers, as for every change to the reports.
+    started_at: AwareDatetime | None = None
+    connected_at: AwareDatetime | None = None
 
     def dedupe_id(self) -> str:
         return f"{self.dispatch_id}:{self.state}:{self.worker}"

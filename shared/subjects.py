@@ -79,6 +79,18 @@ def pool_control(pool: str) -> str:
     return f"{PREFIX}.pools.{check_pool_id(pool)}.control"
 
 
+_WORKER_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def worker_presence(pool: str, worker: str) -> str | None:
+    """``switchboard.pools.<pool>.presence.<worker>``: each worker process answers requests there
+    (core NATS), so "no responders" proves its connection is gone (orchestrator/worker_presence.py).
+    None for a worker id that is not one subject token (such a worker is judged by its beats)."""
+    if not _WORKER_TOKEN.fullmatch(worker):
+        return None
+    return f"{PREFIX}.pools.{check_pool_id(pool)}.presence.{worker}"
+
+
 def pool_agent_name(agent: str, pool: str) -> str:
     """The LiveKit ``agent_name`` every worker of ``pool`` registers under.
 

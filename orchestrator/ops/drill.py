@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
+from orchestrator.ops.recovery import phase_durations, recovery_marks
 from orchestrator.ops.rooms import read_rooms, room_store
 from orchestrator.ops.watch import room_watcher, watch_until
 from orchestrator.records import HOLDING, RoomRecord, RoomState
@@ -35,6 +36,8 @@ class RoomRecovery:
     new_pool: str | None
     attempt: int
     last_state: str
+    # Each phase of the recovery in seconds (orchestrator.ops.recovery), None where not reached.
+    phases: tuple[tuple[str, float | None], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,10 @@ async def _await_recovery(
         watcher, lambda r: r.state == RoomState.SPEAKING and r.attempt > before.attempt, deadline_s
     )
     latest = watched.record or before
+    phases = tuple(phase_durations(recovery_marks(latest, started)))
     if watched.reached:
         at = latest.voice_at or time.time()
-        return RoomRecovery(before.room, max(0.0, at - started), latest.pool, latest.attempt, "speaking")
-    return RoomRecovery(before.room, None, latest.pool, latest.attempt, latest.state.value)
+        return RoomRecovery(
+            before.room, max(0.0, at - started), latest.pool, latest.attempt, "speaking", phases
+        )
+    return RoomRecovery(before.room, None, latest.pool, latest.attempt, latest.state.value, phases)

@@ -189,6 +189,9 @@ def _print_drill(console: Console, report: DrillReport, deadline_s: float) -> in
                 f"  ✔ {r.room:<28} recovered in {r.recovered_s:6.2f}s on {r.new_pool} (attempt {r.attempt})",
                 markup=False,
             )
+        known = [(phase, s) for phase, s in r.phases if s is not None]
+        if known:
+            console.print("      " + " · ".join(f"{phase} {s:.2f}s" for phase, s in known), markup=False)
     p50, worst = report.p50(), report.max()
     summary = f"{len(report.recovered)}/{len(report.rooms)} rooms recovered"
     if p50 is not None and worst is not None:

@@ -273,12 +273,15 @@ DENIED = [
     ("ingest", subjects.ROOM_STATUS),
     ("ingest", "switchboard.pools.eu-central-a.heartbeat"),
     ("orchestrator", subjects.ROOM_CREATED),
+    ("orchestrator", "switchboard.pools.eu-central-a.heartbeat"),
+    ("orchestrator", "switchboard.pools.eu-central-a.control"),
     ("operator", "$KV.switchboard_rooms.r.ornina-forged"),
 ]
 ALLOWED = [
     ("worker", "switchboard.pools.eu-central-a.heartbeat"),
     ("ingest", subjects.ROOM_CREATED),
     ("operator", "switchboard.pools.eu-central-a.control"),
+    ("orchestrator", "switchboard.pools.eu-central-a.presence.host-1-ab12"),
 ]
 # Replies travel on inboxes: each user may read its own only (NATS_INBOX_PREFIX).
 DENIED_SUBSCRIBE = [
@@ -288,7 +291,11 @@ DENIED_SUBSCRIBE = [
     ("operator", "_INBOX_orchestrator.>"),
     ("worker", "$KV.switchboard_rooms.>"),
 ]
-ALLOWED_SUBSCRIBE = [("worker", "_INBOX_worker.>"), ("orchestrator", "_INBOX_orchestrator.>")]
+ALLOWED_SUBSCRIBE = [
+    ("worker", "_INBOX_worker.>"),
+    ("worker", "switchboard.pools.eu-central-a.presence.host-1-ab12"),
+    ("orchestrator", "_INBOX_orchestrator.>"),
+]
 
 
 # Passwords shaped to trip nats-server's config parser. It reads `password: $VAR` by parsing the

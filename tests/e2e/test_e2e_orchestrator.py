@@ -4,6 +4,7 @@ orchestrator consuming `rooms.created` published on NATS the way an outside back
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections import Counter
 
@@ -151,6 +152,11 @@ async def test_full_home_region_spills_abroad_then_comes_home_when_it_frees_up(
         assert third.pool == "eu-central-a", [(h.event, h.detail) for h in third.history]
 
 
+# Beats alone would judge a pool dead only after this many seconds: far beyond the tests' bounds,
+# so a failover within them is the presence probes' doing (orchestrator/worker_presence.py).
+BEATS_ALONE_S = 120
+
+
 async def test_killed_pool_rooms_get_exactly_one_new_agent_each(
     workers: WorkerFactory,  # noqa: F811
     nc: NATS,
@@ -158,11 +164,14 @@ async def test_killed_pool_rooms_get_exactly_one_new_agent_each(
     livekit_server: LiveKitServer,
     livekit_api: lkapi.LiveKitAPI,
 ) -> None:
+    """A SIGKILLed pool's rooms move at once: its workers' connections are gone, and the presence
+    probes see it (the beats alone would wait ``BEATS_ALONE_S``)."""
     doomed = workers.start("eu-central-a", agent=AGENT, region="eu-central", capacity=5)
     workers.start("us-east-a", agent=AGENT, region="us-east", capacity=6)
     js = nc.jetstream()
     rooms = [f"ornina-kill-{i}" for i in range(5)]
-    async with running_orchestrator(make_settings(nats_server, livekit_server), _config()):
+    config = _config(dead_after_missed_beats=BEATS_ALONE_S)
+    async with running_orchestrator(make_settings(nats_server, livekit_server), config):
         kv = await open_bucket(js)
         listeners = [Listener(livekit_server, room) for room in rooms]
         for listener in listeners:
@@ -188,6 +197,49 @@ async def test_killed_pool_rooms_get_exactly_one_new_agent_each(
         finally:
             for listener in listeners:
                 await listener.__aexit__(None, None, None)
+
+
+async def test_a_frozen_pool_keeps_its_rooms(
+    workers: WorkerFactory,  # noqa: F811
+    nc: NATS,
+    nats_server: NatsServer,
+    livekit_server: LiveKitServer,
+    livekit_api: lkapi.LiveKitAPI,
+) -> None:
+    """A pool whose processes are frozen (SIGSTOP, as a long GC pause or a CPU-starved node would)
+    for longer than the presence probes wait holds its NATS connection: the probes time out, and
+    its room stays where it is, speaking, when it thaws, while another pool beats throughout."""
+    frozen = workers.start("eu-central-a", agent=AGENT, region="eu-central", capacity=2)
+    workers.start("us-east-a", agent=AGENT, region="us-east", capacity=2)
+    js = nc.jetstream()
+    room = "ornina-frozen"
+    async with (
+        running_orchestrator(
+            make_settings(nats_server, livekit_server), _config(dead_after_missed_beats=BEATS_ALONE_S)
+        ),
+        heartbeats(nc, "us-east-a") as neighbour,
+        heartbeats(nc, "eu-central-a") as beats,
+        Listener(livekit_server, room),
+    ):
+        kv = await open_bucket(js)
+        await publish_created_room(js, livekit_api, RoomCreated(room=room, region="eu-central"))
+        before = await wait_for_record(kv, room, {S.SPEAKING}, within=60)
+        assert before.pool == "eu-central-a"
+        assert frozen.process is not None
+        frozen.process.signal(signal.SIGSTOP)
+        try:
+            # Five of the neighbour's beats: the frozen pool is late (1.5 beats) and asked all along.
+            seen = len(neighbour.messages)
+            await neighbour.wait_for(lambda _: len(neighbour.messages) >= seen + 5, within_s=15, what="beats")
+        finally:
+            frozen.process.signal(signal.SIGCONT)
+        thawed = len(beats.messages)
+        await beats.wait_for(lambda _: len(beats.messages) > thawed, within_s=10, what="a beat after thawing")
+        after = await wait_for_record(kv, room, {S.SPEAKING}, within=5)
+        timeline = [(h.event, h.detail) for h in after.history]
+        kept = (after.pool, after.attempt, after.dispatch_id)
+        assert kept == ("eu-central-a", 1, before.dispatch_id), timeline
+        assert not any(h.event == "redispatch" for h in after.history), timeline
 
 
 async def _speaking_again(kv, room: str, since: float) -> tuple[RoomRecord, float]:  # type: ignore[no-untyped-def]

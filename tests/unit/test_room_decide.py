@@ -326,6 +326,22 @@ def test_the_agent_of_this_attempt_reporting_before_the_create_answer_is_adopted
     assert joined.state == S.JOINED and joined.dispatch_id == "AD_7" and joined.identity == "agent-J7"
 
 
+def test_a_join_keeps_the_workers_phases_in_the_timeline() -> None:
+    began = datetime.fromtimestamp(NOW - 0.6, tz=UTC)
+    connected = datetime.fromtimestamp(NOW - 0.35, tz=UTC)
+    marks = {"started_at": began, "connected_at": connected}
+    status = report("joined", "AD_1").status.model_copy(update=marks)
+    joined = step(holding(S.DISPATCHED), Report(status)).record
+    entry = joined.history[-1]
+    assert (entry.event, entry.data["started_at"], entry.data["connected_at"]) == (
+        "joined",
+        round(NOW - 0.6, 3),
+        round(NOW - 0.35, 3),
+    )
+    assert "job began 0.40 s after the dispatch" in entry.detail
+    assert "room connected 0.25 s after that" in entry.detail
+
+
 # -- 6. unreadable records -----------------------------------------------------------------------
 
 

@@ -46,6 +46,17 @@ def _unwanted(rec: RoomRecord, st: AgentStatus) -> Step:
     return Step(record=remember(rec, entry))
 
 
+def _join_phases(data: dict[str, Any], dispatched_at: float | None) -> str:
+    """The worker's side of a join in words: where the time between dispatch and join went."""
+    started, connected = data.get("started_at"), data.get("connected_at")
+    parts = []
+    if started is not None and dispatched_at is not None:
+        parts.append(f"job began {started - dispatched_at:.2f} s after the dispatch (worker clock)")
+    if started is not None and connected is not None:
+        parts.append(f"room connected {connected - started:.2f} s after that")
+    return f"; {', '.join(parts)}" if parts else ""
+
+
 def decide_report(rec: RoomRecord, st: AgentStatus, ctx: Context) -> Step:
     if (
         rec.state == S.DISPATCHING
@@ -65,12 +76,16 @@ def decide_report(rec: RoomRecord, st: AgentStatus, ctx: Context) -> Step:
     if st.warnings:
         data["warnings"] = st.warnings
     if st.state == "joined" and rec.state == S.DISPATCHED:
+        # The worker's side of the join (its clock), for the phases of a recovery in explain.
+        for name, at in (("started_at", st.started_at), ("connected_at", st.connected_at)):
+            if at is not None:
+                data[name] = round(at.timestamp(), 3)
         new = transition(
             rec,
             S.JOINED,
             now=ctx.now,
             event="joined",
-            detail=f"agent joined on {st.worker}",
+            detail=f"agent joined on {st.worker}{_join_phases(data, rec.dispatched_at)}",
             data=data,
             identity=st.identity,
             worker=st.worker,
