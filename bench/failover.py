@@ -135,7 +135,14 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
                 kv = await open_bucket(js)
                 # The rooms are created first, as the backend announcing them does; then the users join.
                 sids = await create_rooms(lk, names)
-                await asyncio.gather(*(listener.connect() for listener in listeners))
+                # A few at a time: 50 first connects at once overran their timeout on 2 cores.
+                gate = asyncio.Semaphore(8)
+
+                async def join(listener: TimedListener) -> None:
+                    async with gate:
+                        await listener.connect()
+
+                await asyncio.gather(*(join(listener) for listener in listeners))
                 for name in names:
                     event = RoomCreated(room=name, sid=sids[name], region="eu-central")
                     await bus.publish_room_created(js, event)

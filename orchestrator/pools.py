@@ -240,6 +240,11 @@ class PoolRegistry:
             if self._alive(w, now) and self._silence(w, now) >= late_after_s
         ]
 
+    def worker_draining(self, pool: str, worker: str) -> bool:
+        """The worker's last beat said it was draining, or an operator drained its pool."""
+        w = self._workers.get(pool, {}).get(worker)
+        return pool in self._operator_drained or (w is not None and w.beat.draining)
+
     def knows(self, pool: str, worker: str) -> bool:
         return worker in self._workers.get(pool, {})
 

@@ -263,7 +263,8 @@ class OrchestratorService:
     def _status_handler(self, controller: Reconciler):  # type: ignore[no-untyped-def]
         async def handle(message: Message, msg: Msg) -> None:
             assert isinstance(message, AgentStatus)
-            await controller.on_status(message)
+            draining = self.registry.worker_draining(message.pool, message.worker)
+            await controller.on_status(message, draining)
 
         return handle
 

@@ -103,7 +103,9 @@ class OrchestratorConfig(_Strict):
 
 class WorkerConfig(_Strict):
     capacity: int = Field(default=4, ge=1, le=1000)
-    drain_grace_s: float = Field(default=30.0, ge=0)
+    # An hour, as livekit-agents' own drain and LiveKit Cloud: a rolling deploy lets calls finish
+    # (issue 16); when a grace does end, the rooms are handed over (cause `drain`).
+    drain_grace_s: float = Field(default=3600.0, ge=0)
     allow_remote_kill: bool = False
 
 

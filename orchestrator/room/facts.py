@@ -26,6 +26,9 @@ class Claimed:
 @dataclass(frozen=True, slots=True)
 class Report:
     status: AgentStatus
+    # The reporting worker's last beat said it was draining: a ``left`` is then its drain grace
+    # ending (cause ``drain``, counted apart from agents that left on their own).
+    draining: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,8 +189,9 @@ class Reconciler:
                     return  # a key deleted by hand: nothing to end, nothing to keep
             await self._drive(current, Ended(event, published_at))
 
-    async def on_status(self, status: AgentStatus) -> None:
-        await self.on_fact(status.room, Report(status))
+    async def on_status(self, status: AgentStatus, draining: bool = False) -> None:
+        """A worker's report; ``draining``: that worker's last beat said it was draining."""
+        await self.on_fact(status.room, Report(status, draining))
 
     async def sweep(self, concurrency: int = 32) -> None:
         """One pass of the sweep, its steps awaited (tests)."""

@@ -409,3 +409,13 @@ def test_a_view_in_one_pass_says_what_the_walks_say(seed: int) -> None:
                         live,
                     )
                 assert got == _view_by_walks(reg, p, probe), (p, probe)
+
+
+def test_a_worker_is_draining_by_its_own_beat_or_an_operator_drain() -> None:
+    reg = registry()
+    reg.observe(beat("w1"), now=1.0)
+    reg.observe(beat("w2", draining=True), now=1.0)
+    assert (reg.worker_draining("eu-a", "w1"), reg.worker_draining("eu-a", "w2")) == (False, True)
+    assert not reg.worker_draining("eu-a", "unknown")
+    reg.mark_draining("eu-a")
+    assert reg.worker_draining("eu-a", "w1")

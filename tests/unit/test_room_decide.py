@@ -321,6 +321,13 @@ def test_a_report_that_the_agent_left_goes_through_the_removal_which_learns_if_t
     assert left.excluded == []
 
 
+def test_an_agent_leaving_a_draining_worker_is_handed_over_as_a_drain() -> None:
+    status = report("left", "AD_1").status
+    drained = step(holding(), Report(status, draining=True)).record
+    assert drained.state == S.REDISPATCHING and drained.reason == "drain" and drained.removal_pending
+    assert drained.excluded == [] and drained.history[-1].data["cause"] == "drain"
+
+
 def test_the_agent_of_this_attempt_reporting_before_the_create_answer_is_adopted() -> None:
     joined = step(dispatching(), report("joined", "AD_7", identity="agent-J7")).record
     assert joined.state == S.JOINED and joined.dispatch_id == "AD_7" and joined.identity == "agent-J7"

@@ -81,8 +81,8 @@ def decide(
     that held its job, is dead or unknown to this replica (see :func:`due`); ``place``: the
     placement inputs, given when :func:`needs_placement` says so."""
     match fact:
-        case Report(status):
-            return decide_report(rec, status, ctx)
+        case Report(status, draining):
+            return decide_report(rec, status, ctx, draining=draining)
         case Ended(event, published_at):
             return decide_ended(rec, event, ctx, published_at)
         case RemovalDone():

@@ -57,7 +57,7 @@ def _join_phases(data: dict[str, Any], dispatched_at: float | None) -> str:
     return f"; {', '.join(parts)}" if parts else ""
 
 
-def decide_report(rec: RoomRecord, st: AgentStatus, ctx: Context) -> Step:
+def decide_report(rec: RoomRecord, st: AgentStatus, ctx: Context, *, draining: bool = False) -> Step:
     if (
         rec.state == S.DISPATCHING
         and rec.dispatch_id is None
@@ -109,7 +109,8 @@ def decide_report(rec: RoomRecord, st: AgentStatus, ctx: Context) -> Step:
     elif st.state == "left":
         # Whether the room is still there is learned by the removal that follows: a room LiveKit
         # no longer has ends instead of being placed again.
-        return redispatch(rec, ctx, "left", st.reason, exclude=False)
+        # A draining worker's agents leave when its grace ends: the same hand-over, counted apart.
+        return redispatch(rec, ctx, "drain" if draining else "left", st.reason, exclude=False)
     elif st.state == "error":
         return redispatch(rec, ctx, "agent_error", st.reason, exclude=True)
     else:
