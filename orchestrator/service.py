@@ -156,7 +156,9 @@ class OrchestratorService:
         try:
             js = nc.jetstream()
             replicas = self.settings.nats.stream_replicas
-            self.presence = WorkerPresence(nc, self.registry, self.config.orchestrator.heartbeat_interval_s)
+            self.presence = WorkerPresence(
+                nc, self.registry, self.config.orchestrator.heartbeat_interval_s, on_gone=self._poke_sweep
+            )
             cfg = self.config.orchestrator
             handles = await open_jetstream(js, cfg, replicas, (ROOMS_CONSUMER, STATUS_CONSUMER))
             store = handles.store
@@ -259,6 +261,10 @@ class OrchestratorService:
                 await controller.on_room_ended(message, stamp.timestamp() if stamp is not None else None)
 
         return handle
+
+    def _poke_sweep(self) -> None:
+        if self.controller is not None:
+            self.controller.poke_sweep()
 
     def _status_handler(self, controller: Reconciler):  # type: ignore[no-untyped-def]
         async def handle(message: Message, msg: Msg) -> None:

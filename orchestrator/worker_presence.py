@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 PROBE_S = 0.1  # how often late workers are asked
 ANSWER_S = 0.25  # how long an answer is awaited (a timeout means "alive, maybe frozen")
 STRIKES = 2  # "no responders" in a row before a worker is gone
-LATE_AFTER_BEATS = 1.5  # silence, in heartbeat intervals, before a worker is asked
+# Silence, in heartbeat intervals, before a worker is asked: a beat's usual jitter is milliseconds,
+# and a late worker that is alive only costs an answered probe.
+LATE_AFTER_BEATS = 1.1
 RECHECK_S = 60.0  # a worker that never answered is asked again after this (it may be upgraded)
 MAX_PROBES = 64  # per round: a deployment-wide silence does not become a probe storm
 
@@ -63,8 +65,10 @@ class WorkerPresence:
         registry: PoolRegistry,
         heartbeat_interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        on_gone: Callable[[], None] = lambda: None,
     ) -> None:
         self._nc = nc
+        self._on_gone = on_gone  # a worker was just marked gone: its rooms can move now
         self._registry = registry
         self._interval = heartbeat_interval_s
         self._clock = clock
@@ -147,6 +151,7 @@ class WorkerPresence:
         k.strikes = 0
         pool, worker = key
         if self._registry.mark_gone(pool, worker, late_seen_at):
+            self._on_gone()
             log.warning(
                 "worker %s of pool %s is gone: silent %.1f s and NATS holds no connection for it; "
                 "its rooms fail over now",

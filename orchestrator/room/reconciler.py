@@ -197,6 +197,10 @@ class Reconciler:
         """One pass of the sweep, its steps awaited (tests)."""
         await self._sweep.run(concurrency)
 
+    def poke_sweep(self) -> None:
+        """A pool or worker death is known now: the sweep looks at once (:meth:`Sweep.poke`)."""
+        self._sweep.poke()
+
     async def sweep_loop(
         self, ready: Callable[[], bool], on_error: Callable[[Exception], None] | None = None
     ) -> None:

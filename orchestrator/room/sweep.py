@@ -14,6 +14,7 @@ plus the previous pass's slowest step later (issue 15: p99 350-460 ms late befor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -35,6 +36,12 @@ class Sweep:
         self.r = reconciler
         self._unheard_warned = False
         self._queued: set[str] = set()  # rooms whose step is waiting for a slot or running
+        self._poked = asyncio.Event()  # a death is known now: look at deaths without waiting
+
+    def poke(self) -> None:
+        """Look at the deaths at once (a worker's connection was just seen gone), not at the
+        next interval."""
+        self._poked.set()
 
     async def loop(
         self,
@@ -52,10 +59,13 @@ class Sweep:
                 wake = self.r.index.next_wake()
                 if wake is not None:
                     wait = min(wait, wake - self.r.clocks.wall())
-                await asyncio.sleep(max(0.0, wait))
+                await self._pause(max(0.0, wait))
+                if self._poked.is_set():
+                    self._poked.clear()
+                    deaths_at = self.r.clocks.mono()
                 if not ready():
                     # The index is still loading (its past wake-ups would make this loop spin).
-                    await asyncio.sleep(interval)
+                    await self._pause(interval)
                     continue
                 deaths = self.r.clocks.mono() >= deaths_at
                 if deaths:
@@ -67,6 +77,12 @@ class Sweep:
                         on_error(exc)
                     else:
                         log.exception("sweep failed; next one in %.2fs", interval)
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or until :meth:`poke`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._poked.wait()
 
     async def run(self, concurrency: int) -> None:
         """One pass, its steps awaited."""

@@ -228,7 +228,7 @@ async def test_a_frozen_pool_keeps_its_rooms(
         assert frozen.process is not None
         frozen.process.signal(signal.SIGSTOP)
         try:
-            # Five of the neighbour's beats: the frozen pool is late (1.5 beats) and asked all along.
+            # Five of the neighbour's beats: the frozen pool is late (1.1 beats) and asked all along.
             seen = len(neighbour.messages)
             await neighbour.wait_for(lambda _: len(neighbour.messages) >= seen + 5, within_s=15, what="beats")
         finally:
@@ -240,6 +240,36 @@ async def test_a_frozen_pool_keeps_its_rooms(
         kept = (after.pool, after.attempt, after.dispatch_id)
         assert kept == ("eu-central-a", 1, before.dispatch_id), timeline
         assert not any(h.event == "redispatch" for h in after.history), timeline
+
+
+async def test_a_call_still_running_when_the_drain_grace_ends_is_handed_over_as_a_drain(
+    workers: WorkerFactory,  # noqa: F811
+    nc: NATS,
+    nats_server: NatsServer,
+    livekit_server: LiveKitServer,
+    livekit_api: lkapi.LiveKitAPI,
+) -> None:
+    """SIGTERM (a rolling deploy) drains the worker: its call runs on for the grace (5 s here),
+    then is closed and the room moves to the other pool, its redispatch counted as ``drain``."""
+    draining = workers.start("eu-central-a", agent=AGENT, region="eu-central", capacity=2)
+    workers.start("us-east-a", agent=AGENT, region="us-east", capacity=2)
+    js = nc.jetstream()
+    room = "ornina-drained"
+    async with (
+        running_orchestrator(make_settings(nats_server, livekit_server), _config()),
+        Listener(livekit_server, room),
+    ):
+        kv = await open_bucket(js)
+        await publish_created_room(js, livekit_api, RoomCreated(room=room, region="eu-central"))
+        before = await wait_for_record(kv, room, {S.SPEAKING}, within=60)
+        assert before.pool == "eu-central-a"
+        assert draining.process is not None
+        draining.process.signal(signal.SIGTERM)
+        after, _ = await _speaking_again(kv, room, time.monotonic())
+        timeline = [(h.event, h.detail) for h in after.history]
+        assert after.pool == "us-east-a" and after.attempt == 2, timeline
+        causes = [h.data.get("cause") for h in after.history if h.event == "redispatch"]
+        assert causes == ["drain"], timeline
 
 
 async def _speaking_again(kv, room: str, since: float) -> tuple[RoomRecord, float]:  # type: ignore[no-untyped-def]

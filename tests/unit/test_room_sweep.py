@@ -15,6 +15,7 @@ from orchestrator.pools import FORGET_AFTER_S, PoolRegistry
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.room import Clocks, Reconciler
 from orchestrator.room.decide import due
+from orchestrator.room.sweep import Sweep
 from orchestrator.store import RoomStore, Versioned
 from shared.config import SwitchboardConfig
 from shared.messages import PoolHeartbeat
@@ -163,18 +164,17 @@ def test_the_loop_waits_while_the_index_loads_then_wakes_at_the_next_timer(
     s.index.apply("room-b", Versioned(later, 2))
     loading = [True, True]  # ready() answers False while this has items
     waits: list[float] = []
-    real_sleep = asyncio.sleep
 
-    async def sleep(delay: float) -> None:
+    async def pause(_: Sweep, delay: float) -> None:
         waits.append(round(delay, 3))
         if len(waits) >= 8:
             raise asyncio.CancelledError
-        await real_sleep(0)
+        await asyncio.sleep(0)
 
     def ready() -> bool:
         return not (loading and loading.pop())
 
-    monkeypatch.setattr(asyncio, "sleep", sleep)
+    monkeypatch.setattr(Sweep, "_pause", pause)
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(s.controller.sweep_loop(ready))
     interval = SwitchboardConfig().orchestrator.sweep_interval_s
@@ -184,3 +184,35 @@ def test_the_loop_waits_while_the_index_loads_then_wakes_at_the_next_timer(
     assert waits[4] == 0.0
     assert 0.0 < waits[5] <= 0.1
     assert [room for room, _ in s.redispatched][:1] == ["room-a"]
+
+
+def test_a_poke_looks_at_deaths_at_once() -> None:
+    """A worker seen gone (orchestrator/worker_presence.py) pokes the sweep: it looks at the dead
+    pool's rooms now, not at the next interval's boundary."""
+    s = Sweeper()
+    s.registry.observe(beat("eu-a", "w1"), 0.0)
+    joined = RoomRecord(room="room-a", state=RoomState.JOINED, pool="eu-a", rule="r", agent="ornina")
+    s.index.apply("room-a", Versioned(joined, 1))
+    sweep = s.controller._sweep
+
+    async def scenario() -> list[str]:
+        stepped = asyncio.Event()
+        step = s.controller.reconcile
+
+        async def noted(room: str) -> None:
+            await step(room)
+            stepped.set()
+
+        s.controller.reconcile = noted  # type: ignore[method-assign]
+        async with asyncio.TaskGroup() as tg:
+            loop = tg.create_task(s.controller.sweep_loop(lambda: True))
+            await asyncio.sleep(0.05)  # the first pass is done
+            # The hand-driven clock stands still: without the poke, deaths are never looked at again.
+            assert s.registry.mark_gone("eu-a", "w1", 0.0)
+            sweep.poke()
+            async with asyncio.timeout(5):
+                await stepped.wait()
+            loop.cancel()
+        return [room for room, _ in s.redispatched]
+
+    assert asyncio.run(scenario()) == ["room-a"]

@@ -12,7 +12,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from orchestrator.pools import PoolRegistry
-from orchestrator.worker_presence import STRIKES, WorkerPresence
+from orchestrator.worker_presence import LATE_AFTER_BEATS, STRIKES, WorkerPresence
 from tests.unit.test_pools import beat
 
 POOL, WORKER = "eu-a", "host-1-ab12"
@@ -80,7 +80,7 @@ async def test_a_killed_worker_is_dead_a_beat_and_a_half_after_its_last_beat() -
     while not reg.pool_dead(POOL, clock.now):
         await rounds(presence, clock, 1)
         assert clock.now - last_beat < 3.0, "should not need the missed beats"
-    assert 1.5 <= clock.now - last_beat <= 1.5 + STRIKES * 0.1 + 0.11
+    assert LATE_AFTER_BEATS <= clock.now - last_beat <= LATE_AFTER_BEATS + STRIKES * 0.1 + 0.11
     hear(reg, presence, clock)  # a beat after all: it is back
     assert not reg.pool_dead(POOL, clock.now)
 
@@ -129,7 +129,7 @@ async def test_after_this_replicas_reconnect_only_a_beat_heard_since_counts() ->
 async def test_one_no_responders_alone_is_not_a_death() -> None:
     reg, nc, clock, presence = world()
     hear(reg, presence, clock)
-    await rounds(presence, clock, 15)  # late from 1.5 s after its beat
+    await rounds(presence, clock, 15)  # late from 1.1 s after its beat
     nc.state = "gone"
     await rounds(presence, clock, 1)  # one strike: reconnecting to another server, say
     nc.state = "yes"
