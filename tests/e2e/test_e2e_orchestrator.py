@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 from livekit import api as lkapi
 from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
 
 from devstack.livekit_server import LiveKitServer
 from devstack.nats_server import NatsServer
@@ -29,6 +30,7 @@ from tests.orchestratorkit import (
 from tests.workerkit import (
     Listener,
     WorkerFactory,
+    WorkerProcess,
     agents_in_room,
     heartbeats,
     workers,  # noqa: F401  (fixture)
@@ -209,9 +211,7 @@ async def test_a_frozen_pool_keeps_its_rooms(
     """A pool whose processes are frozen (SIGSTOP, as a long GC pause or a CPU-starved node would)
     for longer than the presence probes wait holds its NATS connection: the probes time out, and
     its room stays where it is, speaking, when it thaws, while another pool beats throughout."""
-    frozen = workers.start("eu-central-a", agent=AGENT, region="eu-central", capacity=2)
-    workers.start("us-east-a", agent=AGENT, region="us-east", capacity=2)
-    js = nc.jetstream()
+    frozen = _home_and_neighbour(workers)
     room = "ornina-frozen"
     async with (
         running_orchestrator(
@@ -221,10 +221,7 @@ async def test_a_frozen_pool_keeps_its_rooms(
         heartbeats(nc, "eu-central-a") as beats,
         Listener(livekit_server, room),
     ):
-        kv = await open_bucket(js)
-        await publish_created_room(js, livekit_api, RoomCreated(room=room, region="eu-central"))
-        before = await wait_for_record(kv, room, {S.SPEAKING}, within=60)
-        assert before.pool == "eu-central-a"
+        kv, before = await _speaking_at_home(nc, livekit_api, room)
         assert frozen.process is not None
         frozen.process.signal(signal.SIGSTOP)
         try:
@@ -251,18 +248,13 @@ async def test_a_call_still_running_when_the_drain_grace_ends_is_handed_over_as_
 ) -> None:
     """SIGTERM (a rolling deploy) drains the worker: its call runs on for the grace (5 s here),
     then is closed and the room moves to the other pool, its redispatch counted as ``drain``."""
-    draining = workers.start("eu-central-a", agent=AGENT, region="eu-central", capacity=2)
-    workers.start("us-east-a", agent=AGENT, region="us-east", capacity=2)
-    js = nc.jetstream()
+    draining = _home_and_neighbour(workers)
     room = "ornina-drained"
     async with (
         running_orchestrator(make_settings(nats_server, livekit_server), _config()),
         Listener(livekit_server, room),
     ):
-        kv = await open_bucket(js)
-        await publish_created_room(js, livekit_api, RoomCreated(room=room, region="eu-central"))
-        before = await wait_for_record(kv, room, {S.SPEAKING}, within=60)
-        assert before.pool == "eu-central-a"
+        kv, _ = await _speaking_at_home(nc, livekit_api, room)
         assert draining.process is not None
         draining.process.signal(signal.SIGTERM)
         after, _ = await _speaking_again(kv, room, time.monotonic())
@@ -270,6 +262,25 @@ async def test_a_call_still_running_when_the_drain_grace_ends_is_handed_over_as_
         assert after.pool == "us-east-a" and after.attempt == 2, timeline
         causes = [h.data.get("cause") for h in after.history if h.event == "redispatch"]
         assert causes == ["drain"], timeline
+
+
+def _home_and_neighbour(workers: WorkerFactory) -> WorkerProcess:  # noqa: F811
+    """The room's home pool (returned) and a neighbour's, two rooms each."""
+    home = workers.start("eu-central-a", agent=AGENT, region="eu-central", capacity=2)
+    workers.start("us-east-a", agent=AGENT, region="us-east", capacity=2)
+    return home
+
+
+async def _speaking_at_home(
+    nc: NATS, livekit_api: lkapi.LiveKitAPI, room: str
+) -> tuple[KeyValue, RoomRecord]:
+    """The room, created in LiveKit and announced, speaking on its home pool."""
+    js = nc.jetstream()
+    kv = await open_bucket(js)
+    await publish_created_room(js, livekit_api, RoomCreated(room=room, region="eu-central"))
+    before = await wait_for_record(kv, room, {S.SPEAKING}, within=60)
+    assert before.pool == "eu-central-a"
+    return kv, before
 
 
 async def _speaking_again(kv, room: str, since: float) -> tuple[RoomRecord, float]:  # type: ignore[no-untyped-def]
