@@ -167,7 +167,9 @@ async def row(work: Path, lk: Any, heartbeat_s: float, rooms: int) -> dict[str, 
                                 if name in recovered:
                                     continue
                                 rec = await _record(kv, name)
-                                if rec is not None and rec.state == S.SPEAKING and rec.attempt >= 2:
+                                # A new attempt: a room of the 50 may have needed two before the kill.
+                                moved = rec is not None and rec.attempt > before[name].attempt
+                                if rec is not None and moved and rec.state == S.SPEAKING:
                                     recovered[name] = rec
                             await asyncio.sleep(0.05)
                 await asyncio.sleep(0.5)  # let the listeners' first frames from new agents land
