@@ -90,6 +90,9 @@ async def test_dev_rooms_speak_drill_recovers_and_ctrl_c_cleans_up(tmp_path: Pat
         assert drill.returncode == 0, report
         assert re.search(r"2/2 rooms recovered; p50 [\d.]+s, max [\d.]+s", report), report
         assert "ornina-demo-1" in report and "ornina-demo-3" in report and "on us-east-a" in report
+        # Each room's recovery in phases, from its timeline (orchestrator/ops/recovery.py).
+        phases = r"detect \+ decide [\d.]+s · .*room connect [\d.]+s · .*first audio [\d.]+s"
+        assert len(re.findall(phases, report)) == 2, report
     finally:
         if dev.returncode is None:
             tree |= descendants(dev.pid)
