@@ -191,7 +191,8 @@ def _print_drill(console: Console, report: DrillReport, deadline_s: float) -> in
             )
         known = [(phase, s) for phase, s in r.phases if s is not None]
         if known:
-            console.print("      " + " · ".join(f"{phase} {s:.2f}s" for phase, s in known), markup=False)
+            line = " · ".join(f"{phase} {s:.2f}s" for phase, s in known)
+            console.print(f"      {line}", markup=False, soft_wrap=True)  # one line per room, for grep
     p50, worst = report.p50(), report.max()
     summary = f"{len(report.recovered)}/{len(report.rooms)} rooms recovered"
     if p50 is not None and worst is not None:
