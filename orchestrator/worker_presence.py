@@ -52,6 +52,7 @@ class _Known:
     first_heard: float
     answers: bool | None = None  # None: not asked yet (or no clear answer yet)
     asked_at: float = 0.0
+    unclear: int = 0  # asks in a row without a clear answer (frozen, or the permission missing)
     strikes: int = 0
     struck_beat: float = 0.0  # the arrival of the last beat before the strikes: one silence's
 
@@ -100,7 +101,10 @@ class WorkerPresence:
         for key, k in self._known.items():
             # A worker subscribes before it is first heard, but its first beat may race its
             # subscription: ask from one interval after the first beat.
-            never = k.answers is None and now - k.first_heard >= self._interval
+            # No clear answer yet: asked again after 1, 2, 4 ... up to RECHECK_S seconds (a NATS user
+            # without the permission must not make every round a round of timeouts).
+            again = 0.0 if k.unclear == 0 else min(RECHECK_S, 2.0 ** (k.unclear - 1))
+            never = k.answers is None and now - k.first_heard >= self._interval and now - k.asked_at >= again
             if never or (k.answers is False and now - k.asked_at >= RECHECK_S):
                 asks.append(key)
         late: dict[tuple[str, str], float] = {}
@@ -137,8 +141,11 @@ class WorkerPresence:
         if k is None:
             return
         if late_seen_at is None:  # a first (or repeated) ask: does it answer at all?
-            if answer is not None:
-                k.answers, k.asked_at = answer, now
+            k.asked_at = now
+            if answer is None:
+                k.unclear += 1
+            else:
+                k.answers, k.unclear = answer, 0
             return
         if answer is not False:
             k.strikes = 0

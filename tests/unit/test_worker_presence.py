@@ -139,3 +139,15 @@ async def test_one_no_responders_alone_is_not_a_death() -> None:
     assert not reg.pool_dead(POOL, clock.now)
     await rounds(presence, clock, 1)
     assert reg.pool_dead(POOL, clock.now)
+
+
+async def test_a_worker_that_never_answers_clearly_is_asked_less_and_less_often() -> None:
+    """No answer at all (a NATS user without the permission, a worker frozen from its start):
+    asked again after 1, 2, 4 ... seconds, never every round."""
+    reg, nc, clock, presence = world()
+    nc.state = "frozen"
+    for _ in range(20):  # beats for 20 s
+        hear(reg, presence, clock)
+        await rounds(presence, clock, 10)
+    asked = [s for s in nc.asked if s == SUBJECT]
+    assert 4 <= len(asked) <= 6, len(asked)  # at 1, 2, 4, 8, 16 s from the first ask
