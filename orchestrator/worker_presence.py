@@ -90,7 +90,10 @@ class WorkerPresence:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(PROBE_S)
-            await self.round()
+            try:
+                await self.round()
+            except Exception:  # a fault here must not take the replica's other loops down
+                log.exception("presence round failed; the beats alone judge the workers meanwhile")
 
     async def round(self) -> None:
         """One round: ask the workers never asked, then the late ones."""
