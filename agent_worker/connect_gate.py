@@ -21,8 +21,9 @@ the FFI panics and SIGTERMs the worker (five jobs connecting at once on an idle 
 lost a hand-off so; livekit 1.2.1 adds the lock, but livekit-agents 1.8.9 pins 1.1.21). Measured
 in a fresh process, 10 threads connecting at once: 9 of 10 hung, in 3 runs of 3; with the client
 made first, 10 of 10 connected within 0.57 s, in 20 runs of 20. So the first connect makes the
-client under a lock, and from then on connects run side by side (they went one at a time until
-issue 16: ~0.1–0.3 s each, so a failover's ten rooms on one process queued for 1–3 s).
+client under a lock, and from then on connects run side by side, :data:`CONNECTS_AT_ONCE` at a
+time (they went one at a time until issue 16: ~0.1–0.3 s each, so a failover's ten rooms on one
+process queued for 1–3 s; all at once, the 200-room drills broke down).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from livekit.agents import JobContext
@@ -43,6 +44,13 @@ log = logging.getLogger(__name__)
 # they must not race to make is itself process-wide.
 _FIRST = threading.Lock()
 _FFI_MADE = threading.Event()
+# Connects side by side, but a few at a time: with all of them at once, a 200-room burst (50 jobs
+# per process on 2 cores) starved the worker's own loop (LiveKit's job assignments timed out,
+# connects hit their 10 s signal timeout) and the drills lost rooms and doubled agents. A
+# failover's 5 rooms per process take two rounds.
+CONNECTS_AT_ONCE = 3
+_SLOTS = threading.BoundedSemaphore(CONNECTS_AT_ONCE)
+SLOT_POLL_S = 0.05
 # How long a cancelled job waits for its connect to finish; beyond it the FFI has given up anyway.
 FINISH_CONNECT_S = 20.0
 
@@ -74,9 +82,10 @@ def gate_connect(
 
     async def connect(*args: Any, **kwargs: Any) -> None:
         await ffi_client_made()
-        if still_wanted is not None and not await still_wanted():
-            raise DispatchWithdrawn("the dispatch was withdrawn before the agent connected")
-        await run_to_completion(original(*args, **kwargs), ctx.room.disconnect)
+        async with connect_slot():
+            if still_wanted is not None and not await still_wanted():
+                raise DispatchWithdrawn("the dispatch was withdrawn before the agent connected")
+            await run_to_completion(original(*args, **kwargs), ctx.room.disconnect)
         if on_connected is not None:
             on_connected()
         if in_its_room is not None and not await in_its_room():
@@ -84,6 +93,18 @@ def gate_connect(
             raise DispatchWithdrawn("the job's room was deleted; connecting made a new, empty one")
 
     ctx.connect = connect  # type: ignore[method-assign]
+
+
+@contextlib.asynccontextmanager
+async def connect_slot() -> AsyncIterator[None]:
+    """One of the process's :data:`CONNECTS_AT_ONCE` connect slots, held until the connect ends."""
+    # Non-blocking tries, as in ffi_client_made: a cancelled waiter never holds a slot.
+    while not _SLOTS.acquire(blocking=False):  # noqa: ASYNC110 (no Event spans the jobs' loops)
+        await asyncio.sleep(SLOT_POLL_S)
+    try:
+        yield
+    finally:
+        _SLOTS.release()
 
 
 async def ffi_client_made() -> None:

@@ -153,3 +153,29 @@ async def test_connects_run_side_by_side_once_the_ffi_client_is_made() -> None:
         room.release.set()
     await asyncio.gather(*joins)
     assert all(room.connected for room in rooms)
+
+
+async def test_a_process_connects_a_few_rooms_at_a_time() -> None:
+    from agent_worker.connect_gate import CONNECTS_AT_ONCE, connect_slot
+
+    inside, most = 0, 0
+    release, full = asyncio.Event(), asyncio.Event()
+
+    async def one() -> None:
+        nonlocal inside, most
+        async with connect_slot():
+            inside += 1
+            most = max(most, inside)
+            if inside == CONNECTS_AT_ONCE:
+                full.set()
+            await release.wait()
+            inside -= 1
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(CONNECTS_AT_ONCE + 3):
+            tg.create_task(one())
+        await full.wait()
+        await asyncio.sleep(0.2)  # the others poll for a slot meanwhile, and find none
+        assert inside == CONNECTS_AT_ONCE
+        release.set()
+    assert most == CONNECTS_AT_ONCE and inside == 0
