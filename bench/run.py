@@ -66,7 +66,7 @@ SECTIONS: dict[str, tuple[Callable[[Path, bool], Awaitable[dict[str, Any]]], flo
     "spread": (spread.run, 120),
     "scaleout": (scaleout.run, 200),
     "compare": (compare.run, 300),
-    "failover": (failover.run, 480),
+    "failover": (failover.run, 900),
     "footprint": (footprint.run, 300),
     "listrooms": (listrooms.run, 200),
     "liverooms": (liverooms.run, 900),
