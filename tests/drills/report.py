@@ -53,7 +53,7 @@ Definitions (tests/drills/harness.py):
   live room went unlisted (a double shorter than that may be missed);
 - **recovery**: per drill, see its note (fault start or end → room live). In the 200-room drills
   it includes the burst's own join time: on a saturated 2-core machine about 50 agents per worker
-  process connect five at a time (`agent_worker/connect_gate.py`), and rooms past the drills' 60 s
+  process connect three at a time (`agent_worker/connect_gate.py`), and rooms past the drills' 60 s
   join deadline are dispatched again.
 
 {table_head}
