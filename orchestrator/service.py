@@ -245,6 +245,7 @@ class OrchestratorService:
         finally:
             self.readiness = Readiness()
             self.controller = None
+            self.presence = None
             await bus.close(nc, NATS_CLOSE_S)
 
     # -- handlers --------------------------------------------------------------------------------
