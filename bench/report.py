@@ -859,6 +859,11 @@ def _t_spread(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _not_speaking(r: dict[str, Any]) -> str:
+    n = r.get("not_speaking_at_kill", 0)
+    return f"; {n} of {r['rooms']} not speaking when the kill came, left out" if n else ""
+
+
 def _t_failover(s: dict[str, Any]) -> list[str]:
     lines = [
         "| heartbeat × beats | rooms on the killed pool (all rooms by pool before) | recovered "
@@ -870,7 +875,8 @@ def _t_failover(s: dict[str, Any]) -> list[str]:
         rs, h = r["recovery_s"], r["listener_heard_s"]
         lines.append(
             f"| {r['heartbeat_interval_s']:g} s × 3 | {r['affected']} "
-            f"({', '.join(f'{p}: {n}' for p, n in r.get('pools_before_kill', {}).items())}) | "
+            f"({', '.join(f'{p}: {n}' for p, n in r.get('pools_before_kill', {}).items())}"
+            f"{_not_speaking(r)}) | "
             f"{r['recovered']} | {_f(h['p50'])} / {_f(h['p99'])} / {_f(h['max'])} | "
             f"{_f(rs['p50'])} / {_f(rs['p99'])} / {_f(rs['max'])} |"
         )
