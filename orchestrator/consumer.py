@@ -222,12 +222,19 @@ class MessagePump:
                     await self._slots.acquire()
                     tg.create_task(self._one(msg, receive_link))
 
+    def _decoder(self, subject: str) -> tuple[str, type[Message] | None]:
+        """The subject's family (its decoders key; a per-pool ``x.*`` one named ``x``) and model."""
+        if (model := self.decoders.get(subject)) is not None:
+            return subject, model
+        family = subject.rsplit(".", 1)[0]
+        return family, self.decoders.get(f"{family}.*")
+
     async def _one(self, msg: Msg, receive_link: Link) -> None:
         try:
-            model = self.decoders.get(msg.subject)
+            family, model = self._decoder(msg.subject)
             parent = extract_headers(msg.headers)
             with _tracer.start_as_current_span(
-                f"process {msg.subject}",
+                f"process {family}",
                 context=parent,
                 kind=SpanKind.CONSUMER,
                 links=[receive_link],

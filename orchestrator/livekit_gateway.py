@@ -157,6 +157,11 @@ class ListedDispatch:
     identities: frozenset[str]  # participant identities of its jobs that have one
 
 
+# The participant attribute livekit-agents' worker sets to its agent_name when it accepts a job
+# (livekit.agents.types.ATTRIBUTE_AGENT_NAME in 1.8.9).
+AGENT_NAME_ATTRIBUTE = "lk.agent.name"
+
+
 @dataclass(frozen=True, slots=True)
 class LiveRoom:
     """A room as LiveKit lists it (ListRooms)."""
@@ -325,6 +330,20 @@ class LiveKitGateway:
         """Identities of the participants now in ``room``; None when the room does not exist."""
         infos = await self._participant_infos(room)
         return None if infos is None else frozenset(p.identity for p in infos)
+
+    async def roster(self, room: str) -> dict[str, str | None] | None:
+        """Who is in ``room``: each participant's identity with, for an agent, the ``agent_name`` it
+        joined under (livekit-agents sets the ``lk.agent.name`` attribute on accepting a job; "" when
+        an agent has none), and None for anyone else. None when the room does not exist."""
+        infos = await self._participant_infos(room)
+        if infos is None:
+            return None
+        return {
+            p.identity: p.attributes.get(AGENT_NAME_ATTRIBUTE, "")
+            if p.kind == lk.ParticipantInfo.Kind.AGENT
+            else None
+            for p in infos
+        }
 
     async def callers(self, room: str) -> frozenset[str] | None:
         """Identities of the participants in ``room`` that are not agents or egress (users, SIP

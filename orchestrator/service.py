@@ -37,6 +37,7 @@ from orchestrator.jetstream_setup import open_jetstream
 from orchestrator.livekit_gateway import LiveKitGateway
 from orchestrator.membership import Membership, open_members_bucket
 from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.override import untrusted
 from orchestrator.ownership import Ownership
 from orchestrator.partition_watch import PartitionWatches
 from orchestrator.pools import PoolRegistry, summary
@@ -47,6 +48,7 @@ from shared import bus, subjects
 from shared.codec import ContractError, decode, encode
 from shared.config import SwitchboardConfig
 from shared.control import PoolCommand
+from shared.logs import Throttled
 from shared.messages import (
     AgentStatus,
     Message,
@@ -102,6 +104,7 @@ class OrchestratorService:
         self.prometheus = prometheus or CollectorRegistry()
         self.probe_port = 0
         self.metrics = OrchestratorMetrics(metrics.get_meter("switchboard.orchestrator"))
+        self._mismatch_log = Throttled(log)
         self.config = config
         self.replica = replica or replica_id()
         self.readiness = Readiness()
@@ -192,12 +195,19 @@ class OrchestratorService:
                 rooms = MessagePump(
                     js,
                     ROOMS_CONSUMER,
-                    {subjects.ROOM_CREATED: RoomCreated, subjects.ROOM_ENDED: RoomEnded},
+                    {
+                        subjects.ROOM_CREATED: RoomCreated,
+                        subjects.ROOM_MANUAL: RoomCreated,
+                        subjects.ROOM_ENDED: RoomEnded,
+                    },
                     self._room_handler(controller),
                     on_rejected=self._count_rejected,
                 )
                 statuses = MessagePump(
-                    js, STATUS_CONSUMER, {subjects.ROOM_STATUS: AgentStatus}, self._status_handler(controller)
+                    js,
+                    STATUS_CONSUMER,
+                    {subjects.ROOM_STATUS: AgentStatus, subjects.ROOM_STATUS_WILDCARD: AgentStatus},
+                    self._status_handler(controller),
                 )
                 subs = [
                     await nc.subscribe(subjects.POOL_HEARTBEAT_WILDCARD, cb=self._on_heartbeat),
@@ -254,6 +264,18 @@ class OrchestratorService:
         async def handle(message: Message, msg: Msg) -> None:
             await msg.in_progress()
             if isinstance(message, RoomCreated):
+                if msg.subject != subjects.ROOM_MANUAL:
+                    message, overridden = untrusted(message)
+                    if overridden:
+                        log.warning(
+                            "room %s: its event on %s carries a manual-dispatch override; ignored (overrides "
+                            "come only from `switchboard dispatch`, on %s)",
+                            message.room,
+                            msg.subject,
+                            subjects.ROOM_MANUAL,
+                            extra={"reason": "override_ignored"},
+                        )
+                        self._count_rejected(msg.subject, "override_ignored")
                 await controller.on_room_created(message)
             elif isinstance(message, RoomEnded):
                 # When the end was published (JetStream's stamp): a sid-less end must not end a
@@ -270,6 +292,8 @@ class OrchestratorService:
     def _status_handler(self, controller: Reconciler):  # type: ignore[no-untyped-def]
         async def handle(message: Message, msg: Msg) -> None:
             assert isinstance(message, AgentStatus)
+            if not self._speaks_for_its_pool(msg.subject, subjects.ROOM_STATUS_WILDCARD, message.pool):
+                return
             draining = self.registry.worker_draining(message.pool, message.worker)
             await controller.on_status(message, draining)
 
@@ -296,6 +320,24 @@ class OrchestratorService:
             "livekit": r.livekit_ok,
         }
         return r.ready, {"replica": self.replica, "checks": checks, "problems": dict(r.details)}
+
+    def _speaks_for_its_pool(self, subject: str, family: str, pool: str) -> bool:
+        """Whether a heartbeat or report names the pool of its subject. NATS lets a worker publish
+        on its own pool's subjects only (deploy/nats/accounts.conf), so a body naming another pool
+        is a forgery or a misconfigured worker: dropped, counted and logged (issue 17). A report on
+        the subject of workers from before per-pool subjects has no pool to check."""
+        if subject == subjects.ROOM_STATUS:
+            return True
+        if subjects.pool_of(subject, family) == pool:
+            return True
+        self._count_rejected(subject, "pool_mismatch")
+        self._mismatch_log.warn(
+            (subject, pool),
+            "dropped a message on %s that speaks for pool %s: a worker may speak only for its own pool",
+            subject,
+            pool,
+        )
+        return False
 
     def _count_rejected(self, subject: str, reason: str) -> None:
         self.metrics.rejected.add(1, {"messaging.destination.name": subject, "reason": reason})
@@ -328,6 +370,8 @@ class OrchestratorService:
             hb = decode(PoolHeartbeat, msg.data)
         except ContractError as err:
             log.warning("bad heartbeat on %s: %s", msg.subject, err, extra={"reason": err.reason})
+            return
+        if not self._speaks_for_its_pool(msg.subject, subjects.POOL_HEARTBEAT_WILDCARD, hb.pool):
             return
         self.registry.observe(hb, time.monotonic())
         if self.presence is not None:

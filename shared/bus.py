@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -174,7 +175,7 @@ def rooms_stream_config(replicas: int = 1) -> StreamConfig:
     # The dedupe window covers webhook retries and LiveKit re-firing room_started on auto-create.
     return StreamConfig(
         name=subjects.ROOMS_STREAM,
-        subjects=[subjects.ROOM_CREATED, subjects.ROOM_ENDED],
+        subjects=[subjects.ROOM_CREATED, subjects.ROOM_ENDED, subjects.ROOM_MANUAL],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         num_replicas=replicas,
@@ -187,7 +188,7 @@ def rooms_stream_config(replicas: int = 1) -> StreamConfig:
 def status_stream_config(replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=subjects.STATUS_STREAM,
-        subjects=[subjects.ROOM_STATUS],
+        subjects=[subjects.ROOM_STATUS, subjects.ROOM_STATUS_WILDCARD],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         num_replicas=replicas,
@@ -216,7 +217,8 @@ def subjects_max_msg_size() -> int:
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream if missing. An existing stream is left as it is (never silently rewritten)."""
+    """Create the stream if missing. An existing stream is left as it is (never silently rewritten),
+    except that subjects a newer version added are added to it: nothing else of it changes."""
     assert config.name is not None
     try:
         info = await js.stream_info(config.name)
@@ -225,6 +227,22 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         log.info("created stream %s", config.name)
         return
     have = info.config
+    wanted, had = set(config.subjects or []), set(have.subjects or [])
+    missing = sorted(wanted - had)
+    if missing and had <= wanted and have.retention == config.retention:
+        try:
+            await js.update_stream(dataclasses.replace(have, subjects=[*(have.subjects or []), *missing]))
+        except Exception as err:  # a NATS user without stream rights (worker, ingest): not its job
+            log.warning(
+                "stream %s lacks subjects %s and this client may not add them (%s); an orchestrator of "
+                "this version adds them when it starts",
+                config.name,
+                ", ".join(missing),
+                err,
+            )
+            return
+        log.info("stream %s: added subjects %s", config.name, ", ".join(missing))
+        return
     if sorted(have.subjects or []) != sorted(config.subjects or []) or have.retention != config.retention:
         log.warning(
             "stream %s has subjects=%s retention=%s, expected %s %s; left unchanged",
@@ -251,16 +269,22 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
 
 
 async def publish(
-    js: JetStreamContext, subject: str, message: Message, msg_id: str, ack_wait: float = 5.0
+    js: JetStreamContext,
+    subject: str,
+    message: Message,
+    msg_id: str,
+    ack_wait: float = 5.0,
+    family: str | None = None,
 ) -> int:
     """Publish one message to JetStream as a traced PRODUCER; returns the stream sequence.
 
     ``msg_id`` becomes ``Nats-Msg-Id``: a retry after a timeout (which may have landed) is stored
     once. Raises ``ContractError`` for an invalid/oversized message before anything is sent.
+    ``family``: the subject's name without its per-pool token, for the span's name (few names).
     """
     payload = encode(message)
     with _tracer.start_as_current_span(
-        f"send {subject}",
+        f"send {family or subject}",
         kind=SpanKind.PRODUCER,
         attributes={
             "messaging.system": "nats",
@@ -280,9 +304,16 @@ async def publish_room_created(js: JetStreamContext, event: RoomCreated) -> int:
     return await publish(js, subjects.ROOM_CREATED, event, event.dedupe_id())
 
 
+async def publish_manual_dispatch(js: JetStreamContext, event: RoomCreated, msg_id: str) -> int:
+    """An operator's manual dispatch (the only subject whose override is obeyed)."""
+    return await publish(js, subjects.ROOM_MANUAL, event, msg_id)
+
+
 async def publish_room_ended(js: JetStreamContext, event: RoomEnded) -> int:
     return await publish(js, subjects.ROOM_ENDED, event, event.dedupe_id())
 
 
 async def publish_status(js: JetStreamContext, status: AgentStatus) -> int:
-    return await publish(js, subjects.ROOM_STATUS, status, status.dedupe_id())
+    return await publish(
+        js, subjects.room_status(status.pool), status, status.dedupe_id(), family=subjects.ROOM_STATUS
+    )

@@ -12,6 +12,7 @@ import contextvars
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -101,3 +102,22 @@ def configure_logging(level: str = "INFO", fmt: str = "text", secrets: Sequence[
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class Throttled:
+    """A warning per key at most once per ``every_s``: a flood of bad input (a forging or
+    misconfigured client) must not flood the log. The first line of each key always comes."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 60.0, max_keys: int = 1024) -> None:
+        self._log, self._every_s, self._max_keys = logger, every_s, max_keys
+        self._last: dict[object, float] = {}
+
+    def warn(self, key: object, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._every_s:
+            return
+        if len(self._last) >= self._max_keys:
+            self._last.clear()  # bounded: at worst some keys log again early
+        self._last[key] = now
+        self._log.warning(msg, *args)

@@ -13,8 +13,16 @@ PREFIX = "switchboard"
 # Room events (JetStream, stream ROOMS).
 ROOM_CREATED = f"{PREFIX}.rooms.created"
 ROOM_ENDED = f"{PREFIX}.rooms.ended"
-# Join / voice / left / error reports from the workers (JetStream, stream ROOMS_STATUS).
+# A manual dispatch (``switchboard dispatch``): a RoomCreated whose metadata may hold the override
+# (orchestrator/override.py). Only here is an override obeyed, and only the operator's NATS user may
+# publish here (deploy/nats/accounts.conf); on ROOM_CREATED the override key is dropped.
+ROOM_MANUAL = f"{PREFIX}.rooms.manual"
+# Join / voice / left / error reports from the workers (JetStream, stream ROOMS_STATUS), each on
+# its pool's subject switchboard.rooms.status.<pool> (room_status): a worker's NATS user may publish
+# only its own pool's (deploy/nats/accounts.conf), and the orchestrator drops a report whose body
+# names another pool. Workers before issue 17 published on ROOM_STATUS itself, still taken.
 ROOM_STATUS = f"{PREFIX}.rooms.status"
+ROOM_STATUS_WILDCARD = f"{ROOM_STATUS}.*"
 # Messages that failed validation, with the reason in a header (JetStream, stream DEAD_LETTER).
 DEAD_LETTER = f"{PREFIX}.dead"
 
@@ -73,6 +81,22 @@ def check_pool_id(pool: str) -> str:
 
 def pool_heartbeat(pool: str) -> str:
     return f"{PREFIX}.pools.{check_pool_id(pool)}.heartbeat"
+
+
+def room_status(pool: str) -> str:
+    return f"{ROOM_STATUS}.{check_pool_id(pool)}"
+
+
+def pool_of(subject: str, family: str) -> str | None:
+    """The pool token of ``subject`` in a per-pool ``family`` (``switchboard.pools.*.heartbeat``,
+    ``switchboard.rooms.status.*``); None when ``subject`` is not of that family."""
+    parts, pattern = subject.split("."), family.split(".")
+    if len(parts) != len(pattern) or "*" not in pattern:
+        return None
+    at = pattern.index("*")
+    if any(p != q for i, (p, q) in enumerate(zip(parts, pattern, strict=True)) if i != at):
+        return None
+    return parts[at]
 
 
 def pool_control(pool: str) -> str:

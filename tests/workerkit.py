@@ -129,7 +129,7 @@ async def inbox(nc: NATS, subject: str, model: type[M]) -> AsyncIterator[Inbox[M
 def statuses(nc: NATS) -> contextlib.AbstractAsyncContextManager[Inbox[AgentStatus]]:
     """JetStream publishes are ordinary publishes on the subject: a core subscription sees them
     without consuming from the work-queue stream the orchestrator owns."""
-    return inbox(nc, subjects.ROOM_STATUS, AgentStatus)
+    return inbox(nc, subjects.ROOM_STATUS_WILDCARD, AgentStatus)
 
 
 def heartbeats(nc: NATS, pool: str) -> contextlib.AbstractAsyncContextManager[Inbox[PoolHeartbeat]]:

@@ -17,6 +17,7 @@ from livekit.protocol.webhook import WebhookEvent
 from pydantic import ValidationError
 
 from orchestrator.home_region import region_hint
+from orchestrator.override import without_reserved
 from shared.codec import describe_validation_error
 from shared.messages import RoomCreated, RoomEnded
 
@@ -59,6 +60,10 @@ def room_created(
     """The room event of a LiveKit room, from its webhook or from ListRooms (the resync): one
     translation, so a room found either way is the same event."""
     metadata, note = parse_room_metadata(raw_metadata)
+    # Room metadata is often the end user's to set: keys of ours in it are not obeyed (issue 17).
+    metadata, dropped = without_reserved(metadata)
+    if dropped:
+        note = f"room metadata keys {', '.join(sorted(dropped))} are reserved for Switchboard; dropped"
     # A webhook names no region of its own: the metadata's, else the one this ingest serves.
     region = region_hint(None, metadata)
     if region is None:

@@ -28,7 +28,7 @@ from orchestrator.ops.rooms import get_room, is_live, room_store
 from orchestrator.ops.watch import wait_for_room
 from orchestrator.override import DispatchOverride, with_override
 from orchestrator.records import RoomRecord, RoomState
-from shared import bus, subjects
+from shared import bus
 from shared.messages import REGION_PATTERN, RoomCreated
 from shared.settings import LiveKitSettings
 
@@ -122,7 +122,7 @@ async def manual_dispatch(
     await bus.ensure_streams(js)
     # A fresh message id: the room sid may already sit in the dedupe window (a failed room retried
     # by hand is exactly the case this command exists for); the orchestrator's record dedupes.
-    await bus.publish(js, subjects.ROOM_CREATED, event, f"manual:{event.dedupe_id()}:{uuid.uuid4().hex}")
+    await bus.publish_manual_dispatch(js, event, f"manual:{event.dedupe_id()}:{uuid.uuid4().hex}")
     record = await _await_settled(nc, room, existing, wait_s)
     if record is None:
         return DispatchOutcome(

@@ -171,15 +171,22 @@ class Effects:
         the participant list. The room's existence is asked first: for a room LiveKit already
         deleted, DeleteDispatch answers only after seconds, and there is nobody left to remove.
 
+        Only agents of the replaced dispatch's own pool are removed (:func:`removable`): an
+        identity comes from a worker's report, and a report must never evict a caller, another
+        pool's agent or the room's current agent. Anyone else it names is refused, and said so.
+
         A replaced dispatch of another room of the name found here, with no caller in the room, is
         reported (:class:`GhostFound`) before anything is deleted, unless the record knows it."""
         room = rec.room
+        refused: list[str] = []
         try:
-            present = await self.livekit.participants(room)
-            listed = await self.livekit.room_dispatches(room) if present is not None else None
-            if present is None or listed is None:
+            roster = await self.livekit.roster(room)
+            listed = await self.livekit.room_dispatches(room) if roster is not None else None
+            if roster is None or listed is None:
                 return RemovalDone(room_exists=False, entries=entries)
+            present = frozenset(roster)
             ours = {i for e in entries for i in e.identities}
+            current = _current_identities(rec, listed)
             found: list[Replaced] = []
             for entry in entries:
                 mine = [d for d in listed if _of(entry, d)]
@@ -190,11 +197,16 @@ class Effects:
                         return ghost
                 for d in mine:
                     await self.livekit.delete_dispatch(d.id, room)
-                for identity in sorted(identities & present):
+                pools = _pools_of(entry.agent_name, *(d.agent_name for d in mine))
+                wrong = {i for i in identities & present if i in current or not removable(roster[i], pools)}
+                for identity in sorted((identities & present) - wrong):
                     await self.livekit.remove_participant(room, identity)
+                refused += sorted(wrong)
                 dispatch_id = entry.dispatch_id or (mine[0].id if mine else None)
                 found.append(
-                    entry.model_copy(update={"dispatch_id": dispatch_id, "identities": sorted(identities)})
+                    entry.model_copy(
+                        update={"dispatch_id": dispatch_id, "identities": sorted(identities - wrong)}
+                    )
                 )
             after = await self.livekit.participants(room)
         except LiveKitCallError as err:
@@ -202,14 +214,22 @@ class Effects:
                 "removal of replaced agents in %s failed: %s", room, err, extra={"reason": err.reason}
             )
             return RemovalFailed(err.reason, str(err))
+        if refused:
+            log.warning(
+                "room %s: refused to remove %s, named by a report of a replaced dispatch: not an agent "
+                "of that dispatch's pool, or the room's current agent",
+                room,
+                ", ".join(refused),
+                extra={"reason": "removal_refused"},
+            )
         if after is None:
-            return RemovalDone(room_exists=False, entries=tuple(found))
+            return RemovalDone(room_exists=False, entries=tuple(found), refused=tuple(refused))
         still = {i for e in found for i in e.identities} & after
         if still:
             return RemovalFailed(
                 "still_present", f"still in the room after removal: {', '.join(sorted(still))}"
             )
-        return RemovalDone(room_exists=True, entries=tuple(found))
+        return RemovalDone(room_exists=True, entries=tuple(found), refused=tuple(refused))
 
     async def ghost_of(self, room: str, sid: str) -> GhostFound | Listed | None:
         """Asked before a newer room of a known name (``sid``) is served, on its event. Whether
@@ -256,6 +276,32 @@ class Effects:
         return GhostFound(
             entry.model_copy(update={"dispatch_id": stale.id, "sid": stale.sid or entry.sid}), info.sid
         )
+
+
+def removable(agent_name: str | None, pools: frozenset[str]) -> bool:
+    """Whether a participant may be removed as a replaced dispatch's agent: an agent (None: a caller,
+    SIP, egress) that joined under the agent_name of one of ``pools``, the pools the dispatch was
+    made for. Without any (a record from before agent names were kept) any agent may be."""
+    if agent_name is None:
+        return False
+    return not pools or _pool_of(agent_name) in pools
+
+
+def _pool_of(agent_name: str) -> str:
+    """The pool of an ``<agent>.<pool>`` agent_name (pool ids hold no dot; shared.subjects)."""
+    return agent_name.rsplit(".", 1)[-1]
+
+
+def _pools_of(*agent_names: str | None) -> frozenset[str]:
+    return frozenset(_pool_of(n) for n in agent_names if n)
+
+
+def _current_identities(rec: RoomRecord, listed: list[ListedDispatch]) -> frozenset[str]:
+    """The room's current agent (its report, and LiveKit's jobs of its dispatch): never a replaced one."""
+    if rec.dispatch_id is None:
+        return frozenset({rec.identity} if rec.identity else ())
+    of_dispatch = (d.identities for d in listed if d.id == rec.dispatch_id)
+    return frozenset({rec.identity} if rec.identity else ()).union(*of_dispatch)
 
 
 def _of(entry: Replaced, d: ListedDispatch) -> bool:

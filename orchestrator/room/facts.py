@@ -90,6 +90,8 @@ class RemovalDone:
     room_exists: bool
     # The entries as the effect found them: ids looked up by key, identities learned from jobs.
     entries: tuple[Replaced, ...] = ()
+    # Identities a report named that were not removed: not an agent of the dispatch's pool.
+    refused: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

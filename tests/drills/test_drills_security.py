@@ -269,8 +269,12 @@ async def _good_hook(http: aiohttp.ClientSession, url: str, s: Stack, room: str)
 DENIED = [
     ("worker", subjects.ROOM_CREATED),
     ("worker", subjects.ROOM_ENDED),
+    ("worker", subjects.ROOM_MANUAL),
+    ("ingest", subjects.ROOM_MANUAL),
     ("worker", "$KV.switchboard_rooms.r.ornina-forged"),
     ("ingest", subjects.ROOM_STATUS),
+    ("ingest", subjects.room_status("eu-central-a")),
+    ("operator", subjects.room_status("eu-central-a")),
     ("ingest", "switchboard.pools.eu-central-a.heartbeat"),
     ("orchestrator", subjects.ROOM_CREATED),
     ("orchestrator", "switchboard.pools.eu-central-a.heartbeat"),
@@ -279,8 +283,10 @@ DENIED = [
 ]
 ALLOWED = [
     ("worker", "switchboard.pools.eu-central-a.heartbeat"),
+    ("worker", subjects.room_status("eu-central-a")),
     ("ingest", subjects.ROOM_CREATED),
     ("operator", "switchboard.pools.eu-central-a.control"),
+    ("operator", subjects.ROOM_MANUAL),
     ("orchestrator", "switchboard.pools.eu-central-a.presence.host-1-ab12"),
 ]
 # Replies travel on inboxes: each user may read its own only (NATS_INBOX_PREFIX).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
@@ -96,6 +97,24 @@ async def test_ensure_streams_is_idempotent(nc: NATS) -> None:
     await bus.ensure_streams(js)
     names = {s.config.name for s in await js.streams_info()}
     assert {subjects.ROOMS_STREAM, subjects.STATUS_STREAM, subjects.DEAD_LETTER_STREAM} <= names
+
+
+async def test_ensure_streams_adds_the_subjects_a_newer_version_added(nc: NATS) -> None:
+    """A rooms stream made by an older version (no switchboard.rooms.manual) takes the new subject,
+    and keeps its messages; anything else about an existing stream is left as it is."""
+    js = nc.jetstream()
+    before = [subjects.ROOM_CREATED, subjects.ROOM_ENDED]
+    old = dataclasses.replace(bus.rooms_stream_config(), subjects=before)
+    await js.add_stream(old)
+    await bus.publish_room_created(js, RoomCreated(room="from-before"))
+    await bus.ensure_streams(js)
+    info = await js.stream_info(subjects.ROOMS_STREAM)
+    assert sorted(info.config.subjects or []) == sorted(
+        [subjects.ROOM_CREATED, subjects.ROOM_ENDED, subjects.ROOM_MANUAL]
+    )
+    assert info.state.messages == 1
+    await bus.publish_manual_dispatch(js, RoomCreated(room="by-hand"), "manual:by-hand")
+    assert (await js.stream_info(subjects.ROOMS_STREAM)).state.messages == 2
 
 
 async def test_trace_context_crosses_nats_headers(nc: NATS) -> None:

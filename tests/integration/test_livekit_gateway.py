@@ -16,7 +16,13 @@ from pydantic import SecretStr
 
 from devstack.livekit_server import LiveKitServer
 from devstack.ports import free_tcp_port
-from orchestrator.livekit_gateway import DispatchJobs, ListedDispatch, LiveKitCallError, LiveKitGateway
+from orchestrator.livekit_gateway import (
+    AGENT_NAME_ATTRIBUTE,
+    DispatchJobs,
+    ListedDispatch,
+    LiveKitCallError,
+    LiveKitGateway,
+)
 from shared.dispatch_metadata import build_dispatch_metadata
 from shared.messages import DispatchInfo
 from shared.settings import LiveKitSettings
@@ -159,14 +165,22 @@ async def test_room_dispatches_read_our_key_and_the_room_a_dispatch_was_for(gate
     assert listed[theirs] == ListedDispatch(theirs, "someone", None, None, frozenset())
 
 
-def join_token(server: LiveKitServer, room: str, identity: str, kind: Literal["standard", "agent"]) -> str:
-    return (
+def join_token(
+    server: LiveKitServer,
+    room: str,
+    identity: str,
+    kind: Literal["standard", "agent"],
+    attributes: dict[str, str] | None = None,
+) -> str:
+    token = (
         lkapi.AccessToken(server.api_key, server.api_secret)
         .with_identity(identity)
         .with_kind(kind)
         .with_grants(lkapi.VideoGrants(room_join=True, room=room))
-        .to_jwt()
     )
+    if attributes:
+        token = token.with_attributes(attributes)
+    return token.to_jwt()
 
 
 async def test_participants(
@@ -185,15 +199,27 @@ async def test_participants(
     assert await gateway.participants(room) == frozenset()
     assert await gateway.callers(room) == frozenset()
 
-    agent, visitor = rtc.Room(), rtc.Room()
+    agent, unnamed, visitor = rtc.Room(), rtc.Room(), rtc.Room()
     try:
-        # connect() returns once LiveKit answered the join: both are then listed.
-        await agent.connect(livekit_server.ws_url, join_token(livekit_server, room, "the-agent", "agent"))
-        await visitor.connect(
-            livekit_server.ws_url, join_token(livekit_server, room, "a-visitor", "standard")
+        # connect() returns once LiveKit answered the join: all are then listed. A livekit-agents
+        # worker names its agent_name in the lk.agent.name attribute of the job's participant.
+        named = {AGENT_NAME_ATTRIBUTE: "ornina.eu-central-a"}
+        await agent.connect(
+            livekit_server.ws_url, join_token(livekit_server, room, "the-agent", "agent", named)
         )
-        assert await gateway.participants(room) == frozenset({"the-agent", "a-visitor"})
+        await unnamed.connect(livekit_server.ws_url, join_token(livekit_server, room, "an-agent", "agent"))
+        # A caller cannot pass for an agent by naming an agent_name: its kind says what it is.
+        await visitor.connect(
+            livekit_server.ws_url, join_token(livekit_server, room, "a-visitor", "standard", named)
+        )
+        assert await gateway.participants(room) == frozenset({"the-agent", "an-agent", "a-visitor"})
         assert await gateway.callers(room) == frozenset({"a-visitor"})
+        assert await gateway.roster(room) == {
+            "the-agent": "ornina.eu-central-a",
+            "an-agent": "",
+            "a-visitor": None,
+        }
+        assert await gateway.roster(missing) is None
     finally:
-        await agent.disconnect()
-        await visitor.disconnect()
+        for participant in (agent, unnamed, visitor):
+            await participant.disconnect()

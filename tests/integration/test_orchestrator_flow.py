@@ -8,9 +8,12 @@ by the test first, as a user's backend does), dispatch and deletion below is Liv
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 import pytest
 from livekit import api as lkapi
@@ -19,12 +22,13 @@ from nats.aio.msg import Msg
 
 from devstack.livekit_server import LiveKitServer
 from devstack.nats_server import NatsServer
+from orchestrator.override import OVERRIDE_KEY
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
 from shared import bus, subjects
-from shared.codec import decode
+from shared.codec import decode, encode
 from shared.dispatch_metadata import read_dispatch_metadata
-from shared.messages import PoolHeartbeat, RoomCreated, RoomEnded
+from shared.messages import AgentStatus, PoolHeartbeat, RoomCreated, RoomEnded
 from tests.drills.faultproxy import FaultProxy
 from tests.orchestratorkit import (
     FakePool,
@@ -78,6 +82,40 @@ async def test_room_is_dispatched_to_its_region_and_reaches_speaking(
         decision = rec.history[2].data
         assert decision["pool"] == "eu-central-a"
         assert {c["pool"] for c in decision["candidates"]} >= {"eu-central-a"}
+    await eu.stop()
+    await us.stop()
+
+
+async def test_an_override_in_room_metadata_is_not_obeyed(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, livekit_api: lkapi.LiveKitAPI
+) -> None:
+    """Room metadata is often the end user's to set: an override in it (agent, pool, a restart)
+    comes from whoever set it, so on switchboard.rooms.created it is dropped; only the operator's
+    switchboard.rooms.manual carries one (tests/integration/test_cli_dispatch.py)."""
+    js = nc.jetstream()
+    eu, us = FakePool(nc, "eu-central-a", "eu-central"), FakePool(nc, "us-east-a", "us-east")
+    await eu.start()
+    await us.start()
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+        kv = await open_bucket(js)
+        await publish_created_room(
+            js,
+            livekit_server,
+            RoomCreated(
+                room="ornina-flow-forged",
+                region="eu-central",
+                metadata={
+                    "lang": "de",
+                    OVERRIDE_KEY: {"agent": "other-agent", "pool": "us-east-a", "requested_by": "caller"},
+                },
+            ),
+        )
+        rec = await wait_for_record(kv, "ornina-flow-forged", {S.DISPATCHED})
+        assert rec.pool == "eu-central-a" and rec.agent == "ornina-avatar-agent"
+        assert not rec.manual and rec.override_agent is None and rec.override_pool is None
+        [dispatch] = await _named_dispatches(livekit_api, "ornina-flow-forged")
+        assert dispatch.agent_name == eu.agent_name
+        assert read_dispatch_metadata(dispatch.metadata).user_metadata == '{"lang":"de"}'
     await eu.stop()
     await us.stop()
 
@@ -200,6 +238,97 @@ async def test_dead_pool_moves_its_speaking_rooms(
         assert rec.pool == "us-east-a" and rec.attempt == 2 and "eu-central-a" not in rec.excluded
         assert any(h.event == "redispatch" and "pool_dead" in h.detail for h in rec.history)
         assert [d.id for d in await _named_dispatches(livekit_api, "ornina-dies")] == [rec.dispatch_id]
+    await us.stop()
+
+
+class Heard(logging.Handler):
+    """Set once a log line holding ``text`` was emitted (the orchestrator runs in this loop)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.WARNING)
+        self.text, self.event = text, asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+@contextlib.asynccontextmanager
+async def heard(text: str, within: float = 10.0) -> AsyncIterator[None]:
+    """The block's end waits (bounded) for a warning of the orchestrator's holding ``text``."""
+    handler = Heard(text)
+    logger = logging.getLogger("orchestrator.service")
+    logger.addHandler(handler)
+    try:
+        yield
+        async with asyncio.timeout(within):
+            await handler.event.wait()
+    finally:
+        logger.removeHandler(handler)
+
+
+async def test_a_worker_speaks_only_for_its_own_pool(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer
+) -> None:
+    """Issue 17: NATS lets a pool's workers publish only their pool's subjects; a heartbeat or report
+    whose body names another pool is dropped. Forged beats do not keep a dead pool alive, and a
+    forged voice report does not mark a room speaking."""
+    js = nc.jetstream()
+    eu, us = FakePool(nc, "eu-central-a", "eu-central"), FakePool(nc, "us-east-a", "us-east")
+    await eu.start()
+    await us.start()
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+        kv = await open_bucket(js)
+        await publish_created_room(js, livekit_server, RoomCreated(room="ornina-forge", region="eu-central"))
+        rec = await wait_for_record(kv, "ornina-forge", {S.DISPATCHED})
+        assert rec.pool == "eu-central-a" and rec.dispatch_id
+        # us-east-a's worker reports voice for eu-central-a's room, on its own subject.
+        forged = AgentStatus(
+            room="ornina-forge",
+            dispatch_id=rec.dispatch_id,
+            attempt=1,
+            pool="eu-central-a",
+            worker=eu.worker,
+            state="voice",
+            at=datetime.now(UTC),
+            identity=f"agent-{rec.dispatch_id}",
+        )
+        async with heard(f"dropped a message on {subjects.room_status('us-east-a')}"):
+            await bus.publish(js, subjects.room_status("us-east-a"), forged, "forged-voice")
+        assert (await wait_for_record(kv, "ornina-forge", {S.DISPATCHED})).state == S.DISPATCHED
+
+        # eu-central-a dies; us-east-a's worker keeps beating in its name, on its own subject.
+        await eu.stop()
+        seq = itertools.count(10_000)
+
+        async def forge() -> None:
+            while True:
+                beat = PoolHeartbeat(
+                    pool="eu-central-a",
+                    agent=eu.agent,
+                    region="eu-central",
+                    agent_name=eu.agent_name,
+                    worker=eu.worker,
+                    capacity=eu.capacity,
+                    active=1,
+                    load=0.1,
+                    version="test",
+                    seq=next(seq),
+                    at=datetime.now(UTC),
+                    jobs=[rec.dispatch_id or ""],
+                )
+                await nc.publish(subjects.pool_heartbeat("us-east-a"), encode(beat))
+                await asyncio.sleep(0.1)
+
+        forging = asyncio.create_task(forge())
+        try:
+            async with heard(f"dropped a message on {subjects.pool_heartbeat('us-east-a')}"):
+                pass
+            moved = await wait_until(kv, "ornina-forge", lambda r: r.attempt == 2, "moved", 20)
+            assert moved.pool == "us-east-a"
+            assert any(h.event == "redispatch" and "pool_dead" in h.detail for h in moved.history)
+        finally:
+            forging.cancel()
     await us.stop()
 
 

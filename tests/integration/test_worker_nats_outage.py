@@ -35,7 +35,7 @@ async def _stream_statuses(url: str, count: int, within_s: float) -> list[AgentS
         js = client.jetstream()
         # The worker creates the streams once it connects; we may get there first (idempotent).
         await bus.ensure_streams(js)
-        sub = await js.pull_subscribe(subjects.ROOM_STATUS, durable="outage-test")
+        sub = await js.pull_subscribe(subjects.ROOM_STATUS_WILDCARD, durable="outage-test")
         got: list[AgentStatus] = []
         async with asyncio.timeout(within_s):
             while len(got) < count:

@@ -193,6 +193,22 @@ class SimLiveKit:
 
         return await self._call("participants", room, apply)
 
+    async def roster(self, room: str) -> dict[str, str | None] | None:
+        def apply() -> dict[str, str | None] | None:
+            lk_room = self.rooms.get(room)
+            if lk_room is None:
+                return None
+            return {
+                i: self._agent_name(i) if kind == "agent" else None
+                for i, kind in lk_room.participants.items()
+            }
+
+        return await self._call("roster", room, apply)
+
+    def _agent_name(self, identity: str) -> str:
+        job = self.jobs.get(identity.removeprefix("agent-"))
+        return job.pool.agent_name if job is not None else ""
+
     async def callers(self, room: str) -> frozenset[str] | None:
         def apply() -> frozenset[str] | None:
             lk_room = self.rooms.get(room)

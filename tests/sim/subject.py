@@ -112,6 +112,9 @@ class Gateway:
     async def participants(self, room: str) -> frozenset[str] | None:
         return await self.lk.participants(room)
 
+    async def roster(self, room: str) -> dict[str, str | None] | None:
+        return await self.lk.roster(room)
+
     async def callers(self, room: str) -> frozenset[str] | None:
         return await self.lk.callers(room)
 

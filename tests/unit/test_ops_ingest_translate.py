@@ -7,6 +7,7 @@ from livekit.protocol.models import Room
 from livekit.protocol.webhook import WebhookEvent
 
 from orchestrator.ingest.translate import BadEvent, translate
+from orchestrator.override import OVERRIDE_KEY, read_override, untrusted
 from shared.messages import RoomCreated, RoomEnded
 
 
@@ -25,6 +26,9 @@ def started(name: str = "ornina-1", sid: str = "RM_1", metadata: str = "", creat
         ('{"region": "US East!"}', "eu-central", {"region": "US East!"}, True),
         ("not json", "eu-central", None, True),
         ('["a list"]', "eu-central", None, True),
+        # Keys of ours are not the room metadata's to set (issue 17): dropped, and noted.
+        ('{"lang": "de", "_switchboard_override": {"pool": "x"}}', "eu-central", {"lang": "de"}, True),
+        ('{"_switchboard": {"attempt": 9}}', "eu-central", None, True),
     ],
 )
 def test_room_started_region_and_metadata(
@@ -53,3 +57,13 @@ def test_other_events_are_ignored(kind: str) -> None:
 def test_unrepresentable_room_is_a_bad_event(name: str) -> None:
     with pytest.raises(BadEvent):
         translate(started(name=name), "eu-central")
+
+
+def test_an_override_on_the_ordinary_subject_is_dropped_and_said() -> None:
+    event = RoomCreated(room="vip-1", metadata={"lang": "de", OVERRIDE_KEY: {"pool": "us-east-a"}})
+    kept, overridden = untrusted(event)
+    assert overridden and kept.metadata == {"lang": "de"} and read_override(kept.metadata) is None
+    plain = RoomCreated(room="vip-2", metadata={"lang": "de"})
+    assert untrusted(plain) == (plain, False)
+    only = RoomCreated(room="vip-3", metadata={OVERRIDE_KEY: {"pool": "us-east-a"}})
+    assert untrusted(only)[0].metadata is None

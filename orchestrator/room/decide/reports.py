@@ -11,6 +11,7 @@ from orchestrator.room.decide.retire import remember
 from orchestrator.room.step import REST, Step
 from orchestrator.transitions import transition
 from shared.messages import AgentStatus
+from shared.subjects import pool_agent_name
 
 S = RoomState
 
@@ -42,7 +43,11 @@ def _unwanted(rec: RoomRecord, st: AgentStatus) -> Step:
         return REST
     # Even an agent already listed (from its job) and confirmed gone is removed again: it may have
     # joined after that confirmation, which is exactly what this report says it did.
-    entry = Replaced(dispatch_id=st.dispatch_id, attempt=st.attempt, identities=[st.identity])
+    # The pool the report speaks for: only an agent of that pool may be removed on its word.
+    agent_name = pool_agent_name(rec.agent, st.pool) if rec.agent else None
+    entry = Replaced(
+        dispatch_id=st.dispatch_id, attempt=st.attempt, agent_name=agent_name, identities=[st.identity]
+    )
     return Step(record=remember(rec, entry))
 
 

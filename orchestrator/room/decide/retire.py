@@ -120,9 +120,13 @@ def decide_removal_done(rec: RoomRecord, done: RemovalDone, ctx: Context) -> Ste
             )
         )
     new = _settled(rec, done.entries)
-    if new == rec:
+    if new == rec and not done.refused:
         return REST
     ids = ", ".join(i for e in done.entries for i in e.identities) or "none present"
-    return Step(
-        record=note(new, now=ctx.now, event="removed", detail=f"replaced agents gone from the room: {ids}")
-    )
+    detail = f"replaced agents gone from the room: {ids}"
+    if done.refused:
+        detail += (
+            f"; not removed: {', '.join(done.refused)} (named by a report, but not an agent of the "
+            "replaced dispatch's pool, or the room's current agent)"
+        )
+    return Step(record=note(new, now=ctx.now, event="removed", detail=detail))
