@@ -121,6 +121,11 @@ def worker(
         prewarmed = prewarm_at_start(opts.entrypoint, opts.prewarm, opts.executor)
     except (OptionsError, ConfigError, EntrypointError) as exc:
         _fail(str(exc))
+    if missing := settings.livekit.missing():
+        _fail(
+            f"{' and '.join(missing)} not set: the worker registers with LiveKit with it. There is no "
+            "default key pair outside `switchboard dev` (livekit-server's dev pair is public); set both"
+        )
     with log_context(pool=opts.pool, worker=opts.worker_id):
         _run(opts, lambda: _main(opts, settings, prewarmed))
 

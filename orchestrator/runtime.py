@@ -24,6 +24,18 @@ def load_settings(config_path: Path | None = None) -> Settings:
     return settings
 
 
+def require_livekit_pair(settings: Settings, needed_for: str) -> None:
+    """Exit 2 naming the unset variables when LiveKit's key pair is not given (``needed_for``:
+    what this process uses it for). No default pair: livekit-server's dev pair is public."""
+    if missing := settings.livekit.missing():
+        typer.echo(
+            f"switchboard: {' and '.join(missing)} not set: {needed_for}. There is no default key pair "
+            "outside `switchboard dev` (livekit-server's dev pair is public); set both",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+
+
 def load_config_or_exit(settings: Settings) -> SwitchboardConfig:
     """The YAML config, or exit 2 with a message that names the file and the field."""
     try:

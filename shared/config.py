@@ -123,6 +123,9 @@ class IngestConfig(_Strict):
     region: Region | None = None
     # How long a JetStream publish may take before the webhook is answered 503 (LiveKit retries).
     publish_timeout_s: float = Field(default=3.0, gt=0, le=30)
+    # How long a request's body may take to arrive before it is answered 408 (LiveKit sends a
+    # small body at once; a slow client must not hold a connection and a handler for long).
+    body_read_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
 
 class SwitchboardConfig(_Strict):

@@ -39,15 +39,24 @@ class NatsSettings(BaseSettings):
 
 
 class LiveKitSettings(BaseSettings):
+    """LiveKit's URL and API key pair. No default key pair (issue 17): livekit-server's dev pair
+    (devkey / secret) is public, and an ingest that fell back to it would accept webhooks anyone
+    can sign. ``switchboard dev`` passes its own local server's pair to every process it starts."""
+
     model_config = SettingsConfigDict(env_prefix="LIVEKIT_", extra="ignore")
 
     url: str = "http://127.0.0.1:7880"
-    api_key: str = Field(default="devkey", validation_alias=AliasChoices("LIVEKIT_API_KEY", "api_key"))
+    api_key: str = Field(default="", validation_alias=AliasChoices("LIVEKIT_API_KEY", "api_key"))
     api_secret: SecretStr = Field(
-        default=SecretStr("secret"), validation_alias=AliasChoices("LIVEKIT_API_SECRET", "api_secret")
+        default=SecretStr(""), validation_alias=AliasChoices("LIVEKIT_API_SECRET", "api_secret")
     )
     # livekit-api 1.2.2 sets no HTTP timeout of its own: every call is wrapped in this.
     request_timeout_s: float = 5.0
+
+    def missing(self) -> list[str]:
+        """The variables of the key pair that are not set (the names, never a value)."""
+        pair = [("LIVEKIT_API_KEY", self.api_key), ("LIVEKIT_API_SECRET", self.api_secret.get_secret_value())]
+        return [name for name, value in pair if not value.strip()]
 
 
 class Settings(BaseSettings):

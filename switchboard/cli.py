@@ -43,12 +43,13 @@ ConfigOption = Annotated[
 @app.command()
 def orchestrator(config: ConfigOption = None) -> None:
     """Run one orchestrator replica: consume room events, schedule, dispatch, track, fail over."""
-    from orchestrator.runtime import load_config_or_exit, load_settings, run_async
+    from orchestrator.runtime import load_config_or_exit, load_settings, require_livekit_pair, run_async
     from orchestrator.service import OrchestratorService, run_until_signalled
     from shared.telemetry import setup_telemetry
 
     settings = load_settings(config)
     cfg = load_config_or_exit(settings)
+    require_livekit_pair(settings, "the orchestrator dispatches agents with it")
     telemetry = setup_telemetry("switchboard-orchestrator")
     try:
         run_async(run_until_signalled(OrchestratorService(settings, cfg, prometheus=telemetry.prometheus)))
@@ -101,12 +102,17 @@ def ingest(
 ) -> None:
     """Run the LiveKit webhook endpoint that turns room_started/room_finished into NATS events."""
     from orchestrator.ingest.server import IngestServer, run_until_signalled
-    from orchestrator.runtime import load_config_or_exit, load_settings, run_async
+    from orchestrator.runtime import load_config_or_exit, load_settings, require_livekit_pair, run_async
     from shared.config import SwitchboardConfig
     from shared.telemetry import setup_telemetry
 
     settings = load_settings(config)
     cfg = load_config_or_exit(settings) if settings.config.exists() else SwitchboardConfig()
+    require_livekit_pair(
+        settings,
+        "the ingest verifies LiveKit's webhooks with it (the pair of livekit-server's webhook.api_key "
+        "is enough)",
+    )
     telemetry = setup_telemetry("switchboard-ingest")
     try:
         server = IngestServer(settings, cfg, host=host, port=port, prometheus=telemetry.prometheus)

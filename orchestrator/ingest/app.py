@@ -6,7 +6,9 @@ POSTs each event with hashicorp go-retryablehttp: connection errors and 5xx (and
 — 4 retries, 1 s to 30 s backoff — while 4xx are final. Events wait in a per-room queue of at most
 200 and are dropped once 30 s old. So:
 
-- 401: no or bad signature (final: a forged request must not be retried into the stream);
+- 401: no or bad signature (final: a forged request must not be retried into the stream); every
+  401 has the same body, so a caller learns nothing of which check failed (the log says);
+- 408: the body did not arrive within ``body_read_timeout_s`` (a slow client holds nothing long);
 - 400: signed but malformed body / not a room event we can represent (final: retrying cannot help);
 - 413: body over the cap (final);
 - 503: NATS/JetStream unavailable or slow — LiveKit retries, and the JetStream dedupe id (room
@@ -52,6 +54,7 @@ class IngestOptions:
     path: str = "/webhook"
     max_body_bytes: int = 256 * 1024
     publish_timeout_s: float = 3.0
+    body_read_timeout_s: float = 10.0
 
 
 def build_app(
@@ -105,7 +108,12 @@ class WebhookHandler:
         auth = request.headers.get("Authorization", "")
         if not auth:
             return self._refuse(401, "missing signature", "no Authorization header")
-        body = await request.read()  # raises HTTPRequestEntityTooLarge (413) past client_max_size
+        try:
+            async with asyncio.timeout(self._options.body_read_timeout_s):
+                body = await request.read()  # raises HTTPRequestEntityTooLarge (413) past client_max_size
+        except TimeoutError:
+            limit = self._options.body_read_timeout_s
+            return self._refuse(408, "body too slow", f"not received in {limit:g}s")
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -153,4 +161,6 @@ class WebhookHandler:
         level = logging.WARNING if status != 503 else logging.ERROR
         log.log(level, "webhook refused (%d %s): %s", status, what, why)
         self._count("refused", what.replace(" ", "_"))
+        if status == 401:
+            return web.json_response({"error": "unauthorized"}, status=401)
         return web.json_response({"error": what, "detail": why}, status=status)

@@ -57,6 +57,7 @@ class IngestServer:
             path=cfg.path,
             max_body_bytes=cfg.max_body_bytes,
             publish_timeout_s=cfg.publish_timeout_s,
+            body_read_timeout_s=cfg.body_read_timeout_s,
         )
         count = webhook_counter(metrics.get_meter("switchboard.ingest"))
         app = build_app(options, self._publish, self._connected, count)

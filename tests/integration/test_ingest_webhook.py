@@ -109,6 +109,37 @@ async def post(url: str, body: bytes, auth: str | None) -> int:
         return resp.status
 
 
+async def test_a_slow_body_is_cut_off_and_others_are_served_meanwhile(nats_server: NatsServer) -> None:
+    """A client that sends its headers and then dribbles its body (slow loris) gets a 408 after
+    body_read_timeout_s, and holds nothing from the webhooks that arrive meanwhile."""
+    config = ingest_config()
+    slow_limit = config.ingest.model_copy(update={"body_read_timeout_s": 1.0})
+    config = config.model_copy(update={"ingest": slow_limit})
+    async with running_ingest(ingest_settings(nats_server.url), config) as ingest:
+        port = ingest.bound_port
+        body = room_started("ornina-slow", "RM_slow")
+        slow = []
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"POST {config.ingest.path} HTTP/1.1\r\nHost: x\r\nAuthorization: {sign(body)}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[:5]
+            )
+            await writer.drain()
+            slow.append((reader, writer))
+        try:
+            other = room_started("ornina-quick", "RM_quick")
+            async with asyncio.timeout(1.0):  # served at once, beside twenty stalled requests
+                assert await post(ingest.url, other, sign(other)) == 200
+            async with asyncio.timeout(5.0):
+                statuses = [(await reader.readline()).decode() for reader, _ in slow]
+            assert all(" 408 " in line for line in statuses), statuses
+        finally:
+            for _, writer in slow:
+                writer.close()
+
+
 async def test_livekit_webhook_to_speaking_agent(nats_server: NatsServer, nc: NATS, tmp_path: Path) -> None:
     ingest_port = free_tcp_port()
     livekit = LiveKitServer(tmp_path / "lk", webhook_urls=[f"http://127.0.0.1:{ingest_port}/webhook"])
@@ -146,6 +177,15 @@ async def test_bad_requests_are_refused_and_nothing_is_published(nats_server: Na
         assert await post(url, good, sign(good, key="other")) == 401  # wrong key (issuer)
         assert await post(url, good, sign(b"another body")) == 401  # body does not match the hash
         assert await post(url, good, "Bearer " + sign(good)) == 401  # LiveKit sends a raw JWT
+        # Every 401 reads the same: the caller learns nothing of which check failed.
+        async with aiohttp.ClientSession() as http:
+            bodies = set()
+            for auth in (None, sign(good, secret=SECRET + "x"), sign(b"another body"), "Bearer x"):
+                headers = {"Authorization": auth} if auth else {}
+                async with http.post(url, data=good, headers=headers) as resp:
+                    assert resp.status == 401
+                    bodies.add(await resp.text())
+            assert len(bodies) == 1 and "unauthorized" in bodies.pop()
         malformed = b'{"event": "room_started", "room": '
         assert await post(url, malformed, sign(malformed)) == 400
         not_utf8 = b"\xff\xfe{}"
