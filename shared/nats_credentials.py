@@ -2,8 +2,10 @@
 
 The servers hold no password: each password user (orchestrator, ingest, operator) is a bcrypt hash
 in the servers' environment, ``SWITCHBOARD_NATS_<USER>_PASSWORD_HASH``; the password itself is only
-on its client (``NATS_USER`` + ``NATS_PASSWORD``). The worker pools use an nkey: the servers have
-the public key (``SWITCHBOARD_NATS_WORKER_NKEY``), each worker the seed (``NATS_NKEY_SEED_FILE``).
+on its client (``NATS_USER`` + ``NATS_PASSWORD``). Each worker pool is an nkey user of its own
+(issue 17: a pool's workers may publish only its subjects): the servers have its public key
+(``SWITCHBOARD_NATS_WORKER_<POOL>_NKEY``, :func:`worker_nkey_variable`), each of its workers the
+seed (``NATS_NKEY_SEED_FILE``).
 
 Why hashes: nats-server reads ``password: $VAR`` by parsing the variable's value as configuration.
 A password such as ``-abc`` stops the server ("Expected a digit"), ``123`` or ``true`` too (it is
@@ -33,7 +35,9 @@ import nkeys  # type: ignore[import-untyped]
 from shared.settings import NatsSettings
 
 PASSWORD_USERS = ("orchestrator", "ingest", "operator")
-WORKER_NKEY_VARIABLE = "SWITCHBOARD_NATS_WORKER_NKEY"
+# The servers' variables with the worker pools' public nkeys, one per pool (accounts.conf).
+WORKER_NKEY_VARIABLES = "SWITCHBOARD_NATS_WORKER_<POOL>_NKEY"
+_WORKER_NKEY_VARIABLE = re.compile(r"SWITCHBOARD_NATS_WORKER_[A-Z0-9_]+_NKEY")
 DEFAULT_COST = 11  # what `nats server passwd` uses
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores the rest
 
@@ -46,6 +50,11 @@ _HASH_HOWTO = "switchboard nats-hash < password-file (or: nats server passwd)"
 def hash_variable(user: str) -> str:
     """The servers' variable with ``user``'s bcrypt hash (deploy/nats/accounts.conf)."""
     return f"SWITCHBOARD_NATS_{user.upper()}_PASSWORD_HASH"
+
+
+def worker_nkey_variable(pool: str) -> str:
+    """The servers' variable with ``pool``'s public nkey: the pool id upper case, '-' as '_'."""
+    return f"SWITCHBOARD_NATS_WORKER_{pool.upper().replace('-', '_')}_NKEY"
 
 
 def password_variable(user: str) -> str:
@@ -181,7 +190,7 @@ def refused_hint(settings: NatsSettings) -> str:
     if settings.nkey_seed_file:
         return (
             "the servers refused the nkey seed in NATS_NKEY_SEED_FILE: its public key "
-            f"(nk -inkey FILE -pubout) must be the servers' {WORKER_NKEY_VARIABLE}"
+            f"(nk -inkey FILE -pubout) must be the servers' {WORKER_NKEY_VARIABLES} of this worker's pool"
         )
     user = settings.user
     if user and not settings.password:
@@ -260,31 +269,33 @@ def inspect_credentials(settings: NatsSettings, env: Mapping[str, str]) -> list[
                 "NATS_PASSWORD", f"is not set, but NATS_USER is ({settings.user!r})", "set NATS_PASSWORD too"
             )
         )
-    worker_key = env.get(WORKER_NKEY_VARIABLE)
-    if worker_key is not None and (problem := public_nkey_problem(worker_key)):
-        problems.append(
-            CredentialProblem(
-                WORKER_NKEY_VARIABLE, problem, "put the seed's public key there: nk -inkey worker.nk -pubout"
+    pool_keys: dict[str, str] = {}
+    for name in sorted(n for n in env if _WORKER_NKEY_VARIABLE.fullmatch(n)):
+        if problem := public_nkey_problem(env[name]):
+            problems.append(
+                CredentialProblem(
+                    name, problem, "put the pool seed's public key there: nk -inkey pool.nk -pubout"
+                )
             )
-        )
-        worker_key = None
+        else:
+            pool_keys[name] = env[name]
     if settings.nkey_seed_file:
         try:
             public = seed_public_key(settings.nkey_seed_file)
         except CredentialError as err:
             problems.append(
                 CredentialProblem(
-                    "NATS_NKEY_SEED_FILE", str(err), "point it at the worker seed file (nk -gen user)"
+                    "NATS_NKEY_SEED_FILE", str(err), "point it at the worker pool's seed file (nk -gen user)"
                 )
             )
         else:
-            if worker_key and public != worker_key:
+            if pool_keys and public not in pool_keys.values():
                 problems.append(
                     CredentialProblem(
                         "NATS_NKEY_SEED_FILE",
-                        f"holds a seed whose public key is not {WORKER_NKEY_VARIABLE}: "
-                        "the servers will refuse it",
-                        f"set {WORKER_NKEY_VARIABLE} to: nk -inkey {settings.nkey_seed_file} -pubout",
+                        f"holds a seed whose public key is none of the pools' {WORKER_NKEY_VARIABLES} "
+                        f"({', '.join(pool_keys)}): the servers will refuse it",
+                        f"set the pool's variable to: nk -inkey {settings.nkey_seed_file} -pubout",
                     )
                 )
     return problems

@@ -43,16 +43,27 @@ for user in ORCHESTRATOR INGEST OPERATOR; do
   esac
 done
 
-name=SWITCHBOARD_NATS_WORKER_NKEY
-eval "set_=\${$name+x} value=\${$name-}"
-if [ -z "$set_" ] || [ -z "$value" ]; then
-  refuse "$name" "is not set (the public nkey of the worker pools' seed)" 'nk -inkey worker.nk -pubout'
-elif ! { [ "${#value}" -eq 56 ] && printf '%s' "$value" | grep -Eq '^U[A-Z2-7]{55}$'; }; then
-  case "$value" in
-    SU*) refuse "$name" "holds a seed (the secret), not the public key" 'put the public key there: nk -inkey worker.nk -pubout' ;;
-    *) refuse "$name" "is not a public user nkey (U and 55 characters A-Z, 2-7)" 'nk -inkey worker.nk -pubout' ;;
-  esac
+# One nkey per worker pool: every SWITCHBOARD_NATS_WORKER_<POOL>_NKEY that accounts.conf (next to
+# this script, or SWITCHBOARD_NATS_ACCOUNTS_CONF) names.
+accounts="${SWITCHBOARD_NATS_ACCOUNTS_CONF:-$(dirname "$0")/accounts.conf}"
+if [ -r "$accounts" ]; then
+  pools=$(grep -o '\$SWITCHBOARD_NATS_WORKER_[A-Z0-9_]*_NKEY' "$accounts" | tr -d '$' | sort -u)
+else
+  pools=""
+  refuse "$accounts" "cannot be read (the pools' nkey variables are named there)" \
+    'put accounts.conf next to this script, or set SWITCHBOARD_NATS_ACCOUNTS_CONF to it'
 fi
+for name in $pools; do
+  eval "set_=\${$name+x} value=\${$name-}"
+  if [ -z "$set_" ] || [ -z "$value" ]; then
+    refuse "$name" "is not set (the public nkey of that pool's workers' seed)" 'nk -inkey pool.nk -pubout'
+  elif ! { [ "${#value}" -eq 56 ] && printf '%s' "$value" | grep -Eq '^U[A-Z2-7]{55}$'; }; then
+    case "$value" in
+      SU*) refuse "$name" "holds a seed (the secret), not the public key" 'put the public key there: nk -inkey pool.nk -pubout' ;;
+      *) refuse "$name" "is not a public user nkey (U and 55 characters A-Z, 2-7)" 'nk -inkey pool.nk -pubout' ;;
+    esac
+  fi
+done
 
 if [ "$problems" -gt 0 ]; then
   echo "check-credentials: $problems credential(s) in the environment cannot work; nats-server not started (see deploy/nats/accounts.conf)" >&2

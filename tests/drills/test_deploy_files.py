@@ -29,7 +29,7 @@ from compose_spec import PyCompose  # type: ignore[import-untyped]
 
 from devstack.nats_server import find_nats_server
 from shared import probes
-from shared.nats_credentials import PASSWORD_USERS, hash_password, hash_variable
+from shared.nats_credentials import PASSWORD_USERS, hash_password, hash_variable, worker_nkey_variable
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = "1.37.0"
@@ -170,9 +170,13 @@ def test_nats_server_configs_are_valid(region: str, tmp_path: Path) -> None:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         # What the servers get: bcrypt hashes of the passwords (deploy/nats/accounts.conf).
         **{hash_variable(user): hash_password(f"-{user}-0", cost=4) for user in PASSWORD_USERS},
-        "SWITCHBOARD_NATS_WORKER_NKEY": nkeys.from_seed(
-            nkeys.encode_seed(bytes(32), nkeys.PREFIX_BYTE_USER)
-        ).public_key.decode(),
+        # One public nkey per pool the file names.
+        **{
+            worker_nkey_variable(pool): nkeys.from_seed(
+                nkeys.encode_seed(bytes([i]) * 32, nkeys.PREFIX_BYTE_USER)
+            ).public_key.decode()
+            for i, pool in enumerate(DEPLOYED_POOLS)
+        },
     }
     # As deployed: check-credentials.sh first, which then runs nats-server.
     check = DEPLOY / "nats" / "check-credentials.sh"
@@ -185,6 +189,36 @@ def test_nats_server_configs_are_valid(region: str, tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0 and "is valid" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+# The worker pools the compose and Kubernetes examples deploy, each a NATS user in accounts.conf.
+DEPLOYED_POOLS = ("eu-central-a", "us-east-a")
+
+
+def _token(pool: str) -> str:
+    return pool.upper().replace("-", "_")
+
+
+def test_each_deployed_pool_speaks_only_for_itself() -> None:
+    """accounts.conf: a user per deployed pool, whose publish rights name that pool's subjects only;
+    each pool's workers (compose, Kubernetes) read that pool's seed and no other."""
+    accounts = (DEPLOY / "nats" / "accounts.conf").read_text()
+    for pool in DEPLOYED_POOLS:
+        name = f"SWITCHBOARD_WORKER_{_token(pool)}"
+        users = re.findall(rf"\{{nkey: \$(\w+), permissions: \${name}\}}", accounts)
+        assert users == [worker_nkey_variable(pool)], pool
+        block = re.search(rf"{name} = \{{\s*publish: \{{(.*?)\}}", accounts, re.S)
+        assert block is not None
+        publish = re.findall(r'"([^"]+)"', block.group(1))
+        assert [s for s in publish if s.startswith("switchboard.")] == [
+            f"switchboard.pools.{pool}.heartbeat",
+            f"switchboard.rooms.status.{pool}",
+        ]
+    assert "SWITCHBOARD_NATS_WORKER_NKEY" not in accounts  # no key shared by every pool
+    compose = _compose()["services"]
+    for pool in DEPLOYED_POOLS:
+        seed = compose[f"worker-{pool}"]["environment"]["NATS_NKEY_SEED_FILE"]
+        assert _token(pool).lower() in seed, (pool, seed)
 
 
 def _nats_clients() -> list[tuple[str, dict[str, str]]]:
@@ -209,7 +243,14 @@ def test_every_component_reads_replies_only_on_its_own_inbox() -> None:
             r"SWITCHBOARD_(\w+)_PERMISSIONS = \{.*?subscribe: \{(.*?)\}", accounts, flags=re.S
         )
     }
-    assert set(allowed) == {"orchestrator", "worker", "ingest", "operator"}
+    for pool in DEPLOYED_POOLS:  # each pool's workers: a user of their own (issue 17)
+        block = re.search(
+            rf"SWITCHBOARD_WORKER_{_token(pool)} = \{{.*?subscribe: \{{(.*?)\}}", accounts, re.S
+        )
+        assert block is not None, pool
+        allowed[f"worker {pool}"] = re.findall(r'"(_INBOX[^"]*)"', block.group(1))
+    assert set(allowed) == {"orchestrator", "ingest", "operator", *(f"worker {p}" for p in DEPLOYED_POOLS)}
+    allowed = {role.split()[0]: inboxes for role, inboxes in allowed.items()}
     assert all(inboxes == [f"_INBOX_{role}.>"] for role, inboxes in allowed.items()), allowed
     clients = _nats_clients()
     assert len(clients) >= 5

@@ -40,10 +40,10 @@ from shared.messages import AgentStatus, Message, RoomCreated, RoomEnded
 from shared.nats_credentials import (
     DEFAULT_COST,
     PASSWORD_USERS,
-    WORKER_NKEY_VARIABLE,
     hash_password,
     hash_variable,
     password_variable,
+    worker_nkey_variable,
 )
 from shared.settings import NatsSettings
 from tests.drills.harness import DrillResult, Stack, drill_config, save_result, stack
@@ -270,6 +270,10 @@ DENIED = [
     ("worker", subjects.ROOM_CREATED),
     ("worker", subjects.ROOM_ENDED),
     ("worker", subjects.ROOM_MANUAL),
+    # A pool's workers speak for their own pool only (eu-central-a's here).
+    ("worker", "switchboard.pools.us-east-a.heartbeat"),
+    ("worker", subjects.room_status("us-east-a")),
+    ("worker", subjects.ROOM_STATUS),
     ("ingest", subjects.ROOM_MANUAL),
     ("worker", "$KV.switchboard_rooms.r.ornina-forged"),
     ("ingest", subjects.ROOM_STATUS),
@@ -348,7 +352,8 @@ def awkward_passwords() -> dict[str, str]:
         "comma": f"{tail()},{tail()}",
         "key separators": f"={tail()}:",
         "backslash escapes": f"{tail()}\\t\\x{tail()}",
-        "variable reference": f"${WORKER_NKEY_VARIABLE}",  # the parser would substitute that variable
+        # the parser would substitute that variable
+        "variable reference": f"${worker_nkey_variable(WORKER_POOLS[0])}",
         "bcrypt-looking": "$2a$11$" + "".join(secrets.choice(bcrypt_alphabet) for _ in range(53)),
         "include": f"include {tail()}",
         "non-ASCII": f"pässwörd-{tail()}-ü",
@@ -363,6 +368,8 @@ STACK_SHAPES = {
     "full": ("size suffix", "quoted", "backslash escapes"),
 }
 CHECK_CREDENTIALS = REPO / "deploy" / "nats" / "check-credentials.sh"
+# The worker pools accounts.conf has a NATS user for; the drill's workers are the first one's.
+WORKER_POOLS = ("eu-central-a", "us-east-a")
 
 
 class Credentials:
@@ -370,27 +377,35 @@ class Credentials:
         self.passwords = passwords or {u: secrets.token_urlsafe(24) for u in PASSWORD_USERS}
         # What the servers get: the hash of each password, never the password.
         self.hashes = {u: hash_password(pw, cost) for u, pw in self.passwords.items()}
-        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
-        self.worker_seed = seed.decode()
-        self.worker_public = nkeys.from_seed(seed).public_key.decode()
-        self.seed_file = root / "secrets" / "worker.nk"
-        self.seed_file.parent.mkdir(parents=True, exist_ok=True)
-        self.seed_file.write_text(self.worker_seed)
-        self.seed_file.chmod(0o600)
+        # One nkey per worker pool that accounts.conf names (issue 17).
+        self.seeds: dict[str, str] = {}
+        self.publics: dict[str, str] = {}
+        self.seed_files: dict[str, Path] = {}
+        for pool in WORKER_POOLS:
+            seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+            self.seeds[pool] = seed.decode()
+            self.publics[pool] = nkeys.from_seed(seed).public_key.decode()
+            path = root / "secrets" / f"{pool}.nk"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.seeds[pool])
+            path.chmod(0o600)
+            self.seed_files[pool] = path
+        # The drill's pool, and its workers' seed.
+        self.worker_seed, self.seed_file = self.seeds[WORKER_POOLS[0]], self.seed_files[WORKER_POOLS[0]]
 
     def server_env(self) -> dict[str, str]:
         """What an operator puts in the servers' environment (accounts.conf reads these)."""
         env = {hash_variable(user): hashed for user, hashed in self.hashes.items()}
-        env[WORKER_NKEY_VARIABLE] = self.worker_public
+        env.update({worker_nkey_variable(pool): public for pool, public in self.publics.items()})
         return env
 
     def settings(self, url: str, who: str) -> dict[str, Any]:
-        if who == "worker":
+        if who == "worker":  # a worker of the drill's pool, eu-central-a
             return {"url": url, "nkey_seed_file": self.seed_file}
         return {"url": url, "user": who, "password": self.passwords[who]}
 
     def all(self) -> list[str]:
-        return [*self.passwords.values(), *self.hashes.values(), self.worker_seed]
+        return [*self.passwords.values(), *self.hashes.values(), *self.seeds.values()]
 
 
 @contextlib.contextmanager
@@ -501,11 +516,13 @@ def test_check_credentials_refuses_clearly_and_never_prints_a_value(tmp_path: Pa
         assert done.returncode == 1, shape
         assert hash_variable("ingest") in done.stderr and words in done.stderr, (shape, done.stderr)
         assert len(value) < 8 or value not in done.stderr + done.stdout, shape
+    pool_key = worker_nkey_variable(WORKER_POOLS[1])
     for value, words in ((good.worker_seed, "holds a seed"), ("UREPLACEWITHTHEPUBLICKEY", "not a public")):
-        done = check_credentials({**good.server_env(), WORKER_NKEY_VARIABLE: value})
+        done = check_credentials({**good.server_env(), pool_key: value})
         assert done.returncode == 1 and words in done.stderr and value not in done.stderr
+        assert pool_key in done.stderr
     unset = check_credentials({})
-    assert unset.returncode == 1 and unset.stderr.count("is not set") == 4
+    assert unset.returncode == 1 and unset.stderr.count("is not set") == 3 + len(WORKER_POOLS)
 
 
 def test_deploy_files_agree_on_the_nats_credentials() -> None:
@@ -513,14 +530,15 @@ def test_deploy_files_agree_on_the_nats_credentials() -> None:
     Secrets name the same variables; the servers' Secret holds no password and no seed."""
     accounts = ACCOUNTS_CONF.read_text()
     server_vars = set(re.findall(r"(?:password|nkey): \$(\w+)", accounts))
-    assert server_vars == {*(hash_variable(u) for u in PASSWORD_USERS), WORKER_NKEY_VARIABLE}
+    pool_keys = {worker_nkey_variable(p) for p in WORKER_POOLS}
+    assert server_vars == {*(hash_variable(u) for u in PASSWORD_USERS), *pool_keys}
     example = dict(
         line.split("=", 1)
         for line in (REPO / "deploy" / "compose" / "example.env").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     )
     assert server_vars | {password_variable(u) for u in PASSWORD_USERS} <= set(example)
-    for name in server_vars - {WORKER_NKEY_VARIABLE}:
+    for name in server_vars - pool_keys:
         assert example[name].startswith("'") and example[name].endswith("'"), f"{name}: single-quote it"
     docs = list(yaml.safe_load_all((REPO / "deploy" / "k8s" / "11-secrets.example.yaml").read_text()))
     secrets_by_name = {d["metadata"]["name"]: set(d["stringData"]) for d in docs if d}
@@ -538,9 +556,8 @@ def test_deploy_files_agree_on_the_nats_credentials() -> None:
     )
     script = CHECK_CREDENTIALS.read_text()
     assert f"for user in {' '.join(u.upper() for u in PASSWORD_USERS)}; do" in script
-    assert (
-        'name="SWITCHBOARD_NATS_${user}_PASSWORD_HASH"' in script and f"name={WORKER_NKEY_VARIABLE}" in script
-    )
+    assert 'name="SWITCHBOARD_NATS_${user}_PASSWORD_HASH"' in script
+    assert "grep -o '\\$SWITCHBOARD_NATS_WORKER_[A-Z0-9_]*_NKEY' \"$accounts\"" in script
 
 
 AUTH_SIZES = [

@@ -91,7 +91,8 @@ def test_inspect_finds_each_problem_and_never_prints_a_value(tmp_path: Path) -> 
         "SWITCHBOARD_NATS_INGEST_PASSWORD": ingest_pw,
         "SWITCHBOARD_NATS_INGEST_PASSWORD_HASH": creds.hash_password("another", cost=4),  # not its hash
         "SWITCHBOARD_NATS_OPERATOR_PASSWORD_HASH": operator_pw,  # the password, not a hash
-        "SWITCHBOARD_NATS_WORKER_NKEY": other_public,  # not the seed's key
+        "SWITCHBOARD_NATS_WORKER_EU_CENTRAL_A_NKEY": other_public,  # not the seed's key
+        "SWITCHBOARD_NATS_WORKER_US_EAST_A_NKEY": "SU" + "A" * 54,  # a seed where the public key goes
     }
     settings = NatsSettings(
         user="orchestrator", password=SecretStr("not-" + orch_pw), nkey_seed_file=seed_file
@@ -101,7 +102,8 @@ def test_inspect_finds_each_problem_and_never_prints_a_value(tmp_path: Path) -> 
     assert named == sorted(
         [
             "NATS_PASSWORD",  # not the orchestrator's password
-            "NATS_NKEY_SEED_FILE",  # its key is not SWITCHBOARD_NATS_WORKER_NKEY
+            "NATS_NKEY_SEED_FILE",  # its key is no pool's SWITCHBOARD_NATS_WORKER_<POOL>_NKEY
+            "SWITCHBOARD_NATS_WORKER_US_EAST_A_NKEY",
             "SWITCHBOARD_NATS_INGEST_PASSWORD_HASH",
             "SWITCHBOARD_NATS_OPERATOR_PASSWORD_HASH",
         ]
@@ -118,7 +120,8 @@ def test_inspect_is_quiet_when_everything_fits(tmp_path: Path) -> None:
     seed_file.write_text(seed)
     env = {
         "SWITCHBOARD_NATS_INGEST_PASSWORD_HASH": creds.hash_password("-x y z", cost=4),
-        "SWITCHBOARD_NATS_WORKER_NKEY": public,
+        "SWITCHBOARD_NATS_WORKER_EU_CENTRAL_A_NKEY": _nkey()[1],
+        "SWITCHBOARD_NATS_WORKER_US_EAST_A_NKEY": public,  # the seed is us-east-a's
     }
     assert creds.inspect_credentials(NatsSettings(user="ingest", password=SecretStr("-x y z")), env) == []
     assert creds.inspect_credentials(NatsSettings(nkey_seed_file=seed_file), env) == []
@@ -146,7 +149,7 @@ def test_client_side_mistakes(tmp_path: Path) -> None:
             "SWITCHBOARD_NATS_INGEST_PASSWORD_HASH",
         ),
         (NatsSettings(user="nobody", password=SecretStr("s3cret-value")), "NATS_USER must be one of"),
-        (NatsSettings(nkey_seed_file=Path("/x/worker.nk")), "SWITCHBOARD_NATS_WORKER_NKEY"),
+        (NatsSettings(nkey_seed_file=Path("/x/worker.nk")), "SWITCHBOARD_NATS_WORKER_<POOL>_NKEY"),
         (NatsSettings(user="ingest"), "NATS_PASSWORD is not set"),
         (NatsSettings(), "set NATS_USER and NATS_PASSWORD"),
     ],
@@ -168,3 +171,8 @@ def test_hash_command_reads_the_password_on_stdin() -> None:
     )
     hashed = done.stdout.strip()
     assert creds.verify_password(password, hashed) and password not in done.stdout + done.stderr
+
+
+def test_each_pool_has_its_own_nkey_variable() -> None:
+    assert creds.worker_nkey_variable("eu-central-a") == "SWITCHBOARD_NATS_WORKER_EU_CENTRAL_A_NKEY"
+    assert creds.worker_nkey_variable("us_east_a") == "SWITCHBOARD_NATS_WORKER_US_EAST_A_NKEY"

@@ -196,7 +196,7 @@ REFUSED = replace(
                 nats_auth_refused=refused_hint(NatsSettings(nkey_seed_file="/run/secrets/worker.nk")),
             ),
             ["NATS credentials"],
-            "SWITCHBOARD_NATS_WORKER_NKEY",
+            "SWITCHBOARD_NATS_WORKER_<POOL>_NKEY",
         ),
         (
             replace(
