@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 from orchestrator.consumer import ConsumerSpec, MessagePump
 from orchestrator.index import RoomIndex
 from orchestrator.jetstream_setup import open_jetstream
-from orchestrator.livekit_gateway import LiveKitGateway
+from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
 from orchestrator.membership import Membership, open_members_bucket
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.override import untrusted
@@ -73,6 +73,17 @@ NATS_CLOSE_S = 3.0
 # the longest it stays silent (the others drop a report older than member_ttl_s).
 RESERVATIONS_EVERY_S = 0.05
 RESERVATIONS_KEEPALIVE_S = 1.0
+
+
+# How often a replica asks LiveKit whether it accepts its credentials (readiness, and the gate
+# before it takes part).
+LIVEKIT_CHECK_S = 5.0
+# The exit code of a replica that stepped back because LiveKit stopped accepting its credentials.
+EXIT_LIVEKIT_REJECTS = 3
+
+
+class LiveKitRejectsCredentials(Exception):
+    """LiveKit answered this replica's API key pair with 401/403 while it took part."""
 
 
 def replica_id() -> str:
@@ -121,6 +132,8 @@ class OrchestratorService:
         # Probes late workers' presence subjects, once NATS is connected (None before and after).
         self.presence: WorkerPresence | None = None
         self._stop = asyncio.Event()
+        # Set when the replica stepped back from the work for LiveKit's refusal (see _serve).
+        self.exit_code = 0
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -229,25 +242,44 @@ class OrchestratorService:
                     probes = ProbeServer(
                         self._ready, self.prometheus, self.settings.http_host, self.settings.http_port
                     )
-                    async with probes, asyncio.TaskGroup() as tg:
-                        self.probe_port = probes.port
-                        log.info(
-                            "probes on http://%s:%d (/healthz /readyz /metrics)",
-                            self.settings.http_host,
-                            probes.port,
+                    stepped_back = False
+                    try:
+                        async with probes, asyncio.TaskGroup() as tg:
+                            self.probe_port = probes.port
+                            log.info(
+                                "probes on http://%s:%d (/healthz /readyz /metrics)",
+                                self.settings.http_host,
+                                probes.port,
+                            )
+                            # A replica LiveKit refuses takes no part (no partitions, no pulls): its
+                            # share of the rooms would fail, or wait, for nothing (issue 17: a bad
+                            # rollout). Its probes answer meanwhile: alive, not ready.
+                            await self._until_livekit_accepts(gateway)
+                            tg.create_task(membership.run())
+                            tg.create_task(self.presence.run())
+                            tg.create_task(watches.run())
+                            tg.create_task(self._share_reservations(nc))
+                            tg.create_task(rooms.run())
+                            tg.create_task(statuses.run())
+                            tg.create_task(self._sweep(controller))
+                            tg.create_task(self._check_livekit(gateway))
+                            if resync_kv is not None:
+                                resync = Resync(controller, gateway, PassLog(resync_kv, self.replica))
+                                tg.create_task(resync.run(lambda: self.readiness.index_synced))
+                            tg.create_task(self._track_binding(rooms, statuses))
+                    except* LiveKitRejectsCredentials as group:
+                        stepped_back = True
+                        log.error(
+                            "LiveKit now rejects this replica's API credentials (%s): stepped back (its "
+                            "partitions released, nothing pulled, its rooms' claims left to lapse); exiting "
+                            "with code %d so that its supervisor starts it again, to wait until LiveKit "
+                            "accepts them",
+                            group.exceptions[0],
+                            EXIT_LIVEKIT_REJECTS,
                         )
-                        tg.create_task(membership.run())
-                        tg.create_task(self.presence.run())
-                        tg.create_task(watches.run())
-                        tg.create_task(self._share_reservations(nc))
-                        tg.create_task(rooms.run())
-                        tg.create_task(statuses.run())
-                        tg.create_task(self._sweep(controller))
-                        tg.create_task(self._check_livekit(gateway))
-                        if resync_kv is not None:
-                            resync = Resync(controller, gateway, PassLog(resync_kv, self.replica))
-                            tg.create_task(resync.run(lambda: self.readiness.index_synced))
-                        tg.create_task(self._track_binding(rooms, statuses))
+                    if stepped_back:
+                        self.exit_code = EXIT_LIVEKIT_REJECTS
+                        self._stop.set()
                 finally:
                     for sub in subs:
                         with contextlib.suppress(Exception):  # a closed connection has none left
@@ -436,15 +468,45 @@ class OrchestratorService:
         await controller.sweep_loop(lambda: self.readiness.index_synced)
 
     async def _check_livekit(self, gateway: LiveKitGateway) -> None:
+        """Readiness, every LIVEKIT_CHECK_S; raises LiveKitRejectsCredentials when LiveKit refuses
+        the key pair (the replica then steps back: see _serve)."""
         while True:
-            try:
-                await gateway.check_credentials()
-                self.readiness.livekit_ok = True
-                self.readiness.details.pop("livekit", None)
-            except Exception as err:
-                self.readiness.livekit_ok = False
-                self.readiness.details["livekit"] = str(err)
-            await asyncio.sleep(5.0)
+            if (refused := await self._ask_livekit(gateway)) is not None:
+                raise LiveKitRejectsCredentials(refused)
+            await asyncio.sleep(LIVEKIT_CHECK_S)
+
+    async def _until_livekit_accepts(self, gateway: LiveKitGateway) -> None:
+        """Wait, not ready and taking no part, while LiveKit refuses this replica's key pair. Any
+        other answer (LiveKit down, slow) lets it take part: rooms then wait for LiveKit, visibly."""
+        said = False
+        while (refused := await self._ask_livekit(gateway)) is not None:
+            if not said:
+                log.error(
+                    "LiveKit rejects this replica's API credentials (%s): taking no part (no partitions, "
+                    "nothing pulled) until it accepts them; asking again every %.0fs",
+                    refused,
+                    LIVEKIT_CHECK_S,
+                )
+                said = True
+            await asyncio.sleep(LIVEKIT_CHECK_S)
+        if said:
+            log.info("LiveKit accepts this replica's API credentials now: taking part")
+
+    async def _ask_livekit(self, gateway: LiveKitGateway) -> str | None:
+        """One credentials check into readiness; the refusal's message when LiveKit refused them."""
+        try:
+            await gateway.check_credentials()
+        except LiveKitCallError as err:
+            self.readiness.livekit_ok = False
+            self.readiness.details["livekit"] = str(err)
+            return str(err) if err.reason == "unauthenticated" else None
+        except Exception as err:
+            self.readiness.livekit_ok = False
+            self.readiness.details["livekit"] = str(err)
+            return None
+        self.readiness.livekit_ok = True
+        self.readiness.details.pop("livekit", None)
+        return None
 
     async def _track_binding(self, *pumps: MessagePump) -> None:
         while True:

@@ -51,10 +51,13 @@ def orchestrator(config: ConfigOption = None) -> None:
     cfg = load_config_or_exit(settings)
     require_livekit_pair(settings, "the orchestrator dispatches agents with it")
     telemetry = setup_telemetry("switchboard-orchestrator")
+    service = OrchestratorService(settings, cfg, prometheus=telemetry.prometheus)
     try:
-        run_async(run_until_signalled(OrchestratorService(settings, cfg, prometheus=telemetry.prometheus)))
+        run_async(run_until_signalled(service))
     finally:
         telemetry.shutdown()  # flush spans on every exit, SIGTERM included
+    if service.exit_code:  # stepped back: LiveKit stopped accepting its credentials
+        raise typer.Exit(code=service.exit_code)
 
 
 TraceUiOption = Annotated[

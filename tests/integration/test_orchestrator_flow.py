@@ -19,11 +19,15 @@ import pytest
 from livekit import api as lkapi
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from devstack.livekit_server import LiveKitServer
 from devstack.nats_server import NatsServer
+from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
+from orchestrator.membership import live_members, member_id
 from orchestrator.override import OVERRIDE_KEY
 from orchestrator.records import RoomState
+from orchestrator.service import EXIT_LIVEKIT_REJECTS, OrchestratorService
 from orchestrator.store import open_bucket
 from shared import bus, subjects
 from shared.codec import decode, encode
@@ -382,27 +386,69 @@ async def test_room_end_stops_watching_and_deletes_the_dispatch(
     await pool.stop()
 
 
-async def test_wrong_secret_fails_the_room_naming_authentication_without_leaking_it(
+async def test_a_replica_livekit_refuses_takes_no_part_and_no_room_fails(
     nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Issue 17: a replica with a wrong LiveKit secret (a bad rollout) waits, not ready, without
+    joining the members or pulling; the room is served by a replica LiveKit accepts, and fails
+    nowhere. No secret reaches the log."""
     js = nc.jetstream()
     wrong = "wrong-secret-0123456789-abcdefghijklmnop"
     pool = FakePool(nc, "eu-central-a", "eu-central")
     await pool.start()
+    bad = OrchestratorService(make_settings(nats_server, livekit_server, secret=wrong), make_config())
     with caplog.at_level(logging.DEBUG):
-        async with running_orchestrator(
-            make_settings(nats_server, livekit_server, secret=wrong), make_config()
-        ):
-            kv = await open_bucket(js)
-            await publish_created_room(js, livekit_server, RoomCreated(room="ornina-auth"))
-            rec = await wait_for_record(kv, "ornina-auth", {S.FAILED})
+        async with heard("LiveKit rejects this replica's API credentials"):
+            running = asyncio.create_task(bad.run())
+        try:
+            assert not bad.readiness.ready and "LIVEKIT_API_SECRET" in bad.readiness.details["livekit"]
+            assert member_id(bad.replica) not in await live_members(js)
+            async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+                kv = await open_bucket(js)
+                await publish_created_room(js, livekit_server, RoomCreated(room="ornina-auth"))
+                rec = await wait_for_record(kv, "ornina-auth", {S.DISPATCHED})
+                assert rec.pool == "eu-central-a" and rec.attempt == 1
+                assert not [h for h in rec.history if h.event == "dispatch_error"]
+                assert member_id(bad.replica) not in await live_members(js)
+        finally:
+            bad.request_stop()
+            await asyncio.wait_for(running, 15)
     await pool.stop()
-    assert rec.reason == "unauthenticated"
-    assert "LIVEKIT_API_SECRET" in rec.history[-1].detail
-    tries = [h for h in rec.history if h.event == "dispatch_error"]
-    assert len(tries) == 1  # permanent: no retry storm
-    assert wrong not in caplog.text and wrong not in rec.model_dump_json()
-    assert livekit_server.api_secret not in caplog.text
+    assert wrong not in caplog.text and livekit_server.api_secret not in caplog.text
+
+
+async def test_a_replica_steps_back_when_livekit_stops_accepting_its_credentials(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret rotated on LiveKit's side under a running replica: it leaves the members (its
+    partitions move at once) and exits with its own code, for its supervisor to start it again."""
+    js = nc.jetstream()
+    refuse = asyncio.Event()
+    check = LiveKitGateway.check_credentials
+
+    async def rotated(gateway: LiveKitGateway) -> None:
+        if refuse.is_set():
+            raise LiveKitCallError(
+                "unauthenticated", "ListRooms: LiveKit rejected the API credentials", permanent=True
+            )
+        await check(gateway)
+
+    monkeypatch.setattr(LiveKitGateway, "check_credentials", rotated)
+    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()) as service:
+        await wait_members(js, lambda members: member_id(service.replica) in members)
+        refuse.set()
+        await wait_members(js, lambda members: member_id(service.replica) not in members)
+        async with asyncio.timeout(15):
+            await service._stop.wait()
+    assert service.exit_code == EXIT_LIVEKIT_REJECTS
+
+
+async def wait_members(
+    js: JetStreamContext, until: Callable[[list[str]], bool], within: float = 15.0
+) -> None:
+    async with asyncio.timeout(within):
+        while not until(await live_members(js)):  # noqa: ASYNC110 (a KV listing, no event to await)
+            await asyncio.sleep(0.1)
 
 
 async def test_bad_messages_are_dead_lettered_and_good_ones_around_them_still_flow(

@@ -221,9 +221,9 @@ def test_a_transient_failure_waits_for_livekit_and_a_permanent_one_fails_with_th
     assert waiting.deadline == NOW + CONFIG.orchestrator.livekit_retry_s
     assert waiting.history[-1].event == "dispatch_error" and waiting.pool == "eu-a"  # keeps its pool
     failed = step(
-        rec, DispatchFailed("room-a/1", "unauthenticated", "bad key", permanent=True, tries=1)
+        rec, DispatchFailed("room-a/1", "invalid_argument", "refused", permanent=True, tries=1)
     ).record
-    assert failed.state == S.FAILED and failed.reason == "unauthenticated"
+    assert failed.state == S.FAILED and failed.reason == "invalid_argument"
     # An ambiguous earlier try may have landed: its key is kept for the removal to look up.
     assert failed.replaced[0].key == "room-a/1" and failed.removal_pending
 
@@ -457,3 +457,11 @@ def test_an_ended_record_whose_dispatch_is_found_in_a_newer_room_remembers_that_
 
 def new_rec(sid: str) -> RoomRecord:
     return RoomRecord(room="room-a", sid=sid, received_at=NOW, owner="r1", lease_until=NOW + 15)
+
+
+def test_livekit_refusing_the_replicas_credentials_leaves_the_room_waiting_not_failed() -> None:
+    """Issue 17: a replica whose key pair LiveKit refuses steps back; its room waits for another."""
+    refused = DispatchFailed("room-a/1", "unauthenticated", "LiveKit rejected the API credentials", True, 1)
+    waiting = step(dispatching(), refused).record
+    assert waiting.state == S.WAITING_FOR_LIVEKIT and waiting.owner is None
+    assert waiting.pool == "eu-a" and "rejected replica r1's API credentials" in waiting.history[-1].detail

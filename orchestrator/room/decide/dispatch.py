@@ -96,7 +96,11 @@ def decide_dispatch_outcome(rec: RoomRecord, outcome: DispatchLanded | DispatchF
                 data={"reason": outcome.reason, "key": rec.dispatch_key, "round": rounds},
             )
         )
-    if outcome.permanent:
+    # LiveKit refusing this replica's credentials is the replica's fault, not the room's (a bad
+    # rollout, a secret rotated on one side): the replica steps back (OrchestratorService), and the
+    # room waits for a replica LiveKit accepts, as for an outage (issue 17).
+    refused = outcome.reason == "unauthenticated"
+    if outcome.permanent and not refused:
         # An ambiguous try of this attempt may have landed: retire its key, so a dispatch LiveKit
         # does hold is found and deleted.
         return Step(record=_fail(rec, ctx, outcome.reason, outcome.message, rounds))
@@ -104,14 +108,20 @@ def decide_dispatch_outcome(rec: RoomRecord, outcome: DispatchLanded | DispatchF
     # keeping its pool and its attempt; a round every livekit_retry_s looks first for a dispatch
     # an ambiguous try may have left. An outage ends; the room is still there when it does.
     since = rec.waiting_since if rec.waiting_since is not None else ctx.now
+    why = (
+        f"LiveKit rejected replica {ctx.replica}'s API credentials ({outcome.message}); the room waits "
+        "for a replica LiveKit accepts"
+        if refused
+        else f"dispatch round {rounds} got no answer from LiveKit (last try: {outcome.message}); "
+        "waiting for LiveKit"
+    )
     return Step(
         record=transition(
             rec,
             S.WAITING_FOR_LIVEKIT,
             now=ctx.now,
             event="dispatch_error",
-            detail=f"dispatch round {rounds} got no answer from LiveKit (last try: {outcome.message}); "
-            f"waiting for LiveKit, next round in {ctx.cfg.livekit_retry_s:g}s",
+            detail=f"{why}, next round in {ctx.cfg.livekit_retry_s:g}s",
             data={"reason": outcome.reason, "key": rec.dispatch_key, "round": rounds},
             reason=outcome.reason,
             waiting_since=since,
