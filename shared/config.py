@@ -126,6 +126,9 @@ class IngestConfig(_Strict):
     # How long a request's body may take to arrive before it is answered 408 (LiveKit sends a
     # small body at once; a slow client must not hold a connection and a handler for long).
     body_read_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # A connection that has not sent a whole request head within this of opening (or of its last
+    # request) is closed: headers sent a byte at a time hold nothing for long.
+    idle_timeout_s: float = Field(default=10.0, gt=0, le=600)
 
 
 class SwitchboardConfig(_Strict):

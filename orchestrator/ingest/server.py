@@ -61,7 +61,9 @@ class IngestServer:
         )
         count = webhook_counter(metrics.get_meter("switchboard.ingest"))
         app = build_app(options, self._publish, self._connected, count)
-        self._runner = web.AppRunner(app, access_log=None)
+        # keepalive_timeout also bounds a new connection's wait for its first request head (aiohttp
+        # closes a connection still waiting for one when it runs out): a slow-loris client is cut off.
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=cfg.idle_timeout_s)
         await self._runner.setup()
         host = self.host or cfg.host
         site = web.TCPSite(self._runner, host, cfg.port if self.port is None else self.port)

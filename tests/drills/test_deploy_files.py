@@ -165,6 +165,12 @@ def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def test_nats_server_configs_are_valid(region: str, tmp_path: Path) -> None:
     for name in (f"server-{region}.conf", "accounts.conf"):
         shutil.copy(DEPLOY / "nats" / name, tmp_path / name)
+    # nats-server -t loads the certificates: a CA and a server certificate of our own, where the
+    # deployed file expects /etc/nats/tls.
+    tls = tmp_path / "tls"
+    _certificates(tls, [f"nats-{region}", "localhost"])
+    conf = tmp_path / f"server-{region}.conf"
+    conf.write_text(conf.read_text().replace("/etc/nats/tls/", f"{tls}/"))
     env = {
         "NATS_SERVER_NAME": f"nats-{region}-1",
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -189,6 +195,67 @@ def test_nats_server_configs_are_valid(region: str, tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0 and "is valid" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def _certificates(into: Path, names: list[str]) -> None:
+    """ca.crt, and tls.crt / tls.key for ``names`` signed by it (what the NATS servers mount)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    into.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "switchboard test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (into / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (into / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (into / "tls.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
+def test_nats_is_tls_everywhere_and_servers_join_only_by_certificate() -> None:
+    """Issue 17: clients, routes and gateways over TLS; routes and gateways verify the peer's
+    certificate; every deployed client speaks tls:// with the CA to check the servers by."""
+    for region in ("eu", "us"):
+        conf = (DEPLOY / "nats" / f"server-{region}.conf").read_text()
+        blocks = re.findall(r"^\s*tls \{(.*?)\}", conf, flags=re.S | re.M)
+        assert len(blocks) == 3, region  # cluster, gateway, clients
+        assert sum("verify: true" in b for b in blocks) == 2, region  # routes and gateways
+    clients = _nats_clients()
+    assert clients
+    for where, env in clients:
+        urls = env["NATS_URL"].split(",")
+        assert all(u.startswith("tls://") for u in urls), (where, urls)
+        assert env.get("NATS_TLS_CA_FILE"), where
 
 
 # The worker pools the compose and Kubernetes examples deploy, each a NATS user in accounts.conf.

@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,13 @@ from livekit import api as lkapi
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from devstack.listener import RoomListener
 from devstack.nats_server import NatsServer
 from devstack.process import ServerProcess, start_with_fresh_ports
 from orchestrator.ops.census import ask_orchestrators
+from orchestrator.records import RoomRecord
 from shared import bus, subjects
-from shared.codec import MAX_MESSAGE_BYTES, ContractError, decode
+from shared.codec import MAX_MESSAGE_BYTES, ContractError, decode, encode
 from shared.messages import AgentStatus, Message, RoomCreated, RoomEnded
 from shared.nats_credentials import (
     DEFAULT_COST,
@@ -47,7 +50,7 @@ from shared.nats_credentials import (
 )
 from shared.settings import NatsSettings
 from tests.drills.harness import DrillResult, Stack, drill_config, save_result, stack
-from tests.orchestratorkit import create_livekit_room
+from tests.orchestratorkit import create_livekit_room, wait_until
 from tests.workerkit import SWITCHBOARD
 
 pytestmark = pytest.mark.integration
@@ -284,6 +287,11 @@ DENIED = [
     ("orchestrator", "switchboard.pools.eu-central-a.heartbeat"),
     ("orchestrator", "switchboard.pools.eu-central-a.control"),
     ("operator", "$KV.switchboard_rooms.r.ornina-forged"),
+    # The operator reads JetStream; it never purges or deletes what the orchestrators keep.
+    ("operator", "$JS.API.STREAM.PURGE.KV_switchboard_rooms"),
+    ("operator", "$JS.API.STREAM.DELETE.KV_switchboard_rooms"),
+    ("operator", "$JS.API.CONSUMER.DELETE.SWITCHBOARD_ROOMS.orchestrator"),
+    ("operator", "$JS.API.CONSUMER.CREATE.SWITCHBOARD_ROOMS.orchestrator"),
 ]
 ALLOWED = [
     ("worker", "switchboard.pools.eu-central-a.heartbeat"),
@@ -646,6 +654,7 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
         }
         forged = await s.records(["ornina-forged"])
         census = await _census_as_operator(url, creds)
+        forgeries = await _forge_reports(s, creds, url, rooms[0])
 
         t0 = time.monotonic()
         try:
@@ -681,6 +690,7 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
                 "subscribe_denied": subscribe_denied,
                 "subscribe_allowed": subscribe_allowed,
                 "operator_pool_census": census,
+                "forged_reports": forgeries,
                 "wrong_password_in_process": {"seconds": round(in_process_s, 2), "message": in_process_error},
                 "wrong_password_cli": {"exit": cli_code, "seconds": round(cli_s, 2), "last_line": cli_output},
             }
@@ -699,6 +709,10 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
     assert all(v.startswith("denied") for v in subscribe_denied.values()), subscribe_denied
     assert all(v == "allowed" for v in subscribe_allowed.values()), subscribe_allowed
     assert forged["ornina-forged"] is None
+    # Forged reports from eu-central-a's worker: nobody removed, the room did not move.
+    assert forgeries["participants_after"] == forgeries["participants_before"], forgeries
+    assert forgeries["attempt_after"] == forgeries["attempt_before"], forgeries
+    assert forgeries["refusals_noted"] and forgeries["mismatch_dropped"], forgeries
     # `switchboard status` as the operator: the orchestrator may answer it, and only it.
     assert census == {"eu-central-a": "alive"}, census
     assert "authorization violation" in in_process_error and in_process_s < 10
@@ -706,6 +720,66 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
     assert result.lost == 0 and result.live_at_end == result.rooms_sent, result.summary()
     assert result.double_agents == 0
     assert not result.extra["secret_leaks"], result.extra["secret_leaks"]
+
+
+async def _forge_reports(s: Stack, creds: Credentials, url: str, room: str) -> dict[str, Any]:
+    """As eu-central-a's worker (its own NATS user, its own report subject): a stale ``joined``
+    naming a caller in the room, one naming the room's current agent, and an ``error`` for the
+    room's current dispatch in another pool's name. What LiveKit and the record show after."""
+    assert s.lk is not None and s.kv is not None and s.livekit is not None
+    rec = (await s.records([room]))[room]
+    assert rec is not None and rec.identity and rec.dispatch_id
+    caller = RoomListener(s.livekit, room, identity="caller-d7")
+    await caller.connect()
+    try:
+        before = await _participants(s.lk, room)
+        pool = WORKER_POOLS[0]
+
+        def status(**fields: Any) -> AgentStatus:
+            return AgentStatus(
+                room=room, attempt=rec.attempt, worker="forger", at=datetime.now(UTC), **fields
+            )
+
+        forged = [
+            status(dispatch_id="AD_forged_caller", pool=pool, state="joined", identity="caller-d7"),
+            status(dispatch_id="AD_forged_agent", pool=pool, state="joined", identity=rec.identity),
+            status(dispatch_id=rec.dispatch_id, pool=WORKER_POOLS[1], state="error", reason="forged"),
+        ]
+        async with _as_user(url, creds, "worker") as (nc, errors):
+            for i, st in enumerate(forged):  # core publishes: the stream takes them all the same
+                await nc.publish(
+                    subjects.room_status(pool), encode(st), headers={subjects.MSG_ID_HEADER: f"d7-forged-{i}"}
+                )
+        # The orchestrator says in the room's timeline whom it did not remove, and logs the drop.
+        named = ("caller-d7", rec.identity)
+
+        def refused(r: RoomRecord) -> bool:
+            notes = " ".join(h.detail for h in r.history if "not removed:" in h.detail)
+            return all(identity in notes for identity in named)
+
+        after = await wait_until(s.kv, room, refused, "refusals noted", 30)
+        log = s.root / "logs" / "orchestrator-1.log"
+        dropped = f"dropped a message on {subjects.room_status(pool)}"
+        async with asyncio.timeout(30):
+            while dropped not in log.read_text(errors="replace"):  # noqa: ASYNC110 (a subprocess's log)
+                await asyncio.sleep(0.1)
+        return {
+            "participants_before": before,
+            "participants_after": await _participants(s.lk, room),
+            "attempt_before": rec.attempt,
+            "attempt_after": after.attempt,
+            "state_after": after.state.value,
+            "refusals_noted": [h.detail for h in after.history if "not removed:" in h.detail],
+            "mismatch_dropped": True,
+            "nats_errors": errors,
+        }
+    finally:
+        await caller.close()
+
+
+async def _participants(lk: lkapi.LiveKitAPI, room: str) -> list[str]:
+    listed = await lk.room.list_participants(lkapi.ListParticipantsRequest(room=room))
+    return sorted(p.identity for p in listed.participants)
 
 
 @contextlib.asynccontextmanager

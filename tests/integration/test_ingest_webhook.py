@@ -140,6 +140,31 @@ async def test_a_slow_body_is_cut_off_and_others_are_served_meanwhile(nats_serve
                 writer.close()
 
 
+async def test_headers_sent_a_byte_at_a_time_are_cut_off(nats_server: NatsServer) -> None:
+    """A client that opens connections and never finishes a request head (slow loris) is
+    disconnected after ingest.idle_timeout_s, while webhooks beside it are served at once."""
+    config = ingest_config()
+    quick_idle = config.ingest.model_copy(update={"idle_timeout_s": 1.0})
+    config = config.model_copy(update={"ingest": quick_idle})
+    async with running_ingest(ingest_settings(nats_server.url), config) as ingest:
+        slow = []
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", ingest.bound_port)
+            writer.write(f"POST {config.ingest.path} HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode())
+            await writer.drain()
+            slow.append((reader, writer))
+        try:
+            other = room_started("ornina-beside", "RM_beside")
+            async with asyncio.timeout(1.0):
+                assert await post(ingest.url, other, sign(other)) == 200
+            async with asyncio.timeout(5.0):  # each stalled connection is closed by the server
+                ends = [await reader.read() for reader, _ in slow]
+            assert all(b"200" not in end for end in ends)
+        finally:
+            for _, writer in slow:
+                writer.close()
+
+
 async def test_livekit_webhook_to_speaking_agent(nats_server: NatsServer, nc: NATS, tmp_path: Path) -> None:
     ingest_port = free_tcp_port()
     livekit = LiveKitServer(tmp_path / "lk", webhook_urls=[f"http://127.0.0.1:{ingest_port}/webhook"])

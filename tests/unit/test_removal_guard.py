@@ -143,3 +143,11 @@ async def test_an_agent_livekit_lists_under_the_replaced_dispatch_is_removed() -
     done = await remove_after(rec, report("agent-OLD"), room)
     assert room.removed == ["agent-OLD"] and room.dispatches == []
     assert done.refused == ()
+
+
+def test_a_report_on_the_current_dispatch_from_another_pool_changes_nothing() -> None:
+    rec = speaking_on(OTHER)
+    for state in ("error", "left", "voice"):
+        forged = report("agent-NOW", pool=HOME, dispatch_id="AD_NOW").model_copy(update={"state": state})
+        step = decide_report(rec, forged, ctx())
+        assert step.record is None and step.effect is None, state

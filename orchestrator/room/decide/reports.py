@@ -77,6 +77,9 @@ def decide_report(rec: RoomRecord, st: AgentStatus, ctx: Context, *, draining: b
         adopted = False
     if st.dispatch_id != rec.dispatch_id or rec.state not in HOLDING:
         return _unwanted(rec, st)
+    if st.pool != rec.pool:
+        # The current dispatch went to rec.pool: only its workers report on it (issue 17).
+        return REST
     data: dict[str, Any] = {"worker": st.worker}
     if st.warnings:
         data["warnings"] = st.warnings
