@@ -129,6 +129,9 @@ class IngestConfig(_Strict):
     # A connection that has not sent a whole request head within this of opening (or of its last
     # request) is closed: headers sent a byte at a time hold nothing for long.
     idle_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    # Open connections at most, in all and from one client address (orchestrator/ingest/connections.py).
+    max_connections: int = Field(default=1024, ge=1, le=100_000)
+    max_connections_per_client: int = Field(default=64, ge=1, le=100_000)
 
 
 class SwitchboardConfig(_Strict):

@@ -18,6 +18,7 @@ from opentelemetry import metrics
 from prometheus_client import CollectorRegistry
 
 from orchestrator.ingest.app import IngestOptions, Unavailable, build_app, webhook_counter
+from orchestrator.ingest.connections import CappedRunner
 from shared import bus
 from shared.config import SwitchboardConfig
 from shared.messages import RoomCreated, RoomEnded
@@ -63,7 +64,14 @@ class IngestServer:
         app = build_app(options, self._publish, self._connected, count)
         # keepalive_timeout also bounds a new connection's wait for its first request head (aiohttp
         # closes a connection still waiting for one when it runs out): a slow-loris client is cut off.
-        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=cfg.idle_timeout_s)
+        self._runner = CappedRunner(
+            app,
+            max_connections=cfg.max_connections,
+            max_per_client=cfg.max_connections_per_client,
+            on_refused=lambda why: count("refused", why),
+            access_log=None,
+            keepalive_timeout=cfg.idle_timeout_s,
+        )
         await self._runner.setup()
         host = self.host or cfg.host
         site = web.TCPSite(self._runner, host, cfg.port if self.port is None else self.port)

@@ -34,8 +34,11 @@ from nats.aio.msg import Msg
 
 from devstack.listener import RoomListener
 from devstack.nats_server import NatsServer
+from devstack.ports import free_tcp_port
 from devstack.process import ServerProcess, start_with_fresh_ports
+from orchestrator.membership import live_members
 from orchestrator.ops.census import ask_orchestrators
+from orchestrator.override import OVERRIDE_KEY
 from orchestrator.records import RoomRecord
 from shared import bus, subjects
 from shared.codec import MAX_MESSAGE_BYTES, ContractError, decode, encode
@@ -49,7 +52,7 @@ from shared.nats_credentials import (
     worker_nkey_variable,
 )
 from shared.settings import NatsSettings
-from tests.drills.harness import DrillResult, Stack, drill_config, save_result, stack
+from tests.drills.harness import DrillResult, Orchestrator, Stack, drill_config, save_result, stack
 from tests.orchestratorkit import create_livekit_room, wait_until
 from tests.workerkit import SWITCHBOARD
 
@@ -622,11 +625,12 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
         await s.start_pool(
             "eu-central-a",
             "eu-central",
-            capacity=count + 2,
+            # The drill's rooms, and those of its later cases (override, slow clients, LiveKit secret).
+            capacity=count + 10,
             env={"NATS_NKEY_SEED_FILE": str(creds.seed_file), "NATS_INBOX_PREFIX": "_INBOX_worker"},
         )
         await s.start_orchestrators(1)
-        await s.start_ingest(
+        webhook = await s.start_ingest(
             env={
                 "NATS_USER": "ingest",
                 "NATS_PASSWORD": creds.passwords["ingest"],
@@ -655,6 +659,9 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
         forged = await s.records(["ornina-forged"])
         census = await _census_as_operator(url, creds)
         forgeries = await _forge_reports(s, creds, url, rooms[0])
+        override = await _override_in_room_metadata(s)
+        slow_clients = await _slow_clients_beside_a_webhook(s, webhook)
+        bad_secret = await _wrong_livekit_secret_beside_a_good_one(s, wrong)
 
         t0 = time.monotonic()
         try:
@@ -691,6 +698,9 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
                 "subscribe_allowed": subscribe_allowed,
                 "operator_pool_census": census,
                 "forged_reports": forgeries,
+                "override_in_room_metadata": override,
+                "slow_clients_beside_a_webhook": slow_clients,
+                "wrong_livekit_secret_beside_a_good_replica": bad_secret,
                 "wrong_password_in_process": {"seconds": round(in_process_s, 2), "message": in_process_error},
                 "wrong_password_cli": {"exit": cli_code, "seconds": round(cli_s, 2), "last_line": cli_output},
             }
@@ -713,6 +723,11 @@ async def test_drill_7_auth_least_privilege_and_no_secrets(size: tuple[str, int]
     assert forgeries["participants_after"] == forgeries["participants_before"], forgeries
     assert forgeries["attempt_after"] == forgeries["attempt_before"], forgeries
     assert forgeries["refusals_noted"] and forgeries["mismatch_dropped"], forgeries
+    # An override in room metadata (anyone who can set it) is not obeyed: the rule's agent serves it.
+    assert override["pool"] == WORKER_POOLS[0] and not override["manual"] and not override["override_agent"]
+    assert slow_clients["webhook_served_s"] < 1.0, slow_clients
+    assert bad_secret["failed"] == 0 and bad_secret["live"] == bad_secret["rooms"], bad_secret
+    assert bad_secret["members"] == 1 and not bad_secret["bad_replica_ready"], bad_secret
     # `switchboard status` as the operator: the orchestrator may answer it, and only it.
     assert census == {"eu-central-a": "alive"}, census
     assert "authorization violation" in in_process_error and in_process_s < 10
@@ -775,6 +790,93 @@ async def _forge_reports(s: Stack, creds: Credentials, url: str, room: str) -> d
         }
     finally:
         await caller.close()
+
+
+async def _override_in_room_metadata(s: Stack) -> dict[str, Any]:
+    """A room event whose metadata asks for another agent and pool, published on
+    switchboard.rooms.created as a backend would (here by the drill's operator client)."""
+    assert s.js is not None and s.lk is not None and s.kv is not None
+    room = "ornina-d7-override"
+    sid = await create_livekit_room(s.lk, room)
+    asked = {"agent": "someone-elses-agent", "pool": WORKER_POOLS[1], "requested_by": "a caller"}
+    await bus.publish_room_created(s.js, RoomCreated(room=room, sid=sid, metadata={OVERRIDE_KEY: asked}))
+    rec = await wait_until(s.kv, room, lambda r: r.dispatch_id is not None, "dispatched", 60)
+    return {
+        "asked": asked,
+        "agent": rec.agent,
+        "pool": rec.pool,
+        "manual": rec.manual,
+        "override_agent": rec.override_agent,
+    }
+
+
+async def _slow_clients_beside_a_webhook(s: Stack, webhook: str) -> dict[str, Any]:
+    """Twenty connections from another address that send half a request head and stop (slow
+    loris) against the deployed ingest; a signed webhook beside them, timed."""
+    port = int(webhook.split(":")[2].split("/")[0])
+    held = []
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+        writer.write(b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await writer.drain()
+        held.append((reader, writer))
+    try:
+        t0 = time.monotonic()
+        async with aiohttp.ClientSession() as http:
+            await _good_hook(http, webhook, s, "ornina-d7-beside-slow")
+        served_s = time.monotonic() - t0
+        t1 = time.monotonic()
+        async with asyncio.timeout(30):  # ingest.idle_timeout_s (10 s) closes each one
+            for reader, _ in held:
+                await reader.read()
+        return {
+            "stalled": len(held),
+            "webhook_served_s": round(served_s, 3),
+            "closed_after_s": round(time.monotonic() - t1, 1),
+        }
+    finally:
+        for _, writer in held:
+            writer.close()
+
+
+async def _wrong_livekit_secret_beside_a_good_one(s: Stack, wrong: str) -> dict[str, Any]:
+    """A second orchestrator replica with a wrong LiveKit secret (a bad rollout) beside the good
+    one: it takes no part, and no room fails."""
+    assert s.livekit is not None and s.js is not None
+    port = free_tcp_port()
+    proc = ServerProcess(
+        "orchestrator-bad-livekit-secret",
+        [SWITCHBOARD, "orchestrator", "--config", str(s.config_path)],
+        s.root / "logs" / "orchestrator-bad-livekit-secret.log",
+        env={
+            **s.base_env(),
+            **s.nats_env,
+            "LIVEKIT_URL": s.livekit.http_url,
+            "LIVEKIT_API_SECRET": wrong,
+            "SWITCHBOARD_HTTP_PORT": str(port),
+        },
+    )
+    proc.start()
+    try:
+        async with asyncio.timeout(60):
+            while "LiveKit rejects this replica's API credentials" not in proc.log_tail(200):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+        rooms = [f"ornina-d7-badsecret-{i}" for i in range(6)]
+        await s.publish_all(rooms)
+        records = await s.wait_settled(rooms, 120)
+        ready = Orchestrator("bad", proc, port).ready()
+        members = await live_members(s.js)
+        states = [records[name].state.value if records.get(name) else "none" for name in rooms]
+        return {
+            "rooms": len(rooms),
+            "states": dict(Counter(states)),
+            "live": sum(1 for state in states if state in ("joined", "speaking")),
+            "failed": states.count("failed"),
+            "members": len(members),
+            "bad_replica_ready": ready,
+        }
+    finally:
+        proc.stop()
 
 
 async def _participants(lk: lkapi.LiveKitAPI, room: str) -> list[str]:

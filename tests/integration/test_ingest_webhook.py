@@ -165,6 +165,34 @@ async def test_headers_sent_a_byte_at_a_time_are_cut_off(nats_server: NatsServer
                 writer.close()
 
 
+async def test_one_client_gets_only_its_share_of_connections(nats_server: NatsServer) -> None:
+    """Past ingest.max_connections_per_client, a client's new connections are closed at once; a
+    webhook from another address is served beside them."""
+    config = ingest_config()
+    capped = config.ingest.model_copy(update={"max_connections_per_client": 3, "idle_timeout_s": 60.0})
+    config = config.model_copy(update={"ingest": capped})
+    async with running_ingest(ingest_settings(nats_server.url), config) as ingest:
+        held = []
+        for _ in range(10):  # from 127.0.0.2: another client than the webhook below (127.0.0.1)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", ingest.bound_port, local_addr=("127.0.0.2", 0)
+            )
+            writer.write(b"POST /webhook HTTP/1.1\r\nHost: x\r\n")  # and never more
+            await writer.drain()
+            held.append((reader, writer))
+        try:
+            async with asyncio.timeout(5.0):
+                closed = [reader for reader, _ in held[3:] if await reader.read() == b""]
+            assert len(closed) == 7
+            other = room_started("ornina-other-client", "RM_other")
+            async with asyncio.timeout(1.0):
+                assert await post(ingest.url, other, sign(other)) == 200
+            assert all(not reader.at_eof() for reader, _ in held[:3])  # its first three stay open
+        finally:
+            for _, writer in held:
+                writer.close()
+
+
 async def test_livekit_webhook_to_speaking_agent(nats_server: NatsServer, nc: NATS, tmp_path: Path) -> None:
     ingest_port = free_tcp_port()
     livekit = LiveKitServer(tmp_path / "lk", webhook_urls=[f"http://127.0.0.1:{ingest_port}/webhook"])

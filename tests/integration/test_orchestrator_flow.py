@@ -20,6 +20,7 @@ from livekit import api as lkapi
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from devstack.livekit_server import LiveKitServer
 from devstack.nats_server import NatsServer
@@ -55,15 +56,28 @@ async def _named_dispatches(api: lkapi.LiveKitAPI, room: str) -> list[lkapi.Agen
     return [d for d in await api.agent_dispatch.list_dispatch(room_name=room) if d.agent_name]
 
 
+@contextlib.asynccontextmanager
+async def eu_and_us(
+    nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer
+) -> AsyncIterator[tuple[KeyValue, FakePool, FakePool]]:
+    """Stand-in pools eu-central-a and us-east-a beating, and one orchestrator: the rooms bucket
+    and the two pools."""
+    eu, us = FakePool(nc, "eu-central-a", "eu-central"), FakePool(nc, "us-east-a", "us-east")
+    await eu.start()
+    await us.start()
+    try:
+        async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
+            yield await open_bucket(nc.jetstream()), eu, us
+    finally:
+        await eu.stop()
+        await us.stop()
+
+
 async def test_room_is_dispatched_to_its_region_and_reaches_speaking(
     nc: NATS, nats_server: NatsServer, livekit_server: LiveKitServer, livekit_api: lkapi.LiveKitAPI
 ) -> None:
     js = nc.jetstream()
-    eu, us = FakePool(nc, "eu-central-a", "eu-central"), FakePool(nc, "us-east-a", "us-east")
-    await eu.start()
-    await us.start()
-    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
-        kv = await open_bucket(js)
+    async with eu_and_us(nc, nats_server, livekit_server) as (kv, eu, _us):
         await publish_created_room(
             js,
             livekit_server,
@@ -86,8 +100,6 @@ async def test_room_is_dispatched_to_its_region_and_reaches_speaking(
         decision = rec.history[2].data
         assert decision["pool"] == "eu-central-a"
         assert {c["pool"] for c in decision["candidates"]} >= {"eu-central-a"}
-    await eu.stop()
-    await us.stop()
 
 
 async def test_an_override_in_room_metadata_is_not_obeyed(
@@ -97,11 +109,7 @@ async def test_an_override_in_room_metadata_is_not_obeyed(
     comes from whoever set it, so on switchboard.rooms.created it is dropped; only the operator's
     switchboard.rooms.manual carries one (tests/integration/test_cli_dispatch.py)."""
     js = nc.jetstream()
-    eu, us = FakePool(nc, "eu-central-a", "eu-central"), FakePool(nc, "us-east-a", "us-east")
-    await eu.start()
-    await us.start()
-    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
-        kv = await open_bucket(js)
+    async with eu_and_us(nc, nats_server, livekit_server) as (kv, eu, _us):
         await publish_created_room(
             js,
             livekit_server,
@@ -120,8 +128,6 @@ async def test_an_override_in_room_metadata_is_not_obeyed(
         [dispatch] = await _named_dispatches(livekit_api, "ornina-flow-forged")
         assert dispatch.agent_name == eu.agent_name
         assert read_dispatch_metadata(dispatch.metadata).user_metadata == '{"lang":"de"}'
-    await eu.stop()
-    await us.stop()
 
 
 async def test_room_matching_no_rule_is_ignored_with_the_reason(
@@ -278,11 +284,7 @@ async def test_a_worker_speaks_only_for_its_own_pool(
     whose body names another pool is dropped. Forged beats do not keep a dead pool alive, and a
     forged voice report does not mark a room speaking."""
     js = nc.jetstream()
-    eu, us = FakePool(nc, "eu-central-a", "eu-central"), FakePool(nc, "us-east-a", "us-east")
-    await eu.start()
-    await us.start()
-    async with running_orchestrator(make_settings(nats_server, livekit_server), make_config()):
-        kv = await open_bucket(js)
+    async with eu_and_us(nc, nats_server, livekit_server) as (kv, eu, _us):
         await publish_created_room(js, livekit_server, RoomCreated(room="ornina-forge", region="eu-central"))
         rec = await wait_for_record(kv, "ornina-forge", {S.DISPATCHED})
         assert rec.pool == "eu-central-a" and rec.dispatch_id
@@ -333,7 +335,6 @@ async def test_a_worker_speaks_only_for_its_own_pool(
             assert any(h.event == "redispatch" and "pool_dead" in h.detail for h in moved.history)
         finally:
             forging.cancel()
-    await us.stop()
 
 
 async def test_room_waits_for_a_pool_and_goes_when_one_appears(
