@@ -198,7 +198,12 @@ class Effects:
                 for d in mine:
                     await self.livekit.delete_dispatch(d.id, room)
                 pools = _pools_of(entry.agent_name, *(d.agent_name for d in mine))
-                wrong = {i for i in identities & present if i in current or not removable(roster[i], pools)}
+                listed_jobs = frozenset().union(*(d.identities for d in mine))  # LiveKit's own word
+                wrong = {
+                    i
+                    for i in identities & present
+                    if i in current or not removable(roster[i], pools, i in listed_jobs)
+                }
                 for identity in sorted((identities & present) - wrong):
                     await self.livekit.remove_participant(room, identity)
                 refused += sorted(wrong)
@@ -278,13 +283,14 @@ class Effects:
         )
 
 
-def removable(agent_name: str | None, pools: frozenset[str]) -> bool:
+def removable(agent_name: str | None, pools: frozenset[str], job_of_dispatch: bool = False) -> bool:
     """Whether a participant may be removed as a replaced dispatch's agent: an agent (None: a caller,
     SIP, egress) that joined under the agent_name of one of ``pools``, the pools the dispatch was
-    made for. Without any (a record from before agent names were kept) any agent may be."""
+    made for. Without any (a record from before agent names were kept) any agent may be; so may an
+    agent without the attribute (another SDK) that LiveKit lists as the dispatch's job."""
     if agent_name is None:
         return False
-    return not pools or _pool_of(agent_name) in pools
+    return not pools or _pool_of(agent_name) in pools or (agent_name == "" and job_of_dispatch)
 
 
 def _pool_of(agent_name: str) -> str:

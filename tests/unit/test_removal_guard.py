@@ -103,6 +103,8 @@ def test_only_agents_of_the_dispatchs_pools_are_removable() -> None:
     assert not removable(None, frozenset({HOME}))  # a caller
     assert not removable(None, frozenset())
     assert removable("", frozenset())  # a record from before agent names were kept: any agent
+    assert not removable("", frozenset({HOME}))  # an unnamed agent, on a report's word alone
+    assert removable("", frozenset({HOME}), job_of_dispatch=True)  # LiveKit lists it as the job's
 
 
 async def test_a_stale_report_naming_a_caller_removes_nobody() -> None:
