@@ -242,7 +242,6 @@ class OrchestratorService:
                     probes = ProbeServer(
                         self._ready, self.prometheus, self.settings.http_host, self.settings.http_port
                     )
-                    stepped_back = False
                     try:
                         async with probes, asyncio.TaskGroup() as tg:
                             self.probe_port = probes.port
@@ -268,7 +267,8 @@ class OrchestratorService:
                                 tg.create_task(resync.run(lambda: self.readiness.index_synced))
                             tg.create_task(self._track_binding(rooms, statuses))
                     except* LiveKitRejectsCredentials as group:
-                        stepped_back = True
+                        self.exit_code = EXIT_LIVEKIT_REJECTS
+                        self._stop.set()
                         log.error(
                             "LiveKit now rejects this replica's API credentials (%s): stepped back (its "
                             "partitions released, nothing pulled, its rooms' claims left to lapse); exiting "
@@ -277,9 +277,6 @@ class OrchestratorService:
                             group.exceptions[0],
                             EXIT_LIVEKIT_REJECTS,
                         )
-                    if stepped_back:
-                        self.exit_code = EXIT_LIVEKIT_REJECTS
-                        self._stop.set()
                 finally:
                     for sub in subs:
                         with contextlib.suppress(Exception):  # a closed connection has none left
@@ -471,9 +468,9 @@ class OrchestratorService:
         """Readiness, every LIVEKIT_CHECK_S; raises LiveKitRejectsCredentials when LiveKit refuses
         the key pair (the replica then steps back: see _serve)."""
         while True:
+            await asyncio.sleep(LIVEKIT_CHECK_S)  # the gate before taking part has just asked
             if (refused := await self._ask_livekit(gateway)) is not None:
                 raise LiveKitRejectsCredentials(refused)
-            await asyncio.sleep(LIVEKIT_CHECK_S)
 
     async def _until_livekit_accepts(self, gateway: LiveKitGateway) -> None:
         """Wait, not ready and taking no part, while LiveKit refuses this replica's key pair. Any
