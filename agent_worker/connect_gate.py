@@ -36,7 +36,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from livekit.agents import JobContext
-from livekit.rtc._ffi_client import FfiClient
+
+from agent_worker.rtc_native_logs import quiet_ffi_client
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ async def connect_slot() -> AsyncIterator[None]:
 
 
 async def ffi_client_made() -> None:
-    """Make livekit rtc's FFI client, once per process, before any connect can race to make it."""
+    """Make livekit rtc's FFI client, once per process, before any connect can race to make it;
+    made without log capture (:mod:`agent_worker.rtc_native_logs`)."""
     if _FFI_MADE.is_set():
         return
     # Non-blocking tries: cancel-safe (a blocking acquire in a helper thread could take the lock
@@ -120,9 +122,7 @@ async def ffi_client_made() -> None:
         await asyncio.sleep(0.02)
     try:
         if not _FFI_MADE.is_set():
-            # Private in 1.1.21 (made on first access): tests/unit/test_worker_connect_gate.py
-            # fails if it moves.
-            _ = FfiClient.instance
+            quiet_ffi_client()
             _FFI_MADE.set()
     finally:
         _FIRST.release()

@@ -17,6 +17,7 @@ import numpy as np
 from livekit import api as lk
 from livekit import rtc
 
+from agent_worker.rtc_native_logs import quiet_ffi_client
 from devstack.livekit_server import LiveKitServer
 
 # Speech from espeak-ng peaks at -20..-6 dBFS with an RMS around 0.05-0.2 of full scale over a
@@ -61,6 +62,7 @@ class RoomListener:
 
     async def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         token = join_token(self._livekit, self.room_name, self._identity)
+        quiet_ffi_client()  # a bench's 50 listeners in one process: see agent_worker/rtc_native_logs.py
         async with asyncio.timeout(timeout_s):
             await self.room.connect(self._livekit.ws_url, token)
 
