@@ -28,10 +28,41 @@ FORGET_AFTER_S = 600.0
 
 
 @dataclass(slots=True)
+class _HearingClock:
+    """Runs with real time while beats arrive, and gains at most ``max_gap_s`` across a gap in
+    which none arrived (see :class:`PoolRegistry`)."""
+
+    max_gap_s: float
+    value: float = 0.0  # the clock at the last beat
+    last_beat_at: float | None = None  # wall (monotonic) time of the last beat
+
+    def at(self, now: float) -> float:
+        if self.last_beat_at is None:
+            return self.value
+        return self.value + min(max(0.0, now - self.last_beat_at), self.max_gap_s)
+
+    def beat(self, now: float) -> float:
+        self.value = self.at(now)
+        self.last_beat_at = max(now, self.last_beat_at or now)
+        return self.value
+
+
+@dataclass(slots=True)
+class _RegionHearing:
+    """A region's own hearing clock, and where the registry's clock stood at its last beat."""
+
+    clock: _HearingClock
+    overall_at: float = 0.0
+
+
+@dataclass(slots=True)
 class _Worker:
     beat: PoolHeartbeat
     seen_at: float  # wall (monotonic) time of the beat's arrival, for ages shown to people
-    heard_at: float  # the registry's hearing clock at its arrival, for liveness
+    heard_at: float  # the registry's hearing clock at its arrival (pruning; local pools' liveness)
+    # Its region's hearing clock at its arrival: a foreign pool's liveness (see PoolRegistry).
+    region_heard_at: float = 0.0
+    foreign: bool = False  # its region is not this replica's (the beat crossed a NATS gateway)
     jobs: frozenset[str] = frozenset()  # its job ids: the last whole list with the deltas since
     # False from a delta that does not apply on top of the beat it names (a beat missed, a replica
     # started since the last whole list) until the next whole list: ``jobs`` is then the last known.
@@ -92,6 +123,15 @@ class PoolRegistry:
     were fine (seen in the drills: a NATS restart; a 200-room burst on 2 cores). So while nothing
     is heard, nothing dies; one pool dying among live ones is still seen after ``dead_after_s``.
     ``age_s`` in the views stays wall time, so ``status`` shows the silence as it is.
+
+    Across regions (``home_region`` set: this replica's region, its NATS cluster; the others' beats
+    cross gateways), the same rule holds per region. A *foreign* pool's silence is measured on its
+    region's own hearing clock, which stops when the whole region goes quiet: a cut gateway, or
+    that region's NATS down, silences every pool there at once, and none of them dies of it. One
+    pool dying among its region's live ones is still seen after ``dead_after_s``. A region silent
+    as a whole while this replica hears others is *lost* only after ``region_lost_after_s`` of
+    hearing; then its pools are dead and their rooms go abroad. Without ``home_region`` (one NATS
+    cluster for every pool) every pool is local, as before.
     """
 
     def __init__(
@@ -99,13 +139,19 @@ class PoolRegistry:
         heartbeat_interval_s: float,
         dead_after_missed_beats: int,
         pinned: Iterable[PinnedPool] = (),
+        *,
+        home_region: str | None = None,
+        region_lost_after_s: float = 30.0,
     ) -> None:
         if heartbeat_interval_s <= 0 or dead_after_missed_beats < 1:
             raise ValueError("heartbeat_interval_s must be > 0 and dead_after_missed_beats >= 1")
         self.dead_after_s = heartbeat_interval_s * dead_after_missed_beats
-        self._max_gap_s = heartbeat_interval_s
-        self._hearing = 0.0  # the hearing clock at the last beat
-        self._last_beat_at: float | None = None  # wall (monotonic) time of the last beat
+        if region_lost_after_s < self.dead_after_s:
+            raise ValueError("region_lost_after_s must be at least the pool death limit")
+        self.home_region = home_region
+        self.region_lost_after_s = region_lost_after_s
+        self._clock = _HearingClock(heartbeat_interval_s)  # hears every region
+        self._regions: dict[str, _RegionHearing] = {}
         self._workers: dict[str, dict[str, _Worker]] = {}
         # job id -> (pool, worker of the last beat listing it, how many workers' lists hold it),
         # kept by each beat's difference. ("", "", n): its last lister dropped it, n others hold it.
@@ -121,8 +167,13 @@ class PoolRegistry:
 
     def observe(self, hb: PoolHeartbeat, now: float) -> None:
         """Record a worker's beat. The latest arrival wins (core NATS keeps one publisher's order)."""
-        self._hearing = self._heard(now)
-        self._last_beat_at = max(now, self._last_beat_at or now)
+        heard = self._clock.beat(now)
+        region = self._regions.get(hb.region)
+        if region is None:
+            region = self._regions[hb.region] = _RegionHearing(_HearingClock(self._clock.max_gap_s))
+        region_heard = region.clock.beat(now)
+        region.overall_at = heard
+        foreign = self.home_region is not None and hb.region != self.home_region
         workers = self._workers.setdefault(hb.pool, {})
         before = workers.get(hb.worker)
         owner = (hb.pool, hb.worker)
@@ -143,7 +194,7 @@ class PoolRegistry:
                 self._list_jobs(owner, known, jobs, delta.added, delta.removed)
         else:
             jobs, complete = known, False  # the last known, until the next whole list
-        workers[hb.worker] = _Worker(hb, now, self._hearing, jobs, complete)
+        workers[hb.worker] = _Worker(hb, now, heard, region_heard, foreign, jobs, complete)
         # The pool's identity follows its newest beat: a redeployed pool may legitimately move.
         self._identity[hb.pool] = _Identity(hb.agent, hb.region, hb.agent_name)
 
@@ -201,12 +252,13 @@ class PoolRegistry:
         Silence is measured on the hearing clock, like death: a replica that hears nothing at all
         forgets nobody.
         """
-        limit = max(forget_after_s, self.dead_after_s)
+        limit = max(forget_after_s, self.dead_after_s, self.region_lost_after_s)
+        heard = self._heard(now)  # this replica's clock, for every worker: a lost region is forgotten too
         gone = [
             (pool, worker)
             for pool, workers in self._workers.items()
             for worker, w in workers.items()
-            if self._silence(w, now) >= limit
+            if heard - w.heard_at >= limit
         ]
         for pool, worker in gone:
             self.forget_worker(pool, worker)
@@ -220,15 +272,26 @@ class PoolRegistry:
 
     def _heard(self, now: float) -> float:
         """The hearing clock at ``now``: real time since the last beat, but at most one interval."""
-        if self._last_beat_at is None:
-            return self._hearing
-        return self._hearing + min(max(0.0, now - self._last_beat_at), self._max_gap_s)
+        return self._clock.at(now)
 
     def _silence(self, w: _Worker, now: float) -> float:
-        return self._heard(now) - w.heard_at
+        """Hearing since the worker's last beat: on this replica's clock for a local worker, on
+        its region's for a foreign one (what pool death is judged on)."""
+        if w.foreign:
+            return self._regions[w.beat.region].clock.at(now) - w.region_heard_at
+        return self._clock.at(now) - w.heard_at
+
+    def region_lost(self, region: str, now: float) -> bool:
+        """A foreign region silent as a whole for ``region_lost_after_s`` while this replica heard."""
+        r = self._regions.get(region)
+        if r is None or self.home_region is None or region == self.home_region:
+            return False
+        return self._clock.at(now) - r.overall_at >= self.region_lost_after_s
 
     def _alive(self, w: _Worker, now: float) -> bool:
-        return not w.gone and self._silence(w, now) < self.dead_after_s
+        if w.gone or self._silence(w, now) >= self.dead_after_s:
+            return False
+        return not (w.foreign and self.region_lost(w.beat.region, now))
 
     def late_workers(self, now: float, late_after_s: float) -> list[tuple[str, str, float]]:
         """``(pool, worker, seen_at)`` of the live workers silent (on the hearing clock) for at
@@ -248,14 +311,25 @@ class PoolRegistry:
     def knows(self, pool: str, worker: str) -> bool:
         return worker in self._workers.get(pool, {})
 
-    def mark_gone(self, pool: str, worker: str, seen_at: float) -> bool:
+    def mark_gone(self, pool: str, worker: str, seen_at: float, now: float) -> bool:
         """Declare the worker dead now: its connection is gone. Only if its last beat is still the
-        one that arrived at ``seen_at`` (a beat since says it is back). True if it was alive."""
+        one that arrived at ``seen_at`` (a beat since says it is back), and, for a foreign worker,
+        only while its region is heard: NATS answers "no responders" for every subject behind a
+        cut gateway, which says nothing about the worker. True if it was alive."""
         w = self._workers.get(pool, {}).get(worker)
         if w is None or w.gone or w.seen_at != seen_at:
             return False
+        if w.foreign and not self._region_heard(w.beat.region, now):
+            return False
         w.gone = True
         return True
+
+    def _region_heard(self, region: str, now: float) -> bool:
+        """Some worker of ``region`` beat within the last interval."""
+        r = self._regions.get(region)
+        if r is None or r.clock.last_beat_at is None:
+            return False
+        return now - r.clock.last_beat_at <= r.clock.max_gap_s
 
     def orphaned_jobs(self, now: float) -> frozenset[str]:
         """Dispatch ids the last beat of a now-dead worker listed, that no live worker lists: their
@@ -290,7 +364,8 @@ class PoolRegistry:
 
     def unheard_s(self, now: float) -> float | None:
         """Seconds since any worker was last heard; None before the first beat."""
-        return None if self._last_beat_at is None else max(0.0, now - self._last_beat_at)
+        last = self._clock.last_beat_at
+        return None if last is None else max(0.0, now - last)
 
     def pool_dead(self, pool: str, now: float) -> bool:
         """What a view's ``None`` or ``dead`` liveness says (never heard of, or no live worker),
@@ -323,7 +398,10 @@ class PoolRegistry:
         for w in self._workers.get(pool, {}).values():
             if newest is None or w.seen_at > newest:
                 newest = w.seen_at
-            if w.gone or heard - w.heard_at >= dead_after:  # as _alive
+            if w.foreign:
+                if not self._alive(w, now):
+                    continue
+            elif w.gone or heard - w.heard_at >= dead_after:  # as _alive, inlined for the common case
                 continue
             b = w.beat
             names.append(b.worker)

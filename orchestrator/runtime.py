@@ -52,6 +52,18 @@ def load_config_or_exit(settings: Settings) -> SwitchboardConfig:
     return config
 
 
+def require_known_region(settings: Settings, config: SwitchboardConfig) -> None:
+    """Exit 2 when the replica's region (``--region``) is not one the config knows."""
+    known = set(config.regions) | {config.default_region}
+    if settings.region is not None and settings.region not in known:
+        typer.echo(
+            f"switchboard: region {settings.region!r} (--region / SWITCHBOARD_REGION) is not in the "
+            f"config; known: {', '.join(sorted(known))}",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+
+
 def run_async(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop (the orchestrator and ingest are I/O bound; uvloop halves loop overhead)."""
     try:

@@ -123,6 +123,8 @@ class OrchestratorService:
             config.orchestrator.heartbeat_interval_s,
             config.orchestrator.dead_after_missed_beats,
             config.pools,
+            home_region=settings.region,
+            region_lost_after_s=config.orchestrator.region_lost_after_s,
         )
         self.index = RoomIndex(assign_check_s=config.orchestrator.assign_check_s)
         self.ownership = Ownership(self.replica, self.index, config.orchestrator.member_ttl_s, time.monotonic)
@@ -239,6 +241,13 @@ class OrchestratorService:
                         )
                     )
                     log.info("orchestrator replica %s running", self.replica)
+                    if self.settings.region is not None:
+                        log.info(
+                            "region %s: pools of other regions are judged across the NATS gateways; a "
+                            "region silent as a whole is lost after %.0f s",
+                            self.settings.region,
+                            self.config.orchestrator.region_lost_after_s,
+                        )
                     probes = ProbeServer(
                         self._ready, self.prometheus, self.settings.http_host, self.settings.http_port
                     )

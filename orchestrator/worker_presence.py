@@ -160,7 +160,7 @@ class WorkerPresence:
             return
         k.strikes = 0
         pool, worker = key
-        if self._registry.mark_gone(pool, worker, late_seen_at):
+        if self._registry.mark_gone(pool, worker, late_seen_at, now):
             self._on_gone()
             log.warning(
                 "worker %s of pool %s is gone: silent %.1f s and NATS holds no connection for it; "

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     config: Path = Field(default=Path("switchboard.yaml"), description="Rules, regions and pools")
     log_format: str = Field(default="text", pattern="^(text|json)$")
     log_level: str = "INFO"
+    # The orchestrator replica's own region (its NATS cluster's): pools elsewhere are judged across
+    # the gateways (orchestrator/pools.py). Unset: one NATS cluster serves every pool.
+    region: str | None = None
     # /healthz, /readyz and /metrics of this process; port 0 picks a free one (logged at start).
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=0, ge=0, le=65535)

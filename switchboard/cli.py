@@ -40,15 +40,35 @@ ConfigOption = Annotated[
 ]
 
 
+RegionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        envvar="SWITCHBOARD_REGION",
+        help="This replica's region, in a multi-region deployment (pools elsewhere are judged across "
+        "NATS gateways); default: one NATS cluster serves every pool",
+    ),
+]
+
+
 @app.command()
-def orchestrator(config: ConfigOption = None) -> None:
+def orchestrator(config: ConfigOption = None, region: RegionOption = None) -> None:
     """Run one orchestrator replica: consume room events, schedule, dispatch, track, fail over."""
-    from orchestrator.runtime import load_config_or_exit, load_settings, require_livekit_pair, run_async
+    from orchestrator.runtime import (
+        load_config_or_exit,
+        load_settings,
+        require_known_region,
+        require_livekit_pair,
+        run_async,
+    )
     from orchestrator.service import OrchestratorService, run_until_signalled
     from shared.telemetry import setup_telemetry
 
     settings = load_settings(config)
+    if region is not None:
+        settings = settings.model_copy(update={"region": region})
     cfg = load_config_or_exit(settings)
+    require_known_region(settings, cfg)
     require_livekit_pair(settings, "the orchestrator dispatches agents with it")
     telemetry = setup_telemetry("switchboard-orchestrator")
     service = OrchestratorService(settings, cfg, prometheus=telemetry.prometheus)

@@ -208,7 +208,7 @@ def test_a_poke_looks_at_deaths_at_once() -> None:
             loop = tg.create_task(s.controller.sweep_loop(lambda: True))
             await asyncio.sleep(0.05)  # the first pass is done
             # The hand-driven clock stands still: without the poke, deaths are never looked at again.
-            assert s.registry.mark_gone("eu-a", "w1", 0.0)
+            assert s.registry.mark_gone("eu-a", "w1", 0.0, 0.0)
             sweep.poke()
             async with asyncio.timeout(5):
                 await stepped.wait()

@@ -1,0 +1,103 @@
+"""Pool liveness across regions: a region silent as a whole is cut off, not dead, until it is lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.pools import FORGET_AFTER_S, PoolRegistry
+from tests.unit.test_pools import beat
+
+
+def eu_replica(region_lost_after_s: float = 30.0) -> PoolRegistry:
+    # Dead after 3 missed 1-second beats; this replica's NATS cluster is eu-central's.
+    return PoolRegistry(1.0, 3, home_region="eu-central", region_lost_after_s=region_lost_after_s)
+
+
+def beats(reg: PoolRegistry, start: float, end: float, *who: tuple[str, str, str]) -> None:
+    """Every second from ``start`` to ``end``: a beat from each ``(worker, pool, region)``."""
+    t = start
+    while t <= end:
+        for worker, pool, region in who:
+            reg.observe(beat(worker, pool=pool, region=region), now=t)
+        t += 1.0
+
+
+EU = ("we", "eu-a", "eu-central")
+US = ("wu", "us-a", "us-east")
+US_B = ("wu2", "us-b", "us-east")
+
+
+def test_a_cut_gateway_kills_no_pool_of_the_region_behind_it() -> None:
+    reg = eu_replica()
+    beats(reg, 0.0, 10.0, EU, US)
+    beats(reg, 11.0, 25.0, EU)  # 15 s of us-east silence while eu-central is heard
+    assert not reg.pool_dead("us-a", 25.5)
+    assert reg.view("us-a", 25.5).liveness == "alive"  # type: ignore[union-attr]
+    assert not reg.region_lost("us-east", 25.5)
+    beats(reg, 26.0, 26.0, EU, US)  # the gateway is back: nothing happened
+    assert not reg.pool_dead("us-a", 26.5)
+
+
+def test_a_region_silent_for_region_lost_after_s_is_lost_and_its_pools_dead() -> None:
+    reg = eu_replica(region_lost_after_s=30.0)
+    beats(reg, 0.0, 10.0, EU, US)
+    beats(reg, 11.0, 39.0, EU)
+    assert not reg.region_lost("us-east", 39.5)
+    beats(reg, 40.0, 41.0, EU)
+    assert reg.region_lost("us-east", 41.0)
+    assert reg.pool_dead("us-a", 41.0)
+    assert reg.view("us-a", 41.0).liveness == "dead"  # type: ignore[union-attr]
+    assert not reg.pool_dead("eu-a", 41.0)
+    beats(reg, 42.0, 42.0, US)  # it returns: alive at its first beat
+    assert not reg.region_lost("us-east", 42.0) and not reg.pool_dead("us-a", 42.0)
+
+
+def test_one_pool_dying_among_the_live_pools_of_a_foreign_region_dies_as_fast_as_a_local_one() -> None:
+    reg = eu_replica()
+    beats(reg, 0.0, 10.0, EU, US, US_B)
+    beats(reg, 11.0, 14.0, EU, US_B)
+    assert reg.pool_dead("us-a", 14.0)
+    assert not reg.pool_dead("us-b", 14.0)
+
+
+def test_a_replica_that_hears_nothing_loses_no_region() -> None:
+    reg = eu_replica()
+    beats(reg, 0.0, 10.0, EU, US)
+    assert not reg.region_lost("us-east", 200.0)
+    assert not reg.pool_dead("us-a", 200.0) and not reg.pool_dead("eu-a", 200.0)
+
+
+def test_without_a_home_region_every_pool_is_judged_as_local() -> None:
+    reg = PoolRegistry(1.0, 3)  # one NATS cluster for all: a silent pool is dead after 3 s
+    beats(reg, 0.0, 10.0, EU, US)
+    beats(reg, 11.0, 14.0, EU)
+    assert reg.pool_dead("us-a", 14.0)
+    assert not reg.region_lost("us-east", 14.0)
+
+
+def test_no_responders_from_behind_a_silent_gateway_marks_nobody_gone() -> None:
+    reg = eu_replica()
+    beats(reg, 0.0, 10.0, EU, US, US_B)
+    beats(reg, 11.0, 13.0, EU)  # all of us-east silent
+    assert not reg.mark_gone("us-a", "wu", 10.0, 13.0)
+    assert not reg.pool_dead("us-a", 13.0)
+    # With its region heard (us-b beats), "no responders" is believed as for a local worker.
+    beats(reg, 14.0, 14.0, EU, US_B)
+    assert reg.mark_gone("us-a", "wu", 10.0, 14.2)
+    assert reg.pool_dead("us-a", 14.2)
+    # A local worker's "no responders" is believed at once, whatever the other regions do.
+    reg.observe(beat("we2", pool="eu-b", region="eu-central"), now=14.5)
+    assert reg.mark_gone("eu-b", "we2", 14.5, 15.0)
+
+
+def test_a_lost_regions_workers_are_forgotten_in_time() -> None:
+    reg = eu_replica()
+    beats(reg, 0.0, 1.0, EU, US)
+    beats(reg, 2.0, FORGET_AFTER_S + 3.0, EU)
+    assert reg.prune(FORGET_AFTER_S + 3.0, FORGET_AFTER_S) == ["us-a/wu"]
+    assert reg.view("us-a", FORGET_AFTER_S + 3.0) is None
+
+
+def test_region_lost_after_s_below_the_pool_death_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="region_lost_after_s"):
+        PoolRegistry(1.0, 3, home_region="eu-central", region_lost_after_s=2.0)
