@@ -1,9 +1,16 @@
-"""livekit-server v1.13.5 on loopback, with generated keys and an optional webhook target."""
+"""livekit-server v1.13.5 on loopback, with generated keys and an optional webhook target.
+
+One server is a single node (no Redis). Several servers given the same ``redis_address`` and key
+pair form one multi-node cluster: rooms, the room → node map and the nodes' RPC bus (signal relay,
+agent job requests) live in that Redis; each node keeps its own ports and picks its own random node
+id (``ND_…``) at start.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +21,9 @@ from devstack.probe import http_ok
 from devstack.process import LoopbackServer, MissingBinaryError, ServerProcess, cache_dir, find_binary
 
 LIVEKIT_SERVER_VERSION = "v1.13.5"
+# How the server logs its node id at start (see LiveKitServer.node_id); other lines carry other
+# nodes' ids under the same key (a CreateRoom request's node_id, a relayed session's node).
+_NODE_ID = re.compile(r'starting LiveKit server\s.*?"nodeID": "(ND_[A-Za-z0-9]+)"')
 INSTALL_HINT = (
     "scripts/install-livekit-server   (needs Go; builds livekit-server " + LIVEKIT_SERVER_VERSION + ")"
 )
@@ -46,6 +56,11 @@ class LiveKitServer(LoopbackServer):
     # report load = active jobs / capacity and refuse jobs themselves when full, so let them fill.
     agents_target_load: float = 1.0
     log_level: str = "info"
+    # Multi-node: "host:port" of the Redis the cluster's nodes share (None: a single node).
+    redis_address: str | None = None
+    # The node's region (config ``region``): stored with the node in Redis and sent to clients in
+    # the join response's server info; only the ``regionaware`` node selector acts on it.
+    region: str | None = None
     process: ServerProcess | None = None
     # A graceful stop waits for rooms to close; the second signal makes it quick.
     second_sigterm_after: ClassVar[float | None] = 0.5
@@ -74,6 +89,10 @@ class LiveKitServer(LoopbackServer):
         }
         if self.webhook_urls:
             conf["webhook"] = {"api_key": self.api_key, "urls": self.webhook_urls}
+        if self.redis_address is not None:
+            conf["redis"] = {"address": self.redis_address}
+        if self.region is not None:
+            conf["region"] = self.region
         return conf
 
     def start(self, timeout: float = 30.0) -> None:
@@ -84,3 +103,14 @@ class LiveKitServer(LoopbackServer):
 
     def _healthy(self) -> bool:
         return http_ok(self.http_url + "/")
+
+    def node_id(self) -> str:
+        """The id this run of the server picked for itself: it is random per start and not in any
+        API answer, but logged once at start (``starting LiveKit server ... "nodeID": "ND_…"``),
+        before the server answers /, so it is there once :meth:`start` returned."""
+        assert self.process is not None, "not started"
+        # The last one: a restart appends to the same log and picks a new id.
+        found = _NODE_ID.findall(self.process.log_path.read_text(errors="replace"))
+        if not found:
+            raise RuntimeError(f"no nodeID in {self.process.log_path}")
+        return str(found[-1])
