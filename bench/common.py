@@ -35,6 +35,7 @@ from nats.aio.client import Client as NATS
 from devstack import orchestrator_process, standin_pool, worker_process
 from devstack.listener import AUDIBLE_RMS, CONNECT_TIMEOUT_S, RoomListener
 from devstack.livekit_server import LiveKitServer, find_livekit_server
+from devstack.livekit_server import server_api as livekit_api
 from devstack.nats_server import NatsServer, find_nats_server
 from devstack.ports import free_tcp_port
 from devstack.probe import http_ok
@@ -131,15 +132,6 @@ async def nats_client(url: str) -> AsyncIterator[NATS]:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await nc.drain()
-
-
-@contextlib.asynccontextmanager
-async def livekit_api(lk: LiveKitServer) -> AsyncIterator[lkapi.LiveKitAPI]:
-    api = lkapi.LiveKitAPI(lk.http_url, lk.api_key, lk.api_secret)
-    try:
-        yield api
-    finally:
-        await api.aclose()
 
 
 async def create_rooms(

@@ -8,13 +8,17 @@ id (``ND_…``) at start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
+
+from livekit import api as lkapi
 
 from devstack.ports import free_tcp_port, free_udp_port
 from devstack.probe import http_ok
@@ -114,3 +118,13 @@ class LiveKitServer(LoopbackServer):
         if not found:
             raise RuntimeError(f"no nodeID in {self.process.log_path}")
         return str(found[-1])
+
+
+@contextlib.asynccontextmanager
+async def server_api(lk: LiveKitServer) -> AsyncIterator[lkapi.LiveKitAPI]:
+    """A server API client for ``lk`` (one node of a cluster: that node only), closed afterwards."""
+    client = lkapi.LiveKitAPI(lk.http_url, lk.api_key, lk.api_secret)
+    try:
+        yield client
+    finally:
+        await client.aclose()

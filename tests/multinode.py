@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import functools
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,16 +82,6 @@ def livekit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKi
             yield cluster
     except MissingBinaryError as exc:
         pytest.fail(str(exc), pytrace=False)
-
-
-@contextlib.asynccontextmanager
-async def node_api(node: LiveKitServer) -> AsyncIterator[lkapi.LiveKitAPI]:
-    """A server API client talking to one node only."""
-    client = lkapi.LiveKitAPI(node.http_url, node.api_key, node.api_secret)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def wait_for_agent(

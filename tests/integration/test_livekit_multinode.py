@@ -24,13 +24,13 @@ from dataclasses import dataclass
 import pytest
 from livekit import api as lkapi
 
+from devstack.livekit_server import server_api as node_api
 from devstack.nats_server import NatsServer
 from devstack.process import MissingBinaryError, running
 from tests.multinode import (
     REGIONS,
     LiveKitCluster,
     livekit_cluster,  # noqa: F401  (fixture)
-    node_api,
     wait_for_agent,
 )
 from tests.workerkit import WorkerProcess, dispatch
