@@ -30,6 +30,9 @@ class NatsServer(LoopbackServer):
     cluster_port: int | None = None
     cluster_routes: list[int] = field(default_factory=list)
     extra_config: str = ""
+    # False: a server without JetStream, as a region's cluster whose streams live in another
+    # cluster of the supercluster (its clients reach them over the gateway).
+    jetstream: bool = True
     process: ServerProcess | None = None
 
     @property
@@ -43,8 +46,9 @@ class NatsServer(LoopbackServer):
             'host: "127.0.0.1"',
             f"port: {self.port}",
             f'http: "127.0.0.1:{self.monitor_port}"',
-            f'jetstream {{ store_dir: "{store}" }}',
         ]
+        if self.jetstream:
+            lines.append(f'jetstream {{ store_dir: "{store}" }}')
         if self.cluster_name:
             routes = ", ".join(
                 f'"nats-route://127.0.0.1:{p}"' for p in self.cluster_routes if p != self.cluster_port
@@ -68,7 +72,8 @@ class NatsServer(LoopbackServer):
 
     def _healthy(self) -> bool:
         # /healthz answers 200 only once the server accepts clients and JetStream is up.
-        return http_ok(f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true")
+        query = "?js-enabled-only=true" if self.jetstream else ""
+        return http_ok(f"http://127.0.0.1:{self.monitor_port}/healthz{query}")
 
     def restart(self, timeout: float = 20.0) -> None:
         """Stop and start again on the same ports and store (a NATS restart drill)."""

@@ -146,10 +146,9 @@ class PoolRegistry:
         if heartbeat_interval_s <= 0 or dead_after_missed_beats < 1:
             raise ValueError("heartbeat_interval_s must be > 0 and dead_after_missed_beats >= 1")
         self.dead_after_s = heartbeat_interval_s * dead_after_missed_beats
-        if region_lost_after_s < self.dead_after_s:
-            raise ValueError("region_lost_after_s must be at least the pool death limit")
         self.home_region = home_region
-        self.region_lost_after_s = region_lost_after_s
+        # Never sooner than a pool's own death: a region is lost when its pools would be dead anyway.
+        self.region_lost_after_s = max(region_lost_after_s, self.dead_after_s)
         self._clock = _HearingClock(heartbeat_interval_s)  # hears every region
         self._regions: dict[str, _RegionHearing] = {}
         self._workers: dict[str, dict[str, _Worker]] = {}

@@ -62,7 +62,8 @@ class OrchestratorConfig(_Strict):
     # Across regions (a replica started with --region / SWITCHBOARD_REGION): a region whose every
     # pool goes silent at once is cut off (a gateway, its NATS), not dead, until it has been silent
     # this long while the replica hears other regions; then its pools are dead and its rooms go
-    # abroad. Longer than a gateway blip, shorter than users will wait.
+    # abroad. Longer than a gateway blip, shorter than users will wait; never below the pool death
+    # limit (dead_after_missed_beats x heartbeat_interval_s), which applies when it is longer.
     region_lost_after_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=4, ge=1)
     no_pool_deadline_s: float = Field(default=60.0, gt=0)

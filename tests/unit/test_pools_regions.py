@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from orchestrator.pools import FORGET_AFTER_S, PoolRegistry
 from tests.unit.test_pools import beat
 
@@ -98,6 +96,10 @@ def test_a_lost_regions_workers_are_forgotten_in_time() -> None:
     assert reg.view("us-a", FORGET_AFTER_S + 3.0) is None
 
 
-def test_region_lost_after_s_below_the_pool_death_limit_is_refused() -> None:
-    with pytest.raises(ValueError, match="region_lost_after_s"):
-        PoolRegistry(1.0, 3, home_region="eu-central", region_lost_after_s=2.0)
+def test_a_region_is_never_lost_sooner_than_its_pools_would_die() -> None:
+    # dead_after_missed_beats: 120 (as the e2e kill test runs) with the 30 s default.
+    reg = PoolRegistry(1.0, 120, home_region="eu-central", region_lost_after_s=30.0)
+    assert reg.region_lost_after_s == 120.0
+    beats(reg, 0.0, 1.0, EU, US)
+    beats(reg, 2.0, 60.0, EU)
+    assert not reg.region_lost("us-east", 60.0) and not reg.pool_dead("us-a", 60.0)
