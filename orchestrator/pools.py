@@ -290,7 +290,9 @@ class PoolRegistry:
     def _alive(self, w: _Worker, now: float) -> bool:
         if w.gone or self._silence(w, now) >= self.dead_after_s:
             return False
-        return not (w.foreign and self.region_lost(w.beat.region, now))
+        # A foreign worker silent for region_lost_after_s on this replica's clock is dead: its
+        # region was lost while it was silent, whether or not the region has come back without it.
+        return not (w.foreign and self._clock.at(now) - w.heard_at >= self.region_lost_after_s)
 
     def late_workers(self, now: float, late_after_s: float) -> list[tuple[str, str, float]]:
         """``(pool, worker, seen_at)`` of the live workers silent (on the hearing clock) for at

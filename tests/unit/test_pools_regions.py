@@ -103,3 +103,14 @@ def test_a_region_is_never_lost_sooner_than_its_pools_would_die() -> None:
     beats(reg, 0.0, 1.0, EU, US)
     beats(reg, 2.0, 60.0, EU)
     assert not reg.region_lost("us-east", 60.0) and not reg.pool_dead("us-a", 60.0)
+
+
+def test_a_pool_that_stays_silent_when_its_lost_region_returns_stays_dead() -> None:
+    reg = eu_replica(region_lost_after_s=30.0)
+    beats(reg, 0.0, 10.0, EU, US, US_B)
+    beats(reg, 11.0, 45.0, EU)  # us-east lost
+    assert reg.pool_dead("us-a", 45.0) and reg.pool_dead("us-b", 45.0)
+    beats(reg, 46.0, 47.0, EU, US_B)  # only us-b comes back
+    assert not reg.pool_dead("us-b", 47.0)
+    assert reg.pool_dead("us-a", 46.0) and reg.pool_dead("us-a", 47.0)
+    assert reg.view("us-a", 47.0).liveness == "dead"  # type: ignore[union-attr]
