@@ -3,6 +3,7 @@ not dead, until ``region_lost_after_s``; started as the README shows, an unknown
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from orchestrator.store import open_bucket
 from shared.messages import RoomCreated
 from tests.orchestratorkit import (
     FakePool,
+    OrchestratorProcess,
     make_config,
     make_settings,
     publish_created_room,
@@ -65,6 +67,22 @@ async def test_a_silent_region_keeps_its_rooms_until_it_is_lost(
             assert any(h.event == "redispatch" and "pool_dead" in h.detail for h in moved.history)
     finally:
         await eu.stop()
+
+
+async def test_a_replica_started_with_its_region_runs_and_says_so(
+    nats_server: NatsServer, livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    # As deploy/ starts the eu-central replicas: SWITCHBOARD_REGION (= --region) in the environment.
+    proc = OrchestratorProcess(
+        tmp_path / "orch", nats_server.url, livekit_server, make_config(), {"SWITCHBOARD_REGION": "us-east"}
+    )
+    await asyncio.to_thread(proc.start)  # ready: a member, partitions replayed
+    try:
+        log = proc.log_text()
+        assert "region us-east: pools of other regions are judged across the NATS gateways" in log
+        assert "a region silent as a whole is lost after 30 s" in log
+    finally:
+        await asyncio.to_thread(proc.stop)
 
 
 def test_an_unknown_region_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
