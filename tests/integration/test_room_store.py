@@ -172,12 +172,16 @@ async def test_records_under_the_keys_of_a_build_before_partitions_move_once(nc:
     assert await migrate_unpartitioned(store) == 0
     seen: list[str] = []
     partition = partition_of("ornina-old-live")
+    # Read until the moved record shows, not until the end-of-replay marker: nats.py's KV watch can
+    # put that marker first when the replay is on the wire but not read yet as it asks the
+    # consumer's pending count (0 by then), which made this test fail under load.
     async with asyncio.timeout(10), contextlib.aclosing(store.watch(partition=partition)) as changes:
         async for change in changes:
-            if change is None:
+            if change is not None:
+                seen.append(change[0])
+            if "ornina-old-live" in seen:
                 break
-            seen.append(change[0])
-    assert "ornina-old-live" in seen and all(partition_of(room) == partition for room in seen)
+    assert all(partition_of(room) == partition for room in seen)
 
 
 async def test_the_end_of_a_room_is_archived_whole_and_kept_compact_for_an_hour(nc: NATS) -> None:
