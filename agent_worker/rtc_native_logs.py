@@ -28,20 +28,21 @@ from livekit.rtc.version import __version__ as rtc_version
 
 DEFAULT_RUST_LOG = "warn"
 
-_lock = threading.Lock()
-_quiet: set[int] = set()  # ids of the FFI clients set up without capture (one per process)
+# Process-wide by necessity, as the FFI client itself (see connect_gate.py).
+_LOCK = threading.Lock()
+_QUIET = threading.Event()  # this process's FFI client is set up without capture
 
 
 def quiet_ffi_client() -> FfiClient:
     """The process's FFI client (made now if need be), with log capture off. Idempotent; safe from
     any thread. Call it before the process's first room connect to have ``RUST_LOG`` apply."""
-    with _lock:
+    with _LOCK:
         os.environ.setdefault("RUST_LOG", DEFAULT_RUST_LOG)
         client: FfiClient = FfiClient.instance
-        if id(client) not in _quiet:
+        if not _QUIET.is_set():
             # Private in 1.1.21: tests/integration/test_rtc_native_logs.py fails if it moves.
             client._ffi_lib.livekit_ffi_initialize(
                 _ffi_client.ffi_event_callback, False, b"python", rtc_version.encode("ascii")
             )
-            _quiet.add(id(client))
+            _QUIET.set()
         return client

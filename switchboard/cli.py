@@ -44,9 +44,8 @@ RegionOption = Annotated[
     str | None,
     typer.Option(
         "--region",
-        envvar="SWITCHBOARD_REGION",
         help="This replica's region, in a multi-region deployment (pools elsewhere are judged across "
-        "NATS gateways); default: one NATS cluster serves every pool",
+        "NATS gateways); default: $SWITCHBOARD_REGION, else one NATS cluster serves every pool",
     ),
 ]
 

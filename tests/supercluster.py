@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from devstack.nats_server import NatsServer
 from devstack.ports import free_tcp_port
@@ -47,7 +48,7 @@ class SuperCluster:
             clients = {r: await stack.enter_async_context(client(s.url)) for r, s in self.servers.items()}
             for here, there in ((EU, US), (US, EU)):
                 subject = f"test.gateway.{uuid.uuid4().hex}"
-                sub = await clients[there].subscribe(subject, cb=_echo(clients[there]))
+                sub = await clients[there].subscribe(subject, cb=_echo)
                 await clients[there].flush()
                 try:
                     async with asyncio.timeout(within_s):
@@ -61,11 +62,8 @@ class SuperCluster:
                     await sub.unsubscribe()
 
 
-def _echo(nc: NATS):  # type: ignore[no-untyped-def]
-    async def answer(msg):  # type: ignore[no-untyped-def]
-        await nc.publish(msg.reply, msg.data)
-
-    return answer
+async def _echo(msg: Msg) -> None:
+    await msg.respond(msg.data)
 
 
 @contextlib.asynccontextmanager
