@@ -55,6 +55,7 @@ class JobRunner:
             pool=self.pool,
             worker=self.worker,
             warnings=tuple(p[:MAX_WARNING_CHARS] for p in read.problems[:16]),
+            state_region=read.info.state_region if read.info else None,
         )
         framework_span = trace.get_current_span().get_span_context()
         span = _tracer.start_span(

@@ -25,6 +25,8 @@ class JobFacts:
     pool: str
     worker: str
     warnings: tuple[str, ...] = ()
+    # The region whose status stream takes this job's reports (per-region state); None: shared.
+    state_region: str | None = None
 
 
 class JobReporter:
@@ -64,7 +66,9 @@ class JobReporter:
         carrier = inject_headers({}, trace.set_span_in_context(self._span))
         log.info("agent %s%s", state, f" ({reason})" if reason else "", extra={"state": state})
         try:
-            await self._client.send(JobReport(status=status, trace=carrier))
+            await self._client.send(
+                JobReport(status=status, trace=carrier, state_region=self._facts.state_region)
+            )
         except (OSError, TimeoutError) as exc:
             # The worker process is going away; nothing else can carry the report.
             log.error("could not hand the %s report to the worker: %s", state, exc)

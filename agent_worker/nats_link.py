@@ -12,7 +12,7 @@ import logging
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from shared import bus
+from shared import bus, subjects
 from shared.settings import NatsSettings
 
 log = logging.getLogger(__name__)
@@ -22,9 +22,10 @@ CLOSE_TIMEOUT_S = 3.0
 
 
 class NatsLink:
-    def __init__(self, settings: NatsSettings, name: str) -> None:
+    def __init__(self, settings: NatsSettings, name: str, cell: subjects.Cell = subjects.SHARED) -> None:
         self._settings = settings
         self._name = name
+        self._cell = cell  # whose streams it makes sure of at start
         self._client: NATS | None = None
         self._ready = asyncio.Event()
         self.state = "connecting"
@@ -59,7 +60,7 @@ class NatsLink:
                 await asyncio.sleep(RETRY_AFTER_S)
                 continue
             try:
-                await bus.ensure_streams(client.jetstream(), self._settings.stream_replicas)
+                await bus.ensure_streams(client.jetstream(), self._settings.stream_replicas, self._cell)
             except Exception as exc:
                 self.last_error = f"cannot ensure JetStream streams: {exc}"
                 log.warning("%s; retrying in %.0fs", self.last_error, RETRY_AFTER_S)

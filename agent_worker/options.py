@@ -56,6 +56,9 @@ class WorkerOptions(BaseModel):
     # Statuses held while NATS is unreachable; the oldest are dropped beyond this (and logged).
     report_buffer: Annotated[int, Field(ge=1, le=100_000)] = 1000
     use_uvloop: bool = True
+    # With per-region state (``state: per_region`` in the config): the worker makes sure of its own
+    # region's streams at start (each job reports to the region its dispatch names). None: shared.
+    state_region: Region | None = None
 
     @property
     def agent_name(self) -> str:
@@ -109,6 +112,7 @@ def resolve_options(
         "heartbeat_interval_s": config.orchestrator.heartbeat_interval_s,
         "worker_id": new_worker_id(),
         "version": package_version(),
+        "state_region": region if config.state == "per_region" else None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:

@@ -31,6 +31,8 @@ class JobReport(BaseModel):
 
     status: AgentStatus
     trace: dict[str, str]
+    # The region whose status stream takes it (the dispatch's ``state_region``); None: the shared cell.
+    state_region: str | None = None
 
 
 class ReportClient:

@@ -16,7 +16,7 @@ from opentelemetry import context as otel_context
 
 from agent_worker.nats_link import NatsLink
 from agent_worker.report_channel import JobReport
-from shared import bus
+from shared import bus, subjects
 from shared.tracecontext import extract_headers
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class ReportQueue:
                 token = otel_context.attach(extract_headers(report.trace))
                 try:
                     async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                        await bus.publish_status(js, report.status)
+                        await bus.publish_status(js, report.status, subjects.Cell(report.state_region))
                 except Exception as exc:
                     failures += 1
                     if failures == 1:

@@ -31,6 +31,7 @@ from agent_worker.report_channel import ReportServer
 from agent_worker.report_queue import ReportQueue
 from agent_worker.worker_metrics import WorkerMetrics
 from agent_worker.worker_state import WorkerState
+from shared import subjects
 from shared.probes import ProbeServer
 from shared.settings import Settings
 from shared.telemetry import setup_telemetry
@@ -64,7 +65,7 @@ async def _run(
     prometheus: CollectorRegistry,
     prewarmed: dict[Any, Any] | None,
 ) -> None:
-    link = NatsLink(settings.nats, f"switchboard-worker {opts.worker_id}")
+    link = NatsLink(settings.nats, f"switchboard-worker {opts.worker_id}", subjects.Cell(opts.state_region))
     queue = ReportQueue(opts.report_buffer)
     with tempfile.TemporaryDirectory(prefix="switchboard-worker-") as tmp:
         socket_path = Path(tmp) / "reports.sock"

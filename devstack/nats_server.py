@@ -50,9 +50,10 @@ class NatsServer(LoopbackServer):
         if self.jetstream:
             lines.append(f'jetstream {{ store_dir: "{store}" }}')
         if self.cluster_name:
-            routes = ", ".join(
-                f'"nats-route://127.0.0.1:{p}"' for p in self.cluster_routes if p != self.cluster_port
-            )
+            # A one-node cluster lists its own route: JetStream beside a gateway runs clustered and
+            # refuses to start without a configured route.
+            ports = [p for p in self.cluster_routes if p != self.cluster_port] or self.cluster_routes
+            routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in ports)
             lines.append(
                 f'cluster {{ name: "{self.cluster_name}", host: "127.0.0.1", port: {self.cluster_port}, '
                 f"routes: [{routes}] }}"

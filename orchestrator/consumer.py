@@ -69,6 +69,8 @@ class ConsumerSpec:
     # valid events after an outage longer than the naks' backoff adds up to, and nothing replays them.
     max_deliver: int = -1
     max_ack_pending: int = 2000
+    # Where messages that cannot be handled are kept (the stream's cell's dead-letter subject).
+    dead_letter: str = subjects.DEAD_LETTER
     # Deliveries after which a message whose handler keeps failing (not transiently) is dead-lettered.
     poison_after: int = 6
     # Cap of the nak delay, so a message comes back within this long after an outage ends.
@@ -119,7 +121,14 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
         )
 
 
-async def dead_letter(js: JetStreamContext, msg: Msg, reason: str, *, retry_in_s: float = 5.0) -> bool:
+async def dead_letter(
+    js: JetStreamContext,
+    msg: Msg,
+    reason: str,
+    *,
+    retry_in_s: float = 5.0,
+    subject: str = subjects.DEAD_LETTER,
+) -> bool:
     """Keep the original bytes for an operator, with the reason, then stop redelivery. Only once the
     copy is stored is the message terminated: when the publish fails it is nak'ed to come back in
     ``retry_in_s`` (and dead-lettered then), never dropped. Returns whether it was dead-lettered."""
@@ -131,7 +140,7 @@ async def dead_letter(js: JetStreamContext, msg: Msg, reason: str, *, retry_in_s
     }
     original = msg.subject.replace(".", "_")
     try:
-        await js.publish(f"{subjects.DEAD_LETTER}.{original}", msg.data, headers=headers, timeout=5)
+        await js.publish(f"{subject}.{original}", msg.data, headers=headers, timeout=5)
     except Exception as err:
         log.warning(
             "could not dead-letter message on %s (%r); it comes back in %.1fs", msg.subject, err, retry_in_s
@@ -305,7 +314,9 @@ class MessagePump:
             retry_in_s = self.spec.backoff_s(msg.metadata.num_delivered)
         # Counted once it is stored: a failed copy comes back and is rejected again.
         if (
-            await dead_letter(self.js, msg, f"{reason}: {detail}", retry_in_s=retry_in_s)
+            await dead_letter(
+                self.js, msg, f"{reason}: {detail}", retry_in_s=retry_in_s, subject=self.spec.dead_letter
+            )
             and self._on_rejected
         ):
             self._on_rejected(msg.subject, reason)

@@ -26,6 +26,7 @@ from orchestrator.room.resync import open_resync_bucket
 from orchestrator.store import RoomStore, migrate_unpartitioned, open_archive, open_bucket
 from shared import bus
 from shared.config import OrchestratorConfig
+from shared.subjects import SHARED, Cell
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,11 @@ class JetStreamHandles:
 
 
 async def open_jetstream(
-    js: JetStreamContext, cfg: OrchestratorConfig, replicas: int, consumers: tuple[ConsumerSpec, ...]
+    js: JetStreamContext,
+    cfg: OrchestratorConfig,
+    replicas: int,
+    consumers: tuple[ConsumerSpec, ...],
+    cell: Cell = SHARED,
 ) -> JetStreamHandles:
     """Create what is missing (never reconfiguring what exists) and bind to it."""
     failures = 0
@@ -52,7 +57,7 @@ async def open_jetstream(
     ):
         with attempt:
             try:
-                return await _open(js, cfg, replicas, consumers)
+                return await _open(js, cfg, replicas, consumers, cell)
             except NOT_READY as exc:
                 failures += 1
                 log.warning(
@@ -67,15 +72,19 @@ async def open_jetstream(
 
 
 async def _open(
-    js: JetStreamContext, cfg: OrchestratorConfig, replicas: int, consumers: tuple[ConsumerSpec, ...]
+    js: JetStreamContext,
+    cfg: OrchestratorConfig,
+    replicas: int,
+    consumers: tuple[ConsumerSpec, ...],
+    cell: Cell,
 ) -> JetStreamHandles:
-    await bus.ensure_streams(js, replicas)
-    kv = await open_bucket(js, replicas)
+    await bus.ensure_streams(js, replicas, cell)
+    kv = await open_bucket(js, replicas, cell)
     for spec in consumers:
         await ensure_consumer(js, spec)
-    archive = await open_archive(js, cfg.terminal_record_ttl_s, replicas)
-    store = RoomStore(kv, js, cfg.ended_record_ttl_s, archive)
+    archive = await open_archive(js, cfg.terminal_record_ttl_s, replicas, cell)
+    store = RoomStore(kv, js, cfg.ended_record_ttl_s, archive, bucket=cell.rooms_bucket)
     await migrate_unpartitioned(store)
-    members = await open_members_bucket(js, cfg.member_ttl_s, replicas)
-    resync = await open_resync_bucket(js, replicas) if cfg.resync_interval_s else None
+    members = await open_members_bucket(js, cfg.member_ttl_s, replicas, cell)
+    resync = await open_resync_bucket(js, replicas, cell) if cfg.resync_interval_s else None
     return JetStreamHandles(store, members, resync)

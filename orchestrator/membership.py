@@ -61,23 +61,26 @@ def member_id(replica: str) -> str:
     return _UNSAFE.sub("_", replica)[:200] or "_"
 
 
-async def open_members_bucket(js: JetStreamContext, ttl_s: float, replicas: int = 1) -> KeyValue:
+async def open_members_bucket(
+    js: JetStreamContext, ttl_s: float, replicas: int = 1, cell: subjects.Cell = subjects.SHARED
+) -> KeyValue:
     """Bind to the members bucket, creating it (in memory: it holds only who is alive) if missing."""
     return await open_or_create_kv(
         js,
-        subjects.MEMBERS_BUCKET,
+        cell.members_bucket,
         "Switchboard orchestrator replicas alive now (they divide the rooms)",
         replicas,
         storage=StorageType.MEMORY,
         limit_marker_ttl_s=max(1.0, ttl_s),
+        cell=cell,
     )
 
 
-async def live_members(js: JetStreamContext) -> list[str]:
+async def live_members(js: JetStreamContext, cell: subjects.Cell = subjects.SHARED) -> list[str]:
     """The members whose key is in the bucket now (an operator's look: ``doctor``); none when the
     bucket does not exist yet."""
     try:
-        kv = await js.key_value(subjects.MEMBERS_BUCKET)
+        kv = await js.key_value(cell.members_bucket)
     except BucketNotFoundError:
         return []
     try:
@@ -105,6 +108,7 @@ class Membership:
         on_change: Callable[[frozenset[str]], None],
         mono: Callable[[], float] = time.monotonic,
         reopen: Callable[[], Awaitable[KeyValue]] | None = None,
+        bucket: str = subjects.MEMBERS_BUCKET,  # kv's name (its cell's members bucket)
     ) -> None:
         self.kv = kv
         self._reopen = reopen
@@ -117,7 +121,7 @@ class Membership:
         self._heard: dict[str, float] = {}
         self._revision: dict[str, int] = {}  # of each member's key, as last seen
         self._members: frozenset[str] = frozenset()
-        self._subject = f"$KV.{subjects.MEMBERS_BUCKET}.m.{self.me}"
+        self._subject = f"$KV.{bucket}.m.{self.me}"
         self._replica = replica
         self._payload = json.dumps({"replica": replica}).encode()
         self._probed: set[str] = set()  # members whose key says they answer presence probes

@@ -14,6 +14,7 @@ from orchestrator.rules import validate_rules
 from shared.config import ConfigError, SwitchboardConfig, load_config
 from shared.logs import configure_logging
 from shared.settings import Settings
+from shared.subjects import Cell
 
 
 def load_settings(config_path: Path | None = None) -> Settings:
@@ -52,9 +53,10 @@ def load_config_or_exit(settings: Settings) -> SwitchboardConfig:
     return config
 
 
-def require_known_region(settings: Settings, config: SwitchboardConfig) -> None:
-    """Exit 2 when the replica's region (``--region``) is not one the config knows."""
-    known = set(config.regions) | {config.default_region}
+def cell_or_exit(settings: Settings, config: SwitchboardConfig) -> Cell:
+    """The cell (streams, buckets, subjects) this process works on; exit 2 when its region
+    (``--region``) is not one the config knows, or when ``state: per_region`` and it has none."""
+    known = config.known_regions()
     if settings.region is not None and settings.region not in known:
         typer.echo(
             f"switchboard: region {settings.region!r} (--region / SWITCHBOARD_REGION) is not in the "
@@ -62,6 +64,11 @@ def require_known_region(settings: Settings, config: SwitchboardConfig) -> None:
             err=True,
         )
         raise typer.Exit(code=2)
+    try:
+        return config.cell(settings.region)
+    except ConfigError as err:
+        typer.echo(f"switchboard: {err}", err=True)
+        raise typer.Exit(code=2) from None
 
 
 def run_async(main: Coroutine[Any, Any, None]) -> None:

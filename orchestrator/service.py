@@ -63,8 +63,16 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ROOMS_CONSUMER = ConsumerSpec(stream=subjects.ROOMS_STREAM, durable=subjects.ORCHESTRATOR_CONSUMER)
-STATUS_CONSUMER = ConsumerSpec(stream=subjects.STATUS_STREAM, durable=subjects.ORCHESTRATOR_CONSUMER)
+
+def consumers(cell: subjects.Cell) -> tuple[ConsumerSpec, ConsumerSpec]:
+    """The replicas' shared durable consumers of the cell's rooms and status streams."""
+    return (
+        ConsumerSpec(cell.rooms_stream, subjects.ORCHESTRATOR_CONSUMER, dead_letter=cell.dead_letter),
+        ConsumerSpec(cell.status_stream, subjects.ORCHESTRATOR_CONSUMER, dead_letter=cell.dead_letter),
+    )
+
+
+ROOMS_CONSUMER, STATUS_CONSUMER = consumers(subjects.SHARED)
 # From a stop request to `run` returning: the loops' cancellation plus the NATS drain (a drain
 # gets most of it; a connection that is down is closed at once).
 STOP_BUDGET_S = 4.0
@@ -117,6 +125,8 @@ class OrchestratorService:
         self.metrics = OrchestratorMetrics(metrics.get_meter("switchboard.orchestrator"))
         self._mismatch_log = Throttled(log)
         self.config = config
+        # The streams, buckets and subjects of this replica's rooms (its region's, with per-region state).
+        self.cell = config.cell(settings.region)
         self.replica = replica or replica_id()
         self.readiness = Readiness()
         self.registry = PoolRegistry(
@@ -178,7 +188,9 @@ class OrchestratorService:
                 nc, self.registry, self.config.orchestrator.heartbeat_interval_s, on_gone=self._poke_sweep
             )
             cfg = self.config.orchestrator
-            handles = await open_jetstream(js, cfg, replicas, (ROOMS_CONSUMER, STATUS_CONSUMER))
+            cell = self.cell
+            rooms_consumer, status_consumer = consumers(cell)
+            handles = await open_jetstream(js, cfg, replicas, (rooms_consumer, status_consumer), cell)
             store = handles.store
             ttl_s = cfg.member_ttl_s
             membership = Membership(
@@ -188,7 +200,8 @@ class OrchestratorService:
                 self.replica,
                 ttl_s,
                 self.ownership.on_members,
-                reopen=lambda: open_members_bucket(js, ttl_s, replicas),
+                reopen=lambda: open_members_bucket(js, ttl_s, replicas, cell),
+                bucket=cell.members_bucket,
             )
             watches = PartitionWatches(store, self.index, self.ownership, self._on_index_synced)
             resync_kv = handles.resync
@@ -202,6 +215,7 @@ class OrchestratorService:
                     replica=self.replica,
                     metrics=self.metrics,
                     ownership=self.ownership,
+                    state_region=cell.region,
                 )
                 self.controller = controller
                 self.metrics.observe_rooms(self.index.by_state)
@@ -209,25 +223,25 @@ class OrchestratorService:
                 self.metrics.observe_pools(lambda: pools.snapshot(time.monotonic()), controller.reserved)
                 rooms = MessagePump(
                     js,
-                    ROOMS_CONSUMER,
+                    rooms_consumer,
                     {
-                        subjects.ROOM_CREATED: RoomCreated,
-                        subjects.ROOM_MANUAL: RoomCreated,
-                        subjects.ROOM_ENDED: RoomEnded,
+                        cell.room_created: RoomCreated,
+                        cell.room_manual: RoomCreated,
+                        cell.room_ended: RoomEnded,
                     },
                     self._room_handler(controller),
                     on_rejected=self._count_rejected,
                 )
                 statuses = MessagePump(
                     js,
-                    STATUS_CONSUMER,
-                    {subjects.ROOM_STATUS: AgentStatus, subjects.ROOM_STATUS_WILDCARD: AgentStatus},
+                    status_consumer,
+                    {cell.room_status: AgentStatus, cell.room_status_wildcard: AgentStatus},
                     self._status_handler(controller),
                 )
                 subs = [
                     await nc.subscribe(subjects.POOL_HEARTBEAT_WILDCARD, cb=self._on_heartbeat),
                     await nc.subscribe(subjects.POOL_CONTROL_WILDCARD, cb=self._on_control),
-                    await nc.subscribe(subjects.RESERVATIONS, cb=self._on_reservations),
+                    await nc.subscribe(cell.reservations, cb=self._on_reservations),
                 ]
                 try:
                     # Learn the pools before taking rooms: without one heartbeat period of warm-up a
@@ -272,7 +286,8 @@ class OrchestratorService:
                             tg.create_task(self._sweep(controller))
                             tg.create_task(self._check_livekit(gateway))
                             if resync_kv is not None:
-                                resync = Resync(controller, gateway, PassLog(resync_kv, self.replica))
+                                passes = PassLog(resync_kv, self.replica)
+                                resync = Resync(controller, gateway, passes, region=cell.region)
                                 tg.create_task(resync.run(lambda: self.readiness.index_synced))
                             tg.create_task(self._track_binding(rooms, statuses))
                     except* LiveKitRejectsCredentials as group:
@@ -302,7 +317,7 @@ class OrchestratorService:
         async def handle(message: Message, msg: Msg) -> None:
             await msg.in_progress()
             if isinstance(message, RoomCreated):
-                if msg.subject != subjects.ROOM_MANUAL:
+                if msg.subject != self.cell.room_manual:
                     message, overridden = untrusted(message)
                     if overridden:
                         log.warning(
@@ -310,7 +325,7 @@ class OrchestratorService:
                             "come only from `switchboard dispatch`, on %s)",
                             message.room,
                             msg.subject,
-                            subjects.ROOM_MANUAL,
+                            self.cell.room_manual,
                             extra={"reason": "override_ignored"},
                         )
                         self._count_rejected(msg.subject, "override_ignored")
@@ -330,7 +345,7 @@ class OrchestratorService:
     def _status_handler(self, controller: Reconciler):  # type: ignore[no-untyped-def]
         async def handle(message: Message, msg: Msg) -> None:
             assert isinstance(message, AgentStatus)
-            if not self._speaks_for_its_pool(msg.subject, subjects.ROOM_STATUS_WILDCARD, message.pool):
+            if not self._speaks_for_its_pool(msg.subject, self.cell.room_status_wildcard, message.pool):
                 return
             draining = self.registry.worker_draining(message.pool, message.worker)
             await controller.on_status(message, draining)
@@ -364,7 +379,7 @@ class OrchestratorService:
         on its own pool's subjects only (deploy/nats/accounts.conf), so a body naming another pool
         is a forgery or a misconfigured worker: dropped, counted and logged (issue 17). A report on
         the subject of workers from before per-pool subjects has no pool to check."""
-        if subject == subjects.ROOM_STATUS:
+        if subject == self.cell.room_status:
             return True
         if subjects.pool_of(subject, family) == pool:
             return True
@@ -464,7 +479,7 @@ class OrchestratorService:
             if state == last and now - sent_at < RESERVATIONS_KEEPALIVE_S:
                 continue
             try:
-                await nc.publish(subjects.RESERVATIONS, encode(own.report(in_flight)))
+                await nc.publish(self.cell.reservations, encode(own.report(in_flight)))
             except Exception as err:  # NATS away: said again once it is back
                 log.debug("reservations report not sent: %r", err)
                 continue

@@ -27,7 +27,7 @@ from nats.js.kv import KeyValue
 
 from orchestrator.partitions import partition_of
 from orchestrator.records import TERMINAL, RoomRecord
-from shared import subjects
+from shared import bus, subjects
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,12 @@ class Versioned:
     revision: int
 
 
-async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+async def open_bucket(
+    js: JetStreamContext, replicas: int = 1, cell: subjects.Cell = subjects.SHARED
+) -> KeyValue:
     """Bind to the rooms bucket, creating it if missing (never reconfiguring an existing one)."""
     return await open_or_create_kv(
-        js, subjects.ROOMS_BUCKET, "Switchboard room records (state machine + timeline)", replicas
+        js, cell.rooms_bucket, "Switchboard room records (state machine + timeline)", replicas, cell=cell
     )
 
 
@@ -115,8 +117,10 @@ async def open_or_create_kv(
     storage: StorageType = StorageType.FILE,
     max_age_s: float | None = None,
     limit_marker_ttl_s: float | None = None,
+    cell: subjects.Cell = subjects.SHARED,
 ) -> KeyValue:
-    """Bind to a KV bucket of ours (history 1), creating it if missing (never reconfiguring one)."""
+    """Bind to a KV bucket of ours (history 1), creating it if missing (never reconfiguring one),
+    in the NATS cluster of its ``cell``."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
@@ -129,16 +133,19 @@ async def open_or_create_kv(
                 storage=storage,
                 ttl=max_age_s,
                 limit_marker_ttl=limit_marker_ttl_s,
+                placement=bus.placement(cell),
             )
         )
 
 
-async def open_archive(js: JetStreamContext, keep_s: float, replicas: int = 1) -> KeyValue:
+async def open_archive(
+    js: JetStreamContext, keep_s: float, replicas: int = 1, cell: subjects.Cell = subjects.SHARED
+) -> KeyValue:
     """Bind to the archive of ended rooms' full records, creating it if missing: each kept
     ``keep_s`` (0: for good) from its last write."""
     description = "Switchboard: the full records of ended rooms, for explain"
     return await open_or_create_kv(
-        js, subjects.ARCHIVE_BUCKET, description, replicas, max_age_s=keep_s or None
+        js, cell.archive_bucket, description, replicas, max_age_s=keep_s or None, cell=cell
     )
 
 
@@ -159,8 +166,10 @@ class RoomStore:
         js: JetStreamContext | None = None,
         terminal_ttl_s: float | None = None,
         archive: KeyValue | None = None,
+        bucket: str = subjects.ROOMS_BUCKET,
     ) -> None:
         self.kv = kv
+        self._bucket = bucket  # kv's name (its cell's rooms bucket), for the TTL writes' subject
         self._js = js
         self._terminal_ttl_s = terminal_ttl_s if js is not None and terminal_ttl_s else None
         self.archive = archive
@@ -235,7 +244,7 @@ class RoomStore:
         """The same compare-and-set as a KV update, with a TTL on the message; None when the bucket
         does not allow per-message TTLs (created before they existed): then kept for good."""
         assert self._js is not None
-        subject = f"$KV.{subjects.ROOMS_BUCKET}.{room_key(record.room)}"
+        subject = f"$KV.{self._bucket}.{room_key(record.room)}"
         try:
             ack = await self._js.publish(
                 subject, data, headers={"Nats-Expected-Last-Subject-Sequence": str(revision)}, msg_ttl=ttl_s
@@ -248,7 +257,7 @@ class RoomStore:
             log.warning(
                 "the %s bucket does not allow per-message TTLs: terminal room records are kept "
                 "until deleted by hand (recreate the bucket to get retention)",
-                subjects.ROOMS_BUCKET,
+                self._bucket,
             )
             self._terminal_ttl_s = None
             return None

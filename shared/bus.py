@@ -15,7 +15,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, Placement, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -170,12 +170,19 @@ def _redact_url(url: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def rooms_stream_config(replicas: int = 1) -> StreamConfig:
+def placement(cell: subjects.Cell) -> Placement | None:
+    """A regional cell's streams and buckets live in its region's NATS cluster (the cluster named
+    like the region), so a cut gateway leaves the region its own state."""
+    return None if cell.placement_cluster is None else Placement(cluster=cell.placement_cluster)
+
+
+def rooms_stream_config(replicas: int = 1, cell: subjects.Cell = subjects.SHARED) -> StreamConfig:
     # Work queue: one shared durable consumer takes each event once; acked events are removed.
     # The dedupe window covers webhook retries and LiveKit re-firing room_started on auto-create.
     return StreamConfig(
-        name=subjects.ROOMS_STREAM,
-        subjects=[subjects.ROOM_CREATED, subjects.ROOM_ENDED, subjects.ROOM_MANUAL],
+        name=cell.rooms_stream,
+        subjects=[cell.room_created, cell.room_ended, cell.room_manual],
+        placement=placement(cell),
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         num_replicas=replicas,
@@ -185,10 +192,11 @@ def rooms_stream_config(replicas: int = 1) -> StreamConfig:
     )
 
 
-def status_stream_config(replicas: int = 1) -> StreamConfig:
+def status_stream_config(replicas: int = 1, cell: subjects.Cell = subjects.SHARED) -> StreamConfig:
     return StreamConfig(
-        name=subjects.STATUS_STREAM,
-        subjects=[subjects.ROOM_STATUS, subjects.ROOM_STATUS_WILDCARD],
+        name=cell.status_stream,
+        subjects=[cell.room_status, cell.room_status_wildcard],
+        placement=placement(cell),
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         num_replicas=replicas,
@@ -198,11 +206,12 @@ def status_stream_config(replicas: int = 1) -> StreamConfig:
     )
 
 
-def dead_letter_stream_config(replicas: int = 1) -> StreamConfig:
+def dead_letter_stream_config(replicas: int = 1, cell: subjects.Cell = subjects.SHARED) -> StreamConfig:
     # Kept for a week for operators to inspect; limits retention, so nothing consumes it away.
     return StreamConfig(
-        name=subjects.DEAD_LETTER_STREAM,
-        subjects=[subjects.DEAD_LETTER + ".>"],
+        name=cell.dead_letter_stream,
+        subjects=[cell.dead_letter + ".>"],
+        placement=placement(cell),
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         num_replicas=replicas,
@@ -254,11 +263,13 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         )
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, cell: subjects.Cell = subjects.SHARED
+) -> None:
     for config in (
-        rooms_stream_config(replicas),
-        status_stream_config(replicas),
-        dead_letter_stream_config(replicas),
+        rooms_stream_config(replicas, cell),
+        status_stream_config(replicas, cell),
+        dead_letter_stream_config(replicas, cell),
     ):
         await ensure_stream(js, config)
 
@@ -300,20 +311,29 @@ async def publish(
         return int(ack.seq)
 
 
-async def publish_room_created(js: JetStreamContext, event: RoomCreated) -> int:
-    return await publish(js, subjects.ROOM_CREATED, event, event.dedupe_id())
+async def publish_room_created(
+    js: JetStreamContext, event: RoomCreated, cell: subjects.Cell = subjects.SHARED
+) -> int:
+    return await publish(js, cell.room_created, event, event.dedupe_id())
 
 
-async def publish_manual_dispatch(js: JetStreamContext, event: RoomCreated, msg_id: str) -> int:
+async def publish_manual_dispatch(
+    js: JetStreamContext, event: RoomCreated, msg_id: str, cell: subjects.Cell = subjects.SHARED
+) -> int:
     """An operator's manual dispatch (the only subject whose override is obeyed)."""
-    return await publish(js, subjects.ROOM_MANUAL, event, msg_id)
+    return await publish(js, cell.room_manual, event, msg_id)
 
 
-async def publish_room_ended(js: JetStreamContext, event: RoomEnded) -> int:
-    return await publish(js, subjects.ROOM_ENDED, event, event.dedupe_id())
+async def publish_room_ended(
+    js: JetStreamContext, event: RoomEnded, cell: subjects.Cell = subjects.SHARED
+) -> int:
+    return await publish(js, cell.room_ended, event, event.dedupe_id())
 
 
-async def publish_status(js: JetStreamContext, status: AgentStatus) -> int:
+async def publish_status(
+    js: JetStreamContext, status: AgentStatus, cell: subjects.Cell = subjects.SHARED
+) -> int:
+    """To the status stream of the cell that holds the room (the dispatch's metadata names it)."""
     return await publish(
-        js, subjects.room_status(status.pool), status, status.dedupe_id(), family=subjects.ROOM_STATUS
+        js, cell.room_status_of(status.pool), status, status.dedupe_id(), family=cell.room_status
     )

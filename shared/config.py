@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.codec import describe_validation_error
 from shared.messages import Identifier, PoolId, Region
+from shared.subjects import SHARED, Cell
 
 
 class _Strict(BaseModel):
@@ -150,10 +151,41 @@ class SwitchboardConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     # Base URL of a trace UI (Jaeger, Tempo via Grafana...): ``explain`` prints <base>/trace/<id>.
     trace_ui_url: Annotated[str, Field(max_length=512, pattern=r"^https?://")] | None = None
+    # Where the rooms' streams and buckets live (docs/ARCHITECTURE.md, "Regions"). "shared": one
+    # set, in one NATS cluster (or one cluster of a supercluster). "per_region": each region's own
+    # set in the NATS cluster named like the region, so a region cut off from the others keeps taking
+    # and serving its rooms; every orchestrator, ingest and CLI then runs with its region
+    # (--region / SWITCHBOARD_REGION) and works on that region's rooms.
+    state: Literal["shared", "per_region"] = "shared"
+
+    def known_regions(self) -> set[str]:
+        return set(self.regions) | {self.default_region}
+
+    def cells(self, region: str | None) -> list[Cell]:
+        """The cells an operator command reads: the one of ``region`` when given (or the shared
+        one), else, with per-region state, every known region's."""
+        if self.state == "shared" or region is not None:
+            return [self.cell(region)]
+        return [Cell(r) for r in sorted(self.known_regions())]
+
+    def cell(self, region: str | None) -> Cell:
+        """The cell a process of ``region`` works on; raises ``ConfigError`` saying what to set."""
+        if self.state == "shared":
+            return SHARED
+        if region is None:
+            raise ConfigError(
+                "state: per_region keeps each region's rooms in its own streams: start this process "
+                "with its region (--region or SWITCHBOARD_REGION)"
+            )
+        if region not in self.known_regions():
+            raise ConfigError(
+                f"region {region!r} is not in the config; known: {', '.join(sorted(self.known_regions()))}"
+            )
+        return Cell(region)
 
     @model_validator(mode="after")
     def _references_exist(self) -> SwitchboardConfig:
-        known = set(self.regions) | {self.default_region}
+        known = self.known_regions()
         for region, cfg in self.regions.items():
             for n in cfg.neighbours:
                 if n not in self.regions:

@@ -232,5 +232,8 @@ class DispatchInfo(Message):
     agent: Identifier
     key: Annotated[str, StringConstraints(max_length=300)]
     sid: Identifier | None = None
+    # With per-region state (``state: per_region``): the region whose streams hold the room, so the
+    # worker reports to that region's status subject wherever the worker runs. Absent: the shared cell.
+    state_region: Region | None = None
     traceparent: Annotated[str, StringConstraints(max_length=128)] | None = None
     tracestate: Annotated[str, StringConstraints(max_length=512)] | None = None

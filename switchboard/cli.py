@@ -44,30 +44,33 @@ RegionOption = Annotated[
     str | None,
     typer.Option(
         "--region",
-        help="This replica's region, in a multi-region deployment (pools elsewhere are judged across "
-        "NATS gateways); default: $SWITCHBOARD_REGION, else one NATS cluster serves every pool",
+        help="This process's region, in a multi-region deployment (pools elsewhere are judged across "
+        "NATS gateways; with `state: per_region`, the region whose rooms it works on); default: "
+        "$SWITCHBOARD_REGION, else one NATS cluster serves every pool",
     ),
 ]
+
+
+def _with_region(settings: Settings, region: str | None) -> Settings:
+    return settings if region is None else settings.model_copy(update={"region": region})
 
 
 @app.command()
 def orchestrator(config: ConfigOption = None, region: RegionOption = None) -> None:
     """Run one orchestrator replica: consume room events, schedule, dispatch, track, fail over."""
     from orchestrator.runtime import (
+        cell_or_exit,
         load_config_or_exit,
         load_settings,
-        require_known_region,
         require_livekit_pair,
         run_async,
     )
     from orchestrator.service import OrchestratorService, run_until_signalled
     from shared.telemetry import setup_telemetry
 
-    settings = load_settings(config)
-    if region is not None:
-        settings = settings.model_copy(update={"region": region})
+    settings = _with_region(load_settings(config), region)
     cfg = load_config_or_exit(settings)
-    require_known_region(settings, cfg)
+    cell_or_exit(settings, cfg)
     require_livekit_pair(settings, "the orchestrator dispatches agents with it")
     telemetry = setup_telemetry("switchboard-orchestrator")
     service = OrchestratorService(settings, cfg, prometheus=telemetry.prometheus)
@@ -121,15 +124,23 @@ def ingest(
         str | None, typer.Option(help="Bind address (default: ingest.host in the config, 127.0.0.1)")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: ingest.port in the config, 8090)")] = None,
+    region: RegionOption = None,
 ) -> None:
     """Run the LiveKit webhook endpoint that turns room_started/room_finished into NATS events."""
     from orchestrator.ingest.server import IngestServer, run_until_signalled
-    from orchestrator.runtime import load_config_or_exit, load_settings, require_livekit_pair, run_async
+    from orchestrator.runtime import (
+        cell_or_exit,
+        load_config_or_exit,
+        load_settings,
+        require_livekit_pair,
+        run_async,
+    )
     from shared.config import SwitchboardConfig
     from shared.telemetry import setup_telemetry
 
-    settings = load_settings(config)
+    settings = _with_region(load_settings(config), region)
     cfg = load_config_or_exit(settings) if settings.config.exists() else SwitchboardConfig()
+    cell_or_exit(settings, cfg)
     require_livekit_pair(
         settings,
         "the ingest verifies LiveKit's webhooks with it (the pair of livekit-server's webhook.api_key "
@@ -212,8 +223,8 @@ def dispatch(
     """
     from orchestrator.ops import runners
 
-    settings, _ = _settings_and_config(config)
-    _run(runners.dispatch(settings, room, agent, pool, region, wait))
+    settings, cfg = _settings_and_config(config)
+    _run(runners.dispatch(settings, cfg, room, agent, pool, region, wait))
 
 
 @app.command()

@@ -23,7 +23,7 @@ from devstack.nats_server import NatsServer
 from orchestrator.ops.watch import wait_for_room
 from orchestrator.records import RoomRecord, RoomState
 from orchestrator.service import OrchestratorService
-from shared import bus
+from shared import bus, subjects
 from shared.config import SwitchboardConfig, parse_config
 from shared.dispatch_metadata import read_dispatch_metadata
 from shared.messages import AgentStatus, RoomCreated
@@ -95,14 +95,17 @@ async def create_livekit_room(
 
 
 async def publish_created_room(
-    js: JetStreamContext, livekit: LiveKitServer | lkapi.LiveKitAPI, event: RoomCreated
+    js: JetStreamContext,
+    livekit: LiveKitServer | lkapi.LiveKitAPI,
+    event: RoomCreated,
+    cell: subjects.Cell = subjects.SHARED,
 ) -> RoomCreated:
     """Create ``event.room`` in LiveKit, then publish its ``rooms.created`` with the room's sid (so
     its record knows the incarnation), the way a backend or the webhook ingest would. Returns the
     event as published."""
     sid = await create_livekit_room(livekit, event.room)
     published = event.model_copy(update={"sid": sid})
-    await bus.publish_room_created(js, published)
+    await bus.publish_room_created(js, published, cell)
     return published
 
 
@@ -132,6 +135,8 @@ class FakePool(standin_pool.StandInPool):
     interval: float = 0.1
     agent: str = AGENT
     version: str = "test"
+    # Where its reports go: the cell of the rooms it serves (a real worker reads it from the dispatch).
+    cell: subjects.Cell = subjects.SHARED
 
     async def report(
         self,
@@ -162,7 +167,7 @@ class FakePool(standin_pool.StandInPool):
             identity=f"agent-{dispatch_id}",
             reason=reason,
         )
-        await bus.publish_status(self.nc.jetstream(), status)
+        await bus.publish_status(self.nc.jetstream(), status, self.cell)
 
 
 async def wait_for_record(kv: KeyValue, room: str, states: set[RoomState], within: float = 15) -> RoomRecord:

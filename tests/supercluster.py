@@ -76,10 +76,12 @@ async def client(url: str) -> AsyncIterator[NATS]:
 
 
 @contextlib.asynccontextmanager
-async def two_region_supercluster(root: Path) -> AsyncIterator[SuperCluster]:
+async def two_region_supercluster(root: Path, us_jetstream: bool = False) -> AsyncIterator[SuperCluster]:
     """eu-central: three JetStream nodes (JetStream beside a gateway runs clustered, and a meta
-    group needs its peers: one node alone never elects a leader); us-east: one node without
-    JetStream. Every node's gateway port sits behind a proxy it advertises."""
+    group needs its peers: one node alone never elects a leader); us-east: one node, without
+    JetStream, or with it (``us_jetstream``, for per-region state: it joins the one meta group of
+    the supercluster, where eu-central's three nodes keep the majority through a cut). Every node's
+    gateway port sits behind a proxy it advertises."""
     eu_nodes = [f"{EU}-{i + 1}" for i in range(3)]
     gateway_ports = {name: free_tcp_port() for name in [*eu_nodes, US]}
     async with contextlib.AsyncExitStack() as stack:
@@ -108,8 +110,16 @@ async def two_region_supercluster(root: Path) -> AsyncIterator[SuperCluster]:
             )
             for i, node in enumerate(eu_nodes)
         ]
+        us_route = free_tcp_port()
         us = NatsServer(
-            root / "nats-us", name=US, extra_config=gateway(US, US, EU, eu_nodes), jetstream=False
+            root / "nats-us",
+            name=US,
+            # JetStream beside a gateway runs clustered: a cluster block, even of one node.
+            cluster_name=US,
+            cluster_port=us_route,
+            cluster_routes=[us_route],
+            extra_config=gateway(US, US, EU, eu_nodes),
+            jetstream=us_jetstream,
         )
         for server in [*eu, us]:
             server.start(wait=False)

@@ -47,14 +47,16 @@ class IngestServer:
 
     async def start(self) -> None:
         cfg = self.config.ingest
+        cell = self.config.cell(self.settings.region)
         # Bounded connect: an ingest that cannot reach NATS at start says so and exits.
         self._nc = await bus.connect(self.settings.nats, "switchboard-ingest")
         # Publishing into a missing stream would fail every webhook until the orchestrator starts.
-        await bus.ensure_streams(self._nc.jetstream(), self.settings.nats.stream_replicas)
+        await bus.ensure_streams(self._nc.jetstream(), self.settings.nats.stream_replicas, cell)
         options = IngestOptions(
             api_key=self.settings.livekit.api_key,
             api_secret=self.settings.livekit.api_secret.get_secret_value(),
-            default_region=cfg.region or self.config.default_region,
+            # An ingest of a region hears its region's LiveKit node: its rooms are homed there.
+            default_region=cfg.region or self.settings.region or self.config.default_region,
             path=cfg.path,
             max_body_bytes=cfg.max_body_bytes,
             publish_timeout_s=cfg.publish_timeout_s,
@@ -95,10 +97,11 @@ class IngestServer:
         if self._nc is None:
             raise Unavailable("not started")
         js = self._nc.jetstream()
+        cell = self.config.cell(self.settings.region)
         if isinstance(message, RoomCreated):
-            await bus.publish_room_created(js, message)
+            await bus.publish_room_created(js, message, cell)
         else:
-            await bus.publish_room_ended(js, message)
+            await bus.publish_room_ended(js, message, cell)
 
     async def stop(self) -> None:
         if self._probes is not None:

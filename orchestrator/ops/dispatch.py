@@ -15,6 +15,7 @@ import logging
 import re
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,7 +29,7 @@ from orchestrator.ops.rooms import get_room, is_live, room_store
 from orchestrator.ops.watch import wait_for_room
 from orchestrator.override import DispatchOverride, with_override
 from orchestrator.records import RoomRecord, RoomState
-from shared import bus
+from shared import bus, subjects
 from shared.messages import REGION_PATTERN, RoomCreated
 from shared.settings import LiveKitSettings
 
@@ -97,13 +98,17 @@ async def manual_dispatch(
     pool: str | None = None,
     region: str | None = None,
     wait_s: float = 15.0,
+    cell: subjects.Cell = subjects.SHARED,
+    look_in: Sequence[subjects.Cell] = (subjects.SHARED,),
 ) -> DispatchOutcome:
+    """Publish the manual dispatch into ``cell``, unless a live record of the room is in one of
+    ``look_in`` (every region's cell, with per-region state)."""
     if region is not None and not re.fullmatch(REGION_PATTERN, region):
         return DispatchOutcome(
             False, f"region {region!r} is not a region name (lower-case letters, digits and '-')"
         )
     js = nc.jetstream()
-    existing = await get_room(js, room)
+    existing = await get_room(js, room, look_in)
     if existing is not None and is_live(existing):
         where = f" on pool {existing.pool}" if existing.pool else ""
         return DispatchOutcome(
@@ -119,11 +124,11 @@ async def manual_dispatch(
         found = None
     override = DispatchOverride(agent=agent, pool=pool, requested_by=_who(), reason="switchboard dispatch")
     event = manual_event(room, found, override, region)
-    await bus.ensure_streams(js)
+    await bus.ensure_streams(js, cell=cell)
     # A fresh message id: the room sid may already sit in the dedupe window (a failed room retried
     # by hand is exactly the case this command exists for); the orchestrator's record dedupes.
-    await bus.publish_manual_dispatch(js, event, f"manual:{event.dedupe_id()}:{uuid.uuid4().hex}")
-    record = await _await_settled(nc, room, existing, wait_s)
+    await bus.publish_manual_dispatch(js, event, f"manual:{event.dedupe_id()}:{uuid.uuid4().hex}", cell)
+    record = await _await_settled(nc, room, existing, wait_s, cell)
     if record is None:
         return DispatchOutcome(
             True, f"published RoomCreated for {room}; no orchestrator acted on it within {wait_s:.0f}s"
@@ -141,8 +146,10 @@ async def manual_dispatch(
     )
 
 
-async def _await_settled(nc: NATS, room: str, before: RoomRecord | None, wait_s: float) -> RoomRecord | None:
-    store = await room_store(nc.jetstream())
+async def _await_settled(
+    nc: NATS, room: str, before: RoomRecord | None, wait_s: float, cell: subjects.Cell
+) -> RoomRecord | None:
+    store = await room_store(nc.jetstream(), cell)
     if store is None:
         return None
 

@@ -18,8 +18,13 @@ from shared import subjects
 from shared.config import Rule
 from shared.nats_credentials import CredentialProblem
 
-STREAMS = (subjects.ROOMS_STREAM, subjects.STATUS_STREAM, subjects.DEAD_LETTER_STREAM)
-CONSUMER_STREAMS = (subjects.ROOMS_STREAM, subjects.STATUS_STREAM)
+
+def streams_of(cell: subjects.Cell) -> tuple[str, str, str]:
+    return (cell.rooms_stream, cell.status_stream, cell.dead_letter_stream)
+
+
+def consumer_streams_of(cell: subjects.Cell) -> tuple[str, str]:
+    return (cell.rooms_stream, cell.status_stream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,8 @@ class Facts:
     streams: dict[str, bool] = field(default_factory=dict)
     # "<stream>/<durable>" -> present
     consumers: dict[str, bool] = field(default_factory=dict)
+    # Whose streams and buckets these are (the region's, with per-region state).
+    cell: subjects.Cell = subjects.SHARED
     bucket: bool | None = None
     livekit: LiveKitProbe | None = None
     # Pools heard from (and pinned ones): None when NATS could not be asked.
@@ -151,18 +158,18 @@ def check_jetstream(f: Facts) -> list[CheckResult]:
 
 def check_streams(f: Facts) -> list[CheckResult]:
     if f.nats_error or f.jetstream_error:
-        return [_needs_nats(f"stream {s}", f) for s in STREAMS]
+        return [_needs_nats(f"stream {s}", f) for s in streams_of(f.cell)]
     fix = "start an orchestrator once (it creates streams, consumer and bucket), or create them as in docs"
     return [
         CheckResult(f"stream {s}", True, "present")
         if f.streams.get(s)
         else CheckResult(f"stream {s}", False, "missing", fix)
-        for s in STREAMS
+        for s in streams_of(f.cell)
     ]
 
 
 def check_consumers(f: Facts) -> list[CheckResult]:
-    names = [f"{s}/{subjects.ORCHESTRATOR_CONSUMER}" for s in CONSUMER_STREAMS]
+    names = [f"{s}/{subjects.ORCHESTRATOR_CONSUMER}" for s in consumer_streams_of(f.cell)]
     if f.nats_error or f.jetstream_error:
         return [_needs_nats(f"consumer {n}", f) for n in names]
     return [
@@ -179,7 +186,7 @@ def check_consumers(f: Facts) -> list[CheckResult]:
 
 
 def check_bucket(f: Facts) -> list[CheckResult]:
-    name = f"KV bucket {subjects.ROOMS_BUCKET}"
+    name = f"KV bucket {f.cell.rooms_bucket}"
     if f.nats_error or f.jetstream_error:
         return [_needs_nats(name, f)]
     if f.bucket:
@@ -193,7 +200,7 @@ def check_replicas(f: Facts) -> list[CheckResult]:
     if f.nats_error or f.jetstream_error:
         return [_needs_nats(name, f)]
     if f.replicas is None:
-        return [CheckResult(name, None, f"not checked: KV bucket {subjects.MEMBERS_BUCKET} not readable")]
+        return [CheckResult(name, None, f"not checked: KV bucket {f.cell.members_bucket} not readable")]
     if not f.replicas:
         return [
             CheckResult(

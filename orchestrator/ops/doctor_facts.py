@@ -18,13 +18,13 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from orchestrator.livekit_gateway import LiveKitGateway, classify
 from orchestrator.membership import live_members
 from orchestrator.ops.census import current_pools
-from orchestrator.ops.doctor_checks import CONSUMER_STREAMS, STREAMS, Facts, LiveKitProbe, OtlpProbe
+from orchestrator.ops.doctor_checks import Facts, LiveKitProbe, OtlpProbe, consumer_streams_of, streams_of
 from orchestrator.ops.session import nats_session
 from orchestrator.room.resync import read_last_pass
 from orchestrator.scheduler import PoolView
 from shared import subjects
 from shared.bus import NatsUnavailableError
-from shared.config import SwitchboardConfig
+from shared.config import ConfigError, SwitchboardConfig
 from shared.nats_credentials import describe_auth, inspect_credentials, refused_hint
 from shared.settings import LiveKitSettings, Settings
 
@@ -38,8 +38,9 @@ async def gather_facts(
     config_error: str | None = None,
 ) -> Facts:
     effective = config or SwitchboardConfig()
+    cell = _cell(settings, effective)
     async with asyncio.TaskGroup() as tg:
-        nats_task = tg.create_task(_nats_facts(settings, effective))
+        nats_task = tg.create_task(_nats_facts(settings, effective, cell))
         livekit_task = tg.create_task(probe_livekit(settings.livekit))
         otlp_task = tg.create_task(probe_otlp(env))
         # bcrypt checks take a moment each: off the loop.
@@ -56,6 +57,7 @@ async def gather_facts(
         jetstream_error=nf.jetstream_error,
         streams=nf.streams,
         consumers=nf.consumers,
+        cell=cell,
         bucket=nf.bucket,
         pools=nf.pools,
         nats_auth=describe_auth(settings.nats),
@@ -66,6 +68,15 @@ async def gather_facts(
         resync_interval_s=effective.orchestrator.resync_interval_s,
         now=time.time(),
     )
+
+
+def _cell(settings: Settings, config: SwitchboardConfig) -> subjects.Cell:
+    """With per-region state, the cell of this process's region, else of the default region."""
+    region = settings.region or (config.default_region if config.state == "per_region" else None)
+    try:
+        return config.cell(region)
+    except ConfigError:  # a region the config does not know: the config's own check says so
+        return subjects.SHARED
 
 
 @dataclass
@@ -81,11 +92,11 @@ class NatsFacts:
     replicas: list[str] | None = None
 
 
-async def _nats_facts(settings: Settings, config: SwitchboardConfig) -> NatsFacts:
+async def _nats_facts(settings: Settings, config: SwitchboardConfig, cell: subjects.Cell) -> NatsFacts:
     try:
         async with nats_session(settings, "doctor", attempts=1) as nc:
             async with asyncio.TaskGroup() as tg:
-                js_task = tg.create_task(_jetstream_facts(nc))
+                js_task = tg.create_task(_jetstream_facts(nc, cell))
                 pools = tg.create_task(current_pools(nc, config))
             facts = js_task.result()
             facts.pools = pools.result()[1]
@@ -94,7 +105,7 @@ async def _nats_facts(settings: Settings, config: SwitchboardConfig) -> NatsFact
         return NatsFacts(nats_error=str(err), auth_refused="authorization violation" in str(err).lower())
 
 
-async def _jetstream_facts(nc: NATS) -> NatsFacts:
+async def _jetstream_facts(nc: NATS, cell: subjects.Cell) -> NatsFacts:
     js = nc.jetstream()
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
@@ -102,25 +113,25 @@ async def _jetstream_facts(nc: NATS) -> NatsFacts:
     except Exception as err:
         return NatsFacts(jetstream_error=f"JetStream is not available: {type(err).__name__} {err}".strip())
     streams: dict[str, bool] = {}
-    for name in STREAMS:
+    for name in streams_of(cell):
         streams[name] = await _exists(js.stream_info(name))
     consumers: dict[str, bool] = {}
-    for stream in CONSUMER_STREAMS:
+    for stream in consumer_streams_of(cell):
         present = streams[stream] and await _exists(js.consumer_info(stream, subjects.ORCHESTRATOR_CONSUMER))
         consumers[f"{stream}/{subjects.ORCHESTRATOR_CONSUMER}"] = present
     try:
-        await js.key_value(subjects.ROOMS_BUCKET)
+        await js.key_value(cell.rooms_bucket)
         bucket = True
     except BucketNotFoundError:
         bucket = False
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            resync = await read_last_pass(js)
+            resync = await read_last_pass(js, cell)
     except Exception:  # not readable with these credentials, or NATS slow: shown as no pass
         resync = None
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            replicas: list[str] | None = await live_members(js)
+            replicas: list[str] | None = await live_members(js, cell)
     except Exception:  # not readable with these credentials, or NATS slow
         replicas = None
     return NatsFacts(streams=streams, consumers=consumers, bucket=bucket, resync=resync, replicas=replicas)

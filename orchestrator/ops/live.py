@@ -29,8 +29,10 @@ RoomsPredicate = Callable[[dict[str, RoomRecord]], bool]
 
 
 class LiveView:
-    def __init__(self, nc: NATS, config: SwitchboardConfig) -> None:
+    def __init__(self, nc: NATS, config: SwitchboardConfig, region: str | None = None) -> None:
         self._nc = nc
+        # The region's rooms with per-region state (every region's when none is given).
+        self._cells = config.cells(region)
         self.census = PoolCensus(config)
         self.rooms: dict[str, RoomRecord] = {}
         self._changed = asyncio.Condition()
@@ -38,25 +40,30 @@ class LiveView:
     async def run(self) -> None:
         sub = await self._nc.subscribe(subjects.POOL_HEARTBEAT_WILDCARD, cb=self.census.on_msg)
         try:
-            store = await self._wait_for_bucket()
-            async for change in store.watch():
-                if change is None:
-                    continue
-                room, versioned = change
-                async with self._changed:
-                    if versioned is None:
-                        self.rooms.pop(room, None)
-                    else:
-                        self.rooms[room] = versioned.record
-                    self._changed.notify_all()
+            async with asyncio.TaskGroup() as tg:
+                for cell in self._cells:
+                    tg.create_task(self._watch_rooms(cell))
         finally:
             await sub.unsubscribe()
 
-    async def _wait_for_bucket(self) -> RoomStore:
+    async def _watch_rooms(self, cell: subjects.Cell) -> None:
+        store = await self._wait_for_bucket(cell)
+        async for change in store.watch():
+            if change is None:
+                continue
+            room, versioned = change
+            async with self._changed:
+                if versioned is None:
+                    self.rooms.pop(room, None)
+                else:
+                    self.rooms[room] = versioned.record
+                self._changed.notify_all()
+
+    async def _wait_for_bucket(self, cell: subjects.Cell) -> RoomStore:
         # The orchestrator creates the bucket when it starts; `dev` may get here first.
         js = self._nc.jetstream()
         for _ in range(BUCKET_WAIT_TRIES):
-            store = await room_store(js)
+            store = await room_store(js, cell)
             if store is not None:
                 return store
             await asyncio.sleep(0.5)

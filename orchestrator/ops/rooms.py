@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from collections.abc import Sequence
 
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
@@ -14,27 +15,36 @@ from orchestrator.store import RoomStore
 from shared import subjects
 
 
-async def room_store(js: JetStreamContext) -> RoomStore | None:
-    """The rooms bucket, or None when it does not exist yet (no orchestrator has ever run).
+async def room_store(js: JetStreamContext, cell: subjects.Cell = subjects.SHARED) -> RoomStore | None:
+    """The cell's rooms bucket, or None when it does not exist yet (no orchestrator has run there).
 
     Never creates it: an operator command must not change what it inspects.
     """
     try:
-        kv = await js.key_value(subjects.ROOMS_BUCKET)
+        kv = await js.key_value(cell.rooms_bucket)
     except BucketNotFoundError:
         return None
     try:
-        archive: KeyValue | None = await js.key_value(subjects.ARCHIVE_BUCKET)
+        archive: KeyValue | None = await js.key_value(cell.archive_bucket)
     except BucketNotFoundError:
         archive = None  # no room has ended since partitioned records (or none ever)
-    return RoomStore(kv, archive=archive)
+    return RoomStore(kv, archive=archive, bucket=cell.rooms_bucket)
 
 
-async def read_rooms(js: JetStreamContext) -> list[RoomRecord]:
-    """Every room record now (the watch's initial snapshot), sorted by room name."""
-    store = await room_store(js)
+async def read_rooms(
+    js: JetStreamContext, cells: Sequence[subjects.Cell] = (subjects.SHARED,)
+) -> list[RoomRecord]:
+    """Every room record of ``cells`` now (each watch's initial snapshot), sorted by room name."""
+    rooms: dict[str, RoomRecord] = {}
+    for cell in cells:
+        rooms.update(await _read_cell(js, cell))
+    return [rooms[name] for name in sorted(rooms)]
+
+
+async def _read_cell(js: JetStreamContext, cell: subjects.Cell) -> dict[str, RoomRecord]:
+    store = await room_store(js, cell)
     if store is None:
-        return []
+        return {}
     rooms: dict[str, RoomRecord] = {}
     # aclosing: stop the KV watcher now, not whenever the abandoned generator is collected.
     async with contextlib.aclosing(store.watch()) as changes:
@@ -44,13 +54,26 @@ async def read_rooms(js: JetStreamContext) -> list[RoomRecord]:
             room, versioned = change
             if versioned is not None:
                 rooms[room] = versioned.record
-    return [rooms[name] for name in sorted(rooms)]
+    return rooms
 
 
-async def get_room(js: JetStreamContext, room: str) -> RoomRecord | None:
+async def get_room(
+    js: JetStreamContext, room: str, cells: Sequence[subjects.Cell] = (subjects.SHARED,)
+) -> RoomRecord | None:
+    """The room's record in the first of ``cells`` that has one (a live record before an ended one)."""
+    found: RoomRecord | None = None
+    for cell in cells:
+        record = await _get_in_cell(js, room, cell)
+        if record is not None and not record.terminal:
+            return record
+        found = found or record
+    return found
+
+
+async def _get_in_cell(js: JetStreamContext, room: str, cell: subjects.Cell) -> RoomRecord | None:
     """The room's record: the live one, or, for a room that ended, its full archived record with
     the notes written after its end (an old agent's removal) from the compact one."""
-    store = await room_store(js)
+    store = await room_store(js, cell)
     if store is None:
         return None
     got = await store.get(room)

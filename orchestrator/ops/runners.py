@@ -19,6 +19,7 @@ from rich.text import Text
 
 from orchestrator.ops.session import nats_session
 from shared.bus import NatsUnavailableError
+from shared.config import ConfigError
 
 if TYPE_CHECKING:
     from orchestrator.ops.drill import DrillReport, PoolKiller
@@ -45,10 +46,10 @@ async def status(settings: Settings, config: SwitchboardConfig, *, as_json: bool
     try:
         async with nats_session(settings, "status") as nc:
             if watch:
-                await _watch(LiveView(nc, config), console)
+                await _watch(LiveView(nc, config, settings.region), console)
                 return 0
             (pools_from, pools), rooms = await asyncio.gather(
-                current_pools(nc, config), read_rooms(nc.jetstream())
+                current_pools(nc, config), read_rooms(nc.jetstream(), config.cells(settings.region))
             )
             snapshot = StatusSnapshot(pools, rooms, time.time(), pools_from)
     except NatsUnavailableError as err:
@@ -83,7 +84,7 @@ async def explain(settings: Settings, config: SwitchboardConfig, room: str, trac
     console = Console(highlight=False)
     try:
         async with nats_session(settings, "explain") as nc:
-            record = await get_room(nc.jetstream(), room)
+            record = await get_room(nc.jetstream(), room, config.cells(settings.region))
     except NatsUnavailableError as err:
         return _nats_down(console, err)
     lines = (
@@ -98,6 +99,7 @@ async def explain(settings: Settings, config: SwitchboardConfig, room: str, trac
 
 async def dispatch(
     settings: Settings,
+    config: SwitchboardConfig,
     room: str,
     agent: str | None,
     pool: str | None,
@@ -107,10 +109,25 @@ async def dispatch(
     from orchestrator.ops.dispatch import manual_dispatch
 
     console = Console(highlight=False)
+    # With per-region state, into the cell of the room's home region (--region), else of this one's.
+    home = region or settings.region or (config.default_region if config.state == "per_region" else None)
+    try:
+        cell = config.cell(home)
+    except ConfigError as err:
+        console.print(Text(f"✘ {err}", style="red"), soft_wrap=True)
+        return 2
     try:
         async with nats_session(settings, "dispatch") as nc:
             outcome = await manual_dispatch(
-                nc, settings.livekit, room, agent=agent, pool=pool, region=region, wait_s=wait_s
+                nc,
+                settings.livekit,
+                room,
+                agent=agent,
+                pool=pool,
+                region=region,
+                wait_s=wait_s,
+                cell=cell,
+                look_in=config.cells(None),
             )
     except NatsUnavailableError as err:
         return _nats_down(console, err)

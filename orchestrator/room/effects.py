@@ -70,6 +70,7 @@ class Effects:
         retry: RetryPolicy,
         region_of: Callable[[str], str | None],
         observer: Observer,
+        state_region: str | None = None,
     ) -> None:
         self.livekit = livekit
         self.mono = mono
@@ -77,6 +78,9 @@ class Effects:
         self.retry = retry
         self.region_of = region_of
         self.observer = observer
+        # With per-region state, the region whose streams hold these rooms: the dispatch tells its
+        # worker, whichever region that is in, to report there.
+        self.state_region = state_region
 
     async def run(self, effect: Effect, rec: RoomRecord, lease: Lease) -> Outcome:
         match effect:
@@ -162,6 +166,7 @@ class Effects:
             agent=rec.agent,
             key=rec.dispatch_key,
             sid=rec.sid or listed_sid,
+            state_region=self.state_region,
         )
         return build_dispatch_metadata(rec.user_metadata, info)
 

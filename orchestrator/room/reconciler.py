@@ -95,6 +95,7 @@ class Reconciler:
         metrics: OrchestratorMetrics | None = None,
         rng: random.Random | None = None,
         ownership: Ownership | None = None,
+        state_region: str | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -119,6 +120,7 @@ class Reconciler:
             retry=RetryPolicy(deadline_s=self.cfg.dispatch_deadline_s),
             region_of=self._pool_region,
             observer=self.observer,
+            state_region=state_region,
         )
         self._sweep = Sweep(self)
 

@@ -109,20 +109,25 @@ def _encode(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-async def open_resync_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+async def open_resync_bucket(
+    js: JetStreamContext, replicas: int = 1, cell: subjects.Cell = subjects.SHARED
+) -> KeyValue:
     """Bind to the resync bucket, creating it if missing."""
     return await open_or_create_kv(
         js,
-        subjects.RESYNC_BUCKET,
+        cell.resync_bucket,
         "Switchboard resync: which replica lists LiveKit's rooms, and its last pass",
         replicas,
+        cell=cell,
     )
 
 
-async def read_last_pass(js: JetStreamContext) -> dict[str, Any] | None:
+async def read_last_pass(
+    js: JetStreamContext, cell: subjects.Cell = subjects.SHARED
+) -> dict[str, Any] | None:
     """Key ``pass``: the last pass of any replica (and which one); None when no resync ever ran."""
     try:
-        kv = await js.key_value(subjects.RESYNC_BUCKET)
+        kv = await js.key_value(cell.resync_bucket)
         entry = await kv.get(subjects.RESYNC_KEY)
     except (BucketNotFoundError, KeyNotFoundError):
         return None
@@ -139,8 +144,13 @@ class Resync:
         reconciler: Reconciler,
         livekit: LiveKit,
         passes: PassLog | None = None,
+        region: str | None = None,
     ) -> None:
         self.r = reconciler
+        # With per-region state, this replica's region: LiveKit lists every node's rooms (and says
+        # of none which node or region hosts it), so each region adopts only the rooms homed in it
+        # (their metadata's region, else the config's default region): one region per room.
+        self.region = region
         self.livekit = livekit
         self.passes = passes
         self.cfg = reconciler.cfg
@@ -261,6 +271,9 @@ class Resync:
             return 0
         if not isinstance(event, RoomCreated):
             return 0
+        if self.region is not None and event.region != self.region:
+            self._settled[room.name] = (room.sid, listed_at + SETTLED_S)
+            return 0  # another region's room: its own region's resync adopts it
         current = self.r.index.get(room.name)
         if current is not None and incarnation(current, event) not in ("newer", "ghost"):
             return 0

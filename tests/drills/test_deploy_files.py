@@ -280,6 +280,7 @@ def test_each_deployed_pool_speaks_only_for_itself() -> None:
         assert [s for s in publish if s.startswith("switchboard.")] == [
             f"switchboard.pools.{pool}.heartbeat",
             f"switchboard.rooms.status.{pool}",
+            f"switchboard.region.*.rooms.status.{pool}",  # per-region state: any room's region
         ]
     assert "SWITCHBOARD_NATS_WORKER_NKEY" not in accounts  # no key shared by every pool
     compose = _compose()["services"]

@@ -100,3 +100,21 @@ def test_an_unknown_region_is_refused_naming_the_known_ones(tmp_path: Path) -> N
     )
     assert proc.returncode == 2, proc.stderr
     assert "region 'mars'" in proc.stderr and "eu-central, us-east" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["orchestrator", "ingest"])
+def test_per_region_state_without_a_region_is_refused_saying_what_to_set(
+    command: str, tmp_path: Path
+) -> None:
+    (tmp_path / "switchboard.yaml").write_text(
+        "state: per_region\nregions: {eu-central: {}, us-east: {}}\n"
+        "rules: [{name: all, match: '*', agent: ornina}]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    env |= {"LIVEKIT_API_KEY": "key", "LIVEKIT_API_SECRET": "a-secret-of-enough-length-for-livekit"}
+    proc = subprocess.run(
+        [SWITCHBOARD, command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "state: per_region" in proc.stderr and "SWITCHBOARD_REGION" in proc.stderr
+    assert "a-secret-of-enough-length" not in proc.stderr
