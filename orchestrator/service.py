@@ -37,6 +37,7 @@ from orchestrator.jetstream_setup import open_jetstream
 from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
 from orchestrator.membership import Membership, open_members_bucket
 from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.other_cells import OtherCells
 from orchestrator.override import untrusted
 from orchestrator.ownership import Ownership
 from orchestrator.partition_watch import PartitionWatches
@@ -287,7 +288,13 @@ class OrchestratorService:
                             tg.create_task(self._check_livekit(gateway))
                             if resync_kv is not None:
                                 passes = PassLog(resync_kv, self.replica)
-                                resync = Resync(controller, gateway, passes, region=cell.region)
+                                others = [
+                                    subjects.Cell(r)
+                                    for r in sorted(self.config.known_regions())
+                                    if r != cell.region
+                                ]
+                                elsewhere = OtherCells(js, others).known if cell.region is not None else None
+                                resync = Resync(controller, gateway, passes, cell.region, elsewhere)
                                 tg.create_task(resync.run(lambda: self.readiness.index_synced))
                             tg.create_task(self._track_binding(rooms, statuses))
                     except* LiveKitRejectsCredentials as group:

@@ -145,12 +145,15 @@ class Resync:
         livekit: LiveKit,
         passes: PassLog | None = None,
         region: str | None = None,
+        elsewhere: Callable[[str], Awaitable[bool | None]] | None = None,
     ) -> None:
         self.r = reconciler
         # With per-region state, this replica's region: LiveKit lists every node's rooms (and says
         # of none which node or region hosts it), so each region adopts only the rooms homed in it
-        # (their metadata's region, else the config's default region): one region per room.
+        # (their metadata's region, else the config's default region), and only those no other
+        # region's cell knows (``elsewhere``: orchestrator/other_cells.py): one region per room.
         self.region = region
+        self.elsewhere = elsewhere
         self.livekit = livekit
         self.passes = passes
         self.cfg = reconciler.cfg
@@ -274,6 +277,12 @@ class Resync:
         if self.region is not None and event.region != self.region:
             self._settled[room.name] = (room.sid, listed_at + SETTLED_S)
             return 0  # another region's room: its own region's resync adopts it
+        if self.elsewhere is not None:
+            known = await self.elsewhere(room.name)
+            if known:  # another region took its event: theirs
+                self._settled[room.name] = (room.sid, listed_at + SETTLED_S)
+            if known is not False:
+                return 0  # theirs, or a region could not be asked: asked again next pass
         current = self.r.index.get(room.name)
         if current is not None and incarnation(current, event) not in ("newer", "ghost"):
             return 0

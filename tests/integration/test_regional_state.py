@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
@@ -30,7 +32,7 @@ from tests.orchestratorkit import (
     running_orchestrator,
     wait_for_record,
 )
-from tests.supercluster import EU, US, client, two_region_supercluster
+from tests.supercluster import EU, US, SuperCluster, client, two_region_supercluster
 
 S = RoomState
 pytestmark = pytest.mark.integration
@@ -60,34 +62,48 @@ async def read_until(
     return last
 
 
-def per_region_config() -> SwitchboardConfig:
-    return make_config(region_lost_after_s=30.0).model_copy(update={"state": "per_region"})
+CELLS = {EU: Cell(EU), US: Cell(US)}
+POOLS = {EU: "eu-central-a", US: "us-east-a"}
 
 
-async def test_each_region_takes_and_serves_its_own_rooms_through_a_gateway_cut(
-    livekit_server: LiveKitServer, tmp_path: Path
-) -> None:
-    config = per_region_config()
-    cells = {EU: Cell(EU), US: Cell(US)}
+@dataclass
+class TwoRegions:
+    sc: SuperCluster
+    ncs: dict[str, NATS]  # region -> a client of its own cluster
+    pools: dict[str, FakePool]  # region -> its stand-in pool, reporting into the region's cell
+    kvs: dict[str, KeyValue]  # region -> its rooms bucket
+
+
+@contextlib.asynccontextmanager
+async def two_regions(
+    livekit: LiveKitServer, root: Path, config: SwitchboardConfig
+) -> AsyncIterator[TwoRegions]:
+    """A supercluster with JetStream in both regions, and in each region a stand-in pool and a replica
+    started with the region, on its own cluster, with ``config`` (``state: per_region``)."""
     async with (
-        two_region_supercluster(tmp_path, us_jetstream=True) as sc,
+        two_region_supercluster(root, us_jetstream=True) as sc,
         client(sc.servers[EU].url) as nc_eu,
         client(sc.servers[US].url) as nc_us,
         contextlib.AsyncExitStack() as stack,
     ):
         ncs = {EU: nc_eu, US: nc_us}
-        pools = {
-            EU: FakePool(nc_eu, "eu-central-a", EU, cell=cells[EU]),
-            US: FakePool(nc_us, "us-east-a", US, cell=cells[US]),
-        }
-        for pool in pools.values():
-            await pool.start()
-            stack.push_async_callback(pool.stop)
+        pools = {r: FakePool(ncs[r], POOLS[r], r, cell=CELLS[r]) for r in (EU, US)}
         for region in (EU, US):
-            settings = make_settings(sc.servers[region], livekit_server).model_copy(update={"region": region})
+            await pools[region].start()
+            stack.push_async_callback(pools[region].stop)
+            settings = make_settings(sc.servers[region], livekit).model_copy(update={"region": region})
             await stack.enter_async_context(running_orchestrator(settings, config))
-        kvs = {r: await open_bucket(ncs[r].jetstream(), cell=cells[r]) for r in (EU, US)}
+        kvs = {r: await open_bucket(ncs[r].jetstream(), cell=CELLS[r]) for r in (EU, US)}
+        yield TwoRegions(sc, ncs, pools, kvs)
 
+
+async def test_each_region_takes_and_serves_its_own_rooms_through_a_gateway_cut(
+    livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    config = make_config(region_lost_after_s=30.0).model_copy(update={"state": "per_region"})
+    cells = CELLS
+    async with two_regions(livekit_server, tmp_path, config) as world:
+        sc, ncs, pools, kvs = world.sc, world.ncs, world.pools, world.kvs
         # Each region's streams and buckets sit on its own cluster's servers.
         for region in (EU, US):
             info = await ncs[region].jetstream().stream_info(cells[region].rooms_stream)
@@ -136,33 +152,27 @@ async def test_a_room_whose_event_was_lost_is_adopted_by_its_own_region_only(
     livekit_server: LiveKitServer, tmp_path: Path
 ) -> None:
     """LiveKit lists every node's rooms to every region's resync: each region adopts only the rooms
-    homed in it (the metadata's region, else the default region), so no room gets two agents."""
+        homed in it (the metadata's region, else the default region) that no other region's cell knows,
+    so no room gets two agents."""
     resync = {"resync_interval_s": 0.5, "resync_grace_s": 0.5}
     config = make_config(region_lost_after_s=30.0, **resync).model_copy(
         update={"state": "per_region", "rules": [Rule(name="rr", match="rr-*", agent=AGENT, priority=10)]}
     )
-    cells = {EU: Cell(EU), US: Cell(US)}
-    async with (
-        two_region_supercluster(tmp_path, us_jetstream=True) as sc,
-        client(sc.servers[EU].url) as nc_eu,
-        client(sc.servers[US].url) as nc_us,
-        contextlib.AsyncExitStack() as stack,
-    ):
-        ncs = {EU: nc_eu, US: nc_us}
-        for region, pool in ((EU, "eu-central-a"), (US, "us-east-a")):
-            fake = FakePool(ncs[region], pool, region, cell=cells[region])
-            await fake.start()
-            stack.push_async_callback(fake.stop)
-            settings = make_settings(sc.servers[region], livekit_server).model_copy(update={"region": region})
-            await stack.enter_async_context(running_orchestrator(settings, config))
-        kvs = {r: await open_bucket(ncs[r].jetstream(), cell=cells[r]) for r in (EU, US)}
-        # No event for either room: only the resync can find them.
+    async with two_regions(livekit_server, tmp_path, config) as world:
+        kvs = world.kvs
+        # A room without a region whose event us-east took (its ingest homes such rooms in
+        # us-east): the default region's resync must leave it to us-east.
+        await publish_created_room(
+            world.ncs[US].jetstream(), livekit_server, RoomCreated(room="rr-us-event", region=US), CELLS[US]
+        )
+        await wait_for_record(kvs[US], "rr-us-event", {S.DISPATCHED})
+        # No event for these two: only the resync can find them.
         await create_livekit_room(livekit_server, "rr-us", metadata='{"region": "us-east"}')
         await create_livekit_room(livekit_server, "rr-none")
         for room, home in (("rr-us", US), ("rr-none", EU)):
             rec = await wait_for_record(kvs[home], room, {S.DISPATCHED})
             assert rec.origin == "resync" and rec.home_region == home, rec
-        # Several passes later, neither room has a record in the other region.
-        for room, other in (("rr-us", EU), ("rr-none", US)):
+        # Several passes later, none of them has a record in the other region.
+        for room, other in (("rr-us", EU), ("rr-none", US), ("rr-us-event", EU)):
             late = await wait_for_room(kvs[other], room, lambda r: True, 2.0)
             assert late.record is None, (other, late.record)
