@@ -75,6 +75,11 @@ class OrchestratorConfig(_Strict):
     # While LiveKit's API is unreachable a room waits this long between rounds of dispatch tries,
     # and fails (`livekit_unreachable`) only after waiting `livekit_wait_deadline_s` in all.
     livekit_retry_s: float = Field(default=5.0, gt=0)
+    # A room LiveKit lists, but whose node answers nothing about it (a crashed LiveKit node leaves
+    # its rooms listed in Redis, and every call that must reach the room's node answers 503): after
+    # this long with its agents' removal failing so, the room is ended (room_unreachable), its
+    # agents counted gone with the node, instead of being asked about forever.
+    room_unreachable_after_s: float = Field(default=60.0, gt=0)
     livekit_wait_deadline_s: float = Field(default=600.0, gt=0)
     # Anti-entropy: every resync_interval_s each replica lists LiveKit's rooms and compares them
     # with the records of the partitions it tracks (rooms whose webhook was lost, records whose

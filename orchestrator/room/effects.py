@@ -18,6 +18,7 @@ from orchestrator.alongside import alongside
 from orchestrator.livekit_gateway import ListedDispatch, LiveKitCallError
 from orchestrator.records import Replaced, RoomRecord
 from orchestrator.room.facts import (
+    ROOM_NODE_SILENT,
     DispatchFailed,
     DispatchLanded,
     GhostFound,
@@ -184,6 +185,7 @@ class Effects:
         reported (:class:`GhostFound`) before anything is deleted, unless the record knows it."""
         room = rec.room
         refused: list[str] = []
+        roster: dict[str, str | None] | None = None
         try:
             roster = await self.livekit.roster(room)
             listed = await self.livekit.room_dispatches(room) if roster is not None else None
@@ -223,6 +225,8 @@ class Effects:
             log.warning(
                 "removal of replaced agents in %s failed: %s", room, err, extra={"reason": err.reason}
             )
+            if err.reason == "unavailable" and roster is not None:
+                return RemovalFailed(ROOM_NODE_SILENT, str(err))
             return RemovalFailed(err.reason, str(err))
         if refused:
             log.warning(

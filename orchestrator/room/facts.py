@@ -111,6 +111,11 @@ class RemovalFailed:
     message: str
 
 
+# RemovalFailed.reason when LiveKit listed the room's participants (its Redis knows the room) but
+# a call that must reach the node hosting the room answered "unavailable": that node may be gone.
+ROOM_NODE_SILENT = "room_node_silent"
+
+
 @dataclass(frozen=True, slots=True)
 class JobsSeen:
     dispatch_id: str

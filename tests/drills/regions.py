@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from devstack.livekit_server import LiveKitServer
-from orchestrator.records import RoomRecord
+from orchestrator.records import RoomRecord, RoomState
 from orchestrator.store import RoomStore, open_bucket
 from shared import bus
 from shared.messages import RoomCreated
@@ -175,16 +175,19 @@ class RegionStack(Stack):
 
     # -- rooms -----------------------------------------------------------------------------------
 
-    async def publish(self, room: str, region: str = EU, within_s: float = 60.0) -> float:
-        """Create the room on its region's LiveKit node, then publish its event into its region's
-        cell (as that region's backend or ingest does), retried with one Nats-Msg-Id until acked."""
+    async def publish(
+        self, room: str, region: str = EU, within_s: float = 60.0, home: str | None = None
+    ) -> float:
+        """Create the room on ``region``'s LiveKit node, then publish its event into that region's
+        cell (as its backend or ingest does), retried with one Nats-Msg-Id until acked. ``home``:
+        the room's home region when another (a lost region's user, served where it can be)."""
         assert self.lk_cluster is not None
         self.home[room] = region
         node_id = self.lk_cluster.node_ids()[region]
         made = await self.node_apis[region].room.create_room(
             lkapi.CreateRoomRequest(name=room, node_id=node_id, empty_timeout=600)
         )
-        event = RoomCreated(room=room, sid=made.sid, region=region)
+        event = RoomCreated(room=room, sid=made.sid, region=home or region)
         deadline = time.monotonic() + within_s
         while True:
             try:
@@ -226,21 +229,27 @@ class RegionStack(Stack):
     async def wait_settled(
         self, rooms: list[str], within_s: float, speaking: Iterable[str] = ()
     ) -> dict[str, RoomRecord | None]:
-        """Until every room is live (listener rooms speaking) or terminal: re-read every half second
-        (a watch is a new consumer, which a cut-off region cannot create)."""
+        """Until every room is live (listener rooms speaking) or terminal, or the time is up."""
         must_speak = set(speaking)
+
+        def settled(room: str, rec: RoomRecord | None) -> bool:
+            if rec is None:
+                return False
+            if rec.state in TERMINAL_WITH_REASON:
+                return True
+            return rec.state == RoomState.SPEAKING if room in must_speak else rec.state in LIVE
+
+        return await self.wait_for(rooms, settled, within_s)
+
+    async def wait_for(
+        self, rooms: list[str], done: Callable[[str, RoomRecord | None], bool], within_s: float
+    ) -> dict[str, RoomRecord | None]:
+        """Until ``done`` holds for every room, or the time is up: re-read every half second (a watch
+        is a new consumer, which a region cut off from the meta majority cannot create)."""
         deadline = time.monotonic() + within_s
         records = await self.records(rooms)
         while True:
-            pending = [
-                r
-                for r in rooms
-                if (rec := records.get(r)) is None
-                or not (
-                    rec.state in TERMINAL_WITH_REASON
-                    or (rec.state.value == "speaking" if r in must_speak else rec.state in LIVE)
-                )
-            ]
+            pending = [r for r in rooms if not done(r, records.get(r))]
             if not pending or time.monotonic() > deadline:
                 return records
             await asyncio.sleep(0.5)

@@ -32,6 +32,7 @@ class RegionSize:
     replicas: int  # orchestrator replicas per region
     within_s: float
     executor: str
+    region_lost_s: float  # orchestrator.region_lost_after_s in the region-loss drill
 
 
 FAST = RegionSize(
@@ -44,6 +45,7 @@ FAST = RegionSize(
     replicas=1,
     within_s=150,
     executor="process",
+    region_lost_s=10,
 )
 FULL = RegionSize(
     "full",
@@ -55,6 +57,7 @@ FULL = RegionSize(
     replicas=2,
     within_s=300,
     executor="thread",
+    region_lost_s=30,
 )
 SIZES = [
     pytest.param(FAST, id="fast"),
@@ -144,6 +147,103 @@ async def test_drill_9_1_gateway_partition(size: RegionSize, tmp_path: Path) -> 
 
 
 # ----------------------------------------------------------------------------------------------
+# 9.2 Lose a whole region: its NATS, LiveKit node, replicas and pool, all SIGKILLed
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_drill_9_2_region_loss(size: RegionSize, tmp_path: Path) -> None:
+    result = DrillResult(
+        "9.2 lose a region (its NATS, LiveKit node, replicas, pool) while both hold rooms", size.name
+    )
+    started = time.monotonic()
+    before = {r: [f"ornina-d92-{r[:2]}-{i}" for i in range(size.rooms)] for r in (EU, US)}
+    # The lost region's users go on opening rooms: on the surviving node, through the surviving
+    # region's backend, homed in their own region (us-east): served per the spill policy.
+    stranded = [f"ornina-d92-us-users-{i}" for i in range(size.during)]
+    speak = before[EU][: size.listeners]
+    config = region_drill_config(region_lost_after_s=size.region_lost_s)
+    async with region_stack(tmp_path, config) as s:
+        await asyncio.gather(
+            _region_pool(s, "eu-central-a", EU, size), _region_pool(s, "us-east-a", US, size)
+        )
+        us_replicas = []
+        for region in (EU, US):
+            started_here = await s.start_region_orchestrators(region, size.replicas)
+            if region == US:
+                us_replicas = started_here
+        for region in (EU, US):
+            await s.publish_all(before[region], region)
+        async with region_listeners(s, speak):
+            settled = await s.wait_settled(
+                [r for g in before.values() for r in g], size.within_s, speaking=speak
+            )
+            placed = {room: (rec.pool, rec.attempt) for room, rec in settled.items() if rec is not None}
+            # us-east goes, all of it at once.
+            lost_at = time.time()
+            for orch in us_replicas:
+                orch.process.kill()
+            for worker in s.workers:
+                if worker.pool == "us-east-a":
+                    worker.kill()
+            s.node(US).kill()
+            assert s.sc is not None
+            s.sc.servers[US].kill()
+            published = {}
+            for room in stranded:
+                published[room] = await s.publish(room, EU, home=US)
+            spilled = await s.wait_settled(stranded, size.within_s)
+            served_in = sorted({rec.pool or "-" for r in stranded if (rec := spilled.get(r)) is not None})
+            # us-east comes back: its NATS (with its stream store), its LiveKit node, replicas, pool.
+            back_at = time.time()
+            await asyncio.to_thread(s.sc.servers[US].start, 30.0)
+            await asyncio.to_thread(s.node(US).start)
+            await s.sc.wait_joined(30.0)
+            await s.start_region_orchestrators(US, size.replicas)
+            await _region_pool(s, "us-east-a", US, size)
+            rooms = [*before[EU], *before[US], *stranded]
+            records = await s.wait_settled(rooms, size.within_s, speaking=speak)
+            await s.finish(result, rooms, records, speak)
+        moved = [
+            room
+            for room in before[EU]
+            if (rec := records.get(room)) is None or (rec.pool, rec.attempt) != placed[room]
+        ]
+        result.recovery_s = [
+            max(0.0, t - published[r]) for r in stranded if (t := live_at(spilled.get(r))) is not None
+        ]
+        result.extra["region_lost_after_s"] = size.region_lost_s
+        result.extra["eu_rooms_moved"] = moved
+        result.extra["stranded_served_on"] = served_in
+        result.extra["us_rooms_after_return"] = {
+            r: f"{rec.state.value}{'/' + rec.reason if rec.reason else ''}"
+            for r in before[US]
+            if (rec := records.get(r)) is not None
+        }
+        result.extra["back_after_s"] = round(back_at - lost_at, 1)
+        result.notes.append(
+            "recovery: the lost region's users' new rooms (opened on the surviving node, homed in "
+            "the lost region), published -> live abroad; the lost region's own rooms ended with its "
+            "LiveKit node or were served again once it returned"
+        )
+    result.duration_s = time.monotonic() - started
+    save_result(result)
+    # Not _assert_clean: the lost region's own rooms went with its LiveKit node, and end so.
+    assert result.lost == 0 and result.double_agents == 0 and result.samples > 0, result.summary()
+    assert result.rooms_without_agent == 0 and not result.extra["secret_leaks"], result.summary()
+    assert result.speaking_at_end == result.listener_rooms, result.summary()
+    survivors = [*before[EU], *stranded]
+    assert all(live_at(records.get(r)) is not None for r in survivors), result.summary()
+    us_records = [rec for r in before[US] if (rec := records.get(r)) is not None]
+    assert len(us_records) == len(before[US]), result.summary()
+    ended_with_node = [rec for rec in us_records if live_at(rec) is None]
+    assert all(rec.reason in ("room_unreachable", "room_gone") for rec in ended_with_node), result.summary()
+    assert not moved, result.summary()
+    assert served_in == ["eu-central-a"], result.summary()
+    assert len(result.recovery_s) == len(stranded), result.summary()
+
+
+# ----------------------------------------------------------------------------------------------
 # 9.3 SIGKILL a pool in one region: its rooms recover inside the region first
 # ----------------------------------------------------------------------------------------------
 
@@ -173,6 +273,11 @@ async def test_drill_9_3_pool_death_in_one_region(size: RegionSize, tmp_path: Pa
             killed_at = time.time()
             for worker in doomed:
                 worker.kill()
+
+            def moved_and_live(room: str, rec: RoomRecord | None) -> bool:
+                return rec is not None and live_at(rec) is not None and rec.pool != "eu-central-a"
+
+            await s.wait_for(on_doomed, moved_and_live, size.within_s)
             records = await s.wait_settled(rooms, size.within_s, speaking=speak)
             await s.finish(result, rooms, records, speak)
         result.recovery_s = recoveries(records, on_doomed, killed_at)

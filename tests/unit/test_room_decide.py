@@ -23,6 +23,7 @@ from orchestrator.room.decide import (
     wrongly_ended,
 )
 from orchestrator.room.facts import (
+    ROOM_NODE_SILENT,
     AgentLost,
     Claimed,
     DispatchFailed,
@@ -281,6 +282,20 @@ def test_a_failed_removal_keeps_the_room_waiting_for_it() -> None:
     assert step(moved, RemovalFailed("unavailable", "LiveKit 503")).record is None
     assert moved.removal_pending and not needs_placement(moved, NOW, "r1")
     assert due(moved, NOW, replica="r1", pool_gone=False, assign_check_s=8) == "remove_replaced"
+
+
+def test_a_room_whose_livekit_node_never_answers_ends_after_the_limit_and_only_then() -> None:
+    """A crashed LiveKit node leaves its rooms listed; calls that must reach it answer 503."""
+    moved = step(holding(deadline=NOW - 1, state=S.JOINED)).record
+    silent = RemovalFailed(ROOM_NODE_SILENT, "ListDispatch: LiveKit answered HTTP 503 unavailable")
+    limit = CONFIG.orchestrator.room_unreachable_after_s
+    assert step(moved, silent, c=ctx(NOW + limit - 1)).record is None  # not yet: asked again
+    # Any other failure, however long, keeps the removal pending: LiveKit itself may be down.
+    assert step(moved, RemovalFailed("unavailable", "LiveKit 503"), c=ctx(NOW + 10 * limit)).record is None
+    over = step(moved, silent, c=ctx(NOW + limit)).record
+    assert over.state == S.ENDED and over.reason == "room_unreachable"
+    assert not over.removal_pending and all(e.removed for e in over.replaced)
+    assert "answered nothing about it for 60 s" in over.history[-1].detail
 
 
 def test_a_confirmed_removal_lets_placement_go_on_and_a_gone_room_ends() -> None:

@@ -29,7 +29,7 @@ from orchestrator.room.decide.place import PLACING, decide_place, needs_placemen
 from orchestrator.room.decide.redispatch import redispatch
 from orchestrator.room.decide.reports import decide_report
 from orchestrator.room.decide.resync import decide_agent_lost, decide_vanished
-from orchestrator.room.decide.retire import decide_removal_done, remove_step
+from orchestrator.room.decide.retire import decide_removal_done, decide_removal_failed, remove_step
 from orchestrator.room.decide.timers import REDISPATCH_CAUSES, due, leased_by_other
 from orchestrator.room.facts import (
     AgentLost,
@@ -88,7 +88,7 @@ def decide(
         case RemovalDone():
             return decide_removal_done(rec, fact, ctx)
         case RemovalFailed():
-            return REST  # the removal stays pending in the record; the sweep tries again
+            return decide_removal_failed(rec, fact, ctx)
         case GhostFound():
             return decide_ghost_found(rec, fact, ctx)
         case DispatchLanded() | DispatchFailed():

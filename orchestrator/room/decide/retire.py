@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from orchestrator.records import MAX_REPLACED, Replaced, RoomRecord, RoomState
 from orchestrator.room.decide.context import Context
-from orchestrator.room.facts import RemovalDone
+from orchestrator.room.facts import ROOM_NODE_SILENT, RemovalDone, RemovalFailed
 from orchestrator.room.step import REST, RemoveReplaced, Step
 from orchestrator.transitions import note, transition
 
@@ -96,29 +96,57 @@ def _settled(rec: RoomRecord, confirmed: tuple[Replaced, ...]) -> RoomRecord:
     return rec.model_copy(update={"replaced": settled})
 
 
+def decide_removal_failed(rec: RoomRecord, failed: RemovalFailed, ctx: Context) -> Step:
+    """The removal stays pending in the record and the sweep tries again; except in a room whose
+    LiveKit node is gone. A crashed node leaves its rooms listed (LiveKit's Redis keeps them), and
+    every call that must reach the node answers 503: once the record has not changed for
+    ``room_unreachable_after_s`` and the removal still fails so, the room is over for us, as a room
+    LiveKit no longer has (its agents went with the node); a user who opens it again is a new room."""
+    if failed.reason != ROOM_NODE_SILENT:
+        return REST
+    since = rec.history[-1].at if rec.history else rec.received_at
+    limit = ctx.cfg.room_unreachable_after_s
+    if ctx.now - since < limit:
+        return REST
+    detail = (
+        f"LiveKit lists the room, but its node has answered nothing about it for {limit:.0f} s "
+        f"({failed.message}): counted gone with its node"
+    )
+    over = _over(rec, ctx, detail, "room_unreachable")
+    if rec.terminal:  # an ended room's old agents: noted gone with the node
+        return Step(record=note(over, now=ctx.now, event="removed", detail=detail))
+    return Step(record=over)
+
+
+def _over(rec: RoomRecord, ctx: Context, detail: str, reason: str) -> RoomRecord:
+    """``rec`` with its dispatches retired and every replaced agent counted gone; a live record
+    ends (``reason``), a terminal one stays as it was otherwise."""
+    gone = retire(rec)
+    gone = gone.model_copy(
+        update={"replaced": [e.model_copy(update={"removed": True}) for e in gone.replaced]}
+    )
+    if rec.terminal:
+        return gone
+    return transition(
+        gone,
+        RoomState.ENDED,
+        now=ctx.now,
+        event="ended",
+        detail=detail,
+        reason=reason,
+        deadline=None,
+        owner=None,
+        lease_until=None,
+    )
+
+
 def decide_removal_done(rec: RoomRecord, done: RemovalDone, ctx: Context) -> Step:
     """Mark what LiveKit confirmed gone; a room LiveKit no longer has ends here (nothing to serve,
     and a new CreateDispatch would only create an empty room again)."""
     if not done.room_exists:
-        gone = retire(rec)
-        gone = gone.model_copy(
-            update={"replaced": [e.model_copy(update={"removed": True}) for e in gone.replaced]}
-        )
-        if rec.terminal:
-            return Step(record=gone) if gone != rec else REST
-        return Step(
-            record=transition(
-                gone,
-                RoomState.ENDED,
-                now=ctx.now,
-                event="ended",
-                detail=f"LiveKit no longer has the room ({rec.state.value}, {rec.reason or 'no reason'})",
-                reason="room_gone",
-                deadline=None,
-                owner=None,
-                lease_until=None,
-            )
-        )
+        detail = f"LiveKit no longer has the room ({rec.state.value}, {rec.reason or 'no reason'})"
+        gone = _over(rec, ctx, detail, "room_gone")
+        return Step(record=gone) if gone != rec else REST
     new = _settled(rec, done.entries)
     if new == rec and not done.refused:
         return REST
