@@ -427,7 +427,15 @@ class PoolRegistry:
             age_s=max(0.0, now - newest) if newest is not None else None,
             jobs=ListedJobs(self._job_owner, pool, frozenset(names)),
             open_slots=open_slots if liveness == "alive" else 0,
+            silent=liveness != "dead" and self._region_silent(ident.region, now),
         )
+
+    def _region_silent(self, region: str, now: float) -> bool:
+        """A foreign region unheard as a whole (on this replica's clock) for a pool's death limit."""
+        r = self._regions.get(region)
+        if r is None or self.home_region is None or region == self.home_region:
+            return False
+        return self._clock.at(now) - r.overall_at >= self.dead_after_s
 
     def listed_jobs(self, now: float) -> Mapping[str, Container[str]]:
         """Per pool, the jobs its live workers list, looked up job by job (nothing built): what a
@@ -476,7 +484,8 @@ class _JobsByPool(Mapping[str, Container[str]]):
 
 
 # What a census carries of a view: all but the job ids (the status table does not show them).
-_CARRIED = tuple(f.name for f in dataclasses.fields(PoolView) if f.name != "jobs")
+# (``silent`` is not carried either: a census entry of an older build's reader refuses unknown fields.)
+_CARRIED = tuple(f.name for f in dataclasses.fields(PoolView) if f.name not in ("jobs", "silent"))
 
 
 def summary(view: PoolView) -> PoolSummary:

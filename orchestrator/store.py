@@ -134,6 +134,11 @@ async def open_or_create_kv(
                 ttl=max_age_s,
                 limit_marker_ttl=limit_marker_ttl_s,
                 placement=bus.placement(cell),
+                # Reads answered by the stream's servers themselves ($JS.API.DIRECT.GET), not by the
+                # JetStream API layer, which answers 503 "temporarily unavailable" whenever the
+                # supercluster's meta leader is out of reach (a cut gateway, for 5 s after a heal):
+                # a cut-off region still reads its own records. Writes are compare-and-set either way.
+                direct=True,
             )
         )
 

@@ -38,6 +38,8 @@ def static_rejection(view: PoolView, agent: str, home: str, tier: int | None) ->
         return f"dead ({age})"
     if view.liveness == "draining" or view.draining:
         return "draining"
+    if view.silent:
+        return f"region {view.region} silent (cut off or lost): keeps its rooms, takes no new ones"
     if tier is None:
         return f"region {view.region} not reachable from home {home}"
     return None

@@ -44,6 +44,11 @@ class PoolView:
     age_s: float | None
     jobs: AbstractSet[str] = frozenset()
     open_slots: int | None = None
+    # Its region (another than the replica's) has been silent as a whole for longer than a pool's
+    # death limit: cut off or being lost. Its agents keep their rooms (it is not dead), but no new
+    # room is placed on it: nothing could confirm the placement, and a neighbour can serve the
+    # room now rather than after region_lost_after_s.
+    silent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,24 @@ def test_compose_file_is_valid_and_consistent() -> None:
         services
     )
     assert {"worker-eu-central-a", "worker-us-east-a"} <= set(services)
+    # Two regions for real, as the region drills run them: per-region state, a LiveKit node, replicas
+    # and an ingest in each region, each on its own region's NATS (and its own region's node).
+    config = yaml.safe_load((DEPLOY / "compose" / "switchboard.yaml").read_text())
+    assert config["state"] == "per_region"
+    assert {"redis", "livekit-us", "orchestrator-us-1", "orchestrator-us-2", "ingest-us"} <= set(services)
+    for name, svc in services.items():
+        env = svc.get("environment") or {}
+        if name.startswith(("orchestrator", "ingest")):
+            region = env["SWITCHBOARD_REGION"]
+            assert f"nats-{region[:2]}-" in env["NATS_URL"], (name, region, env["NATS_URL"])
+    for node, region, ingest in (
+        ("livekit.yaml", "eu-central", "ingest"),
+        ("livekit-us.yaml", "us-east", "ingest-us"),
+    ):
+        lk = yaml.safe_load((DEPLOY / "compose" / node).read_text())
+        assert lk["region"] == region and lk["redis"]["address"] == "redis:6379"
+        assert lk["webhook"]["urls"] == [f"http://{ingest}:8090/webhook"]
+    assert services["worker-us-east-a"]["environment"]["LIVEKIT_URL"] == "ws://livekit-us:7880"
     # Secrets only by reference: no literal value under a secret-looking name.
     raw = yaml.safe_load((DEPLOY / "compose" / "docker-compose.yml").read_text())
     for name, svc in raw["services"].items():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.errors import KeyNotFoundError, ServiceUnavailableError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from devstack.livekit_server import LiveKitServer
@@ -52,8 +52,7 @@ async def read_until(
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(within):
             while True:
-                # "temporarily unavailable" comes and goes on the cut-off side; the next read tells.
-                with contextlib.suppress(KeyNotFoundError, ServiceUnavailableError):
+                with contextlib.suppress(KeyNotFoundError):
                     entry = await kv.get(room_key(room))
                     last = RoomRecord.model_validate_json(entry.value or b"")
                     if done(last):

@@ -114,3 +114,21 @@ def test_a_pool_that_stays_silent_when_its_lost_region_returns_stays_dead() -> N
     assert not reg.pool_dead("us-b", 47.0)
     assert reg.pool_dead("us-a", 46.0) and reg.pool_dead("us-a", 47.0)
     assert reg.view("us-a", 47.0).liveness == "dead"  # type: ignore[union-attr]
+
+
+def test_a_silent_regions_pools_keep_their_rooms_but_are_offered_no_new_ones() -> None:
+    from orchestrator.scheduler.feasibility import static_rejection
+
+    reg = eu_replica()
+    beats(reg, 0.0, 10.0, EU, US)
+    assert not reg.view("us-a", 10.5).silent  # type: ignore[union-attr]
+    beats(reg, 11.0, 12.0, EU)  # two beats missed: within the death limit, nothing changes yet
+    assert not reg.view("us-a", 12.5).silent  # type: ignore[union-attr]
+    beats(reg, 13.0, 20.0, EU)
+    view = reg.view("us-a", 20.5)
+    assert view is not None and view.silent and view.liveness == "alive" and not reg.pool_dead("us-a", 20.5)
+    why = static_rejection(view, view.agent, "us-east", tier=0)
+    assert why is not None and "silent" in why
+    assert not reg.view("eu-a", 20.5).silent  # type: ignore[union-attr]  # the home region never is
+    beats(reg, 21.0, 21.0, EU, US)  # heard again: offered again
+    assert not reg.view("us-a", 21.5).silent  # type: ignore[union-attr]
