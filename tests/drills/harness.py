@@ -371,6 +371,12 @@ class Stack:
             await asyncio.to_thread(orch.process.wait_ready, orch.ready, 60.0)
         return started
 
+    def pool_place(self, region: str) -> tuple[LiveKitServer, str, dict[str, str]]:
+        """Where a pool of ``region`` registers and reports: the stack's LiveKit and NATS (one
+        region's stack), and what its workers' environment adds."""
+        assert self.livekit is not None
+        return self.livekit, self.nats_url, {}
+
     async def start_pool(
         self,
         pool: str,
@@ -384,11 +390,11 @@ class Stack:
         """``executor``: ``process`` isolates each job (a livekit rtc FFI panic, which SIGTERMs its
         process, then costs one job); ``thread`` (the worker's default) is the only one light enough
         for 200 jobs on 2 cores, and a panic there takes the whole worker process down."""
-        assert self.livekit is not None
+        livekit, nats_url, place_env = self.pool_place(region)
         started = [
             WorkerProcess(
-                self.livekit,
-                self.nats_url,
+                livekit,
+                nats_url,
                 self.root / "workers" / f"{pool}-{i + 1}",
                 pool,
                 agent=AGENT,
@@ -399,6 +405,7 @@ class Stack:
                     "OTEL_EXPORTER_OTLP_ENDPOINT": self.sink.endpoint,
                     "OTEL_SERVICE_NAME": f"switchboard-worker-{pool}",
                     "OTEL_BSP_SCHEDULE_DELAY": "1000",
+                    **place_env,
                     **(env or {}),
                 },
             )

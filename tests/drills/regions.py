@@ -35,8 +35,6 @@ from shared.settings import NatsSettings
 from shared.subjects import Cell
 from tests.drills.doubles import DoubleSampler
 from tests.drills.harness import (
-    AGENT,
-    DRILL_ENTRYPOINT,
     LIVE,
     TERMINAL_WITH_REASON,
     Orchestrator,
@@ -45,7 +43,7 @@ from tests.drills.harness import (
 )
 from tests.multinode import LiveKitCluster, two_node_cluster
 from tests.supercluster import EU, US, SuperCluster, two_region_supercluster
-from tests.workerkit import Listener, WorkerProcess
+from tests.workerkit import Listener
 
 REGIONS = (EU, US)
 # JetStream replicas of each region's streams: eu-central has three JetStream nodes, us-east one.
@@ -137,41 +135,10 @@ class RegionStack(Stack):
             count, livekit_url=self.node(region).http_url, env=self.region_env(region)
         )
 
-    async def start_pool(
-        self,
-        pool: str,
-        region: str,
-        *,
-        processes: int = 1,
-        capacity: int = 8,
-        env: dict[str, str] | None = None,
-        executor: str = "process",
-    ) -> list[WorkerProcess]:
-        """A pool of ``region``: registered with its region's LiveKit node, over its region's NATS,
-        reading the drill's config (so it knows the state is per region)."""
-        started = [
-            WorkerProcess(
-                self.node(region),
-                self.nats_url_of(region),
-                self.root / "workers" / f"{pool}-{i + 1}",
-                pool,
-                agent=AGENT,
-                region=region,
-                capacity=capacity,
-                extra_args=["--entrypoint", DRILL_ENTRYPOINT, "--executor", executor],
-                extra_env={
-                    "SWITCHBOARD_CONFIG": str(self.config_path),
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": self.sink.endpoint,
-                    "OTEL_SERVICE_NAME": f"switchboard-worker-{pool}",
-                    "OTEL_BSP_SCHEDULE_DELAY": "1000",
-                    **(env or {}),
-                },
-            )
-            for i in range(processes)
-        ]
-        self.workers.extend(started)
-        await asyncio.gather(*(asyncio.to_thread(w.start) for w in started))
-        return started
+    def pool_place(self, region: str) -> tuple[LiveKitServer, str, dict[str, str]]:
+        """A pool of ``region`` registers with its region's LiveKit node, over its region's NATS,
+        and reads the drill's config (so it knows the state is per region)."""
+        return self.node(region), self.nats_url_of(region), {"SWITCHBOARD_CONFIG": str(self.config_path)}
 
     # -- rooms -----------------------------------------------------------------------------------
 
