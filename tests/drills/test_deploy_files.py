@@ -153,6 +153,36 @@ def test_kubernetes_manifests_are_production_shaped() -> None:
                     assert "valueFrom" in env, f"{env['name']} must come from a Secret"
 
 
+def test_kubernetes_runs_both_regions_as_the_region_drills_do() -> None:
+    """Per-region state: a NATS cluster, orchestrator replicas and an ingest in each region, each
+    process on its own region's NATS (and LiveKit node), started with its region."""
+    docs = [doc for _, doc in _manifests()]
+    config = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "switchboard-config"
+    )
+    assert yaml.safe_load(config["data"]["switchboard.yaml"])["state"] == "per_region"
+    nats = {d["metadata"]["name"] for d in docs if d["kind"] == "StatefulSet"}
+    assert {"nats-eu", "nats-us"} <= nats
+    for doc in docs:
+        if doc["kind"] == "StatefulSet" and doc["metadata"]["name"].startswith("nats-"):
+            short = doc["metadata"]["name"][5:]  # eu, us
+            assert f"'name': 'nats-server-{short}', 'items': [{{'key': 'server-{short}.conf'" in str(doc)
+    seen = set()
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        (c,) = _containers(doc)
+        env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
+        region = doc["spec"]["template"]["metadata"]["labels"]["region"]
+        assert f"nats-{region[:2]}-0" in env["NATS_URL"], (doc["metadata"]["name"], env["NATS_URL"])
+        if c["args"][1] in ("orchestrator", "ingest"):
+            assert env["SWITCHBOARD_REGION"] == region, doc["metadata"]["name"]
+            seen.add((c["args"][1], region))
+        if "LIVEKIT_URL" in env:
+            assert ("livekit-us:" in env["LIVEKIT_URL"]) == (region == "us-east"), doc["metadata"]["name"]
+    assert seen == {(p, r) for p in ("orchestrator", "ingest") for r in ("eu-central", "us-east")}
+
+
 def test_kubernetes_probes_ask_what_the_processes_serve() -> None:
     """A probe on a path nobody serves never gets ready (the workers once probed /health)."""
     probed = []
