@@ -16,11 +16,19 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 
 from orchestrator.store import RoomStore
+from shared.config import SwitchboardConfig
 from shared.subjects import Cell
 
 log = logging.getLogger(__name__)
 
 ASK_TIMEOUT_S = 2.0
+
+
+def other_cells(js: JetStreamContext, config: SwitchboardConfig, cell: Cell) -> OtherCells | None:
+    """The other regions' cells, to ask from ``cell``; None for the shared cell (no other)."""
+    if cell.region is None:
+        return None
+    return OtherCells(js, [Cell(r) for r in sorted(config.known_regions()) if r != cell.region])
 
 
 class OtherCells:

@@ -37,7 +37,7 @@ from orchestrator.jetstream_setup import open_jetstream
 from orchestrator.livekit_gateway import LiveKitCallError, LiveKitGateway
 from orchestrator.membership import Membership, open_members_bucket
 from orchestrator.metrics import OrchestratorMetrics
-from orchestrator.other_cells import OtherCells
+from orchestrator.other_cells import other_cells
 from orchestrator.override import untrusted
 from orchestrator.ownership import Ownership
 from orchestrator.partition_watch import PartitionWatches
@@ -263,6 +263,13 @@ class OrchestratorService:
                             self.settings.region,
                             self.config.orchestrator.region_lost_after_s,
                         )
+                    if cell.region is not None:
+                        log.info(
+                            "state per region: this replica works on %s's rooms (stream %s, bucket %s)",
+                            cell.region,
+                            cell.rooms_stream,
+                            cell.rooms_bucket,
+                        )
                     probes = ProbeServer(
                         self._ready, self.prometheus, self.settings.http_host, self.settings.http_port
                     )
@@ -288,12 +295,8 @@ class OrchestratorService:
                             tg.create_task(self._check_livekit(gateway))
                             if resync_kv is not None:
                                 passes = PassLog(resync_kv, self.replica)
-                                others = [
-                                    subjects.Cell(r)
-                                    for r in sorted(self.config.known_regions())
-                                    if r != cell.region
-                                ]
-                                elsewhere = OtherCells(js, others).known if cell.region is not None else None
+                                others = other_cells(js, self.config, cell)
+                                elsewhere = others.known if others is not None else None
                                 resync = Resync(controller, gateway, passes, cell.region, elsewhere)
                                 tg.create_task(resync.run(lambda: self.readiness.index_synced))
                             tg.create_task(self._track_binding(rooms, statuses))
