@@ -21,6 +21,7 @@ import pytest
 from livekit import api as lkapi
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.livekit_server import LiveKitServer
@@ -32,8 +33,11 @@ from orchestrator.ingest.server import IngestServer
 from orchestrator.records import RoomState
 from orchestrator.store import open_bucket
 from shared import subjects
+from shared.codec import decode
 from shared.config import SwitchboardConfig, parse_config
+from shared.messages import RoomCreated
 from shared.settings import LiveKitSettings, NatsSettings, Settings
+from shared.subjects import Cell
 from tests.orchestratorkit import AGENT, make_config, make_settings, running_orchestrator, wait_for_record
 from tests.workerkit import SWITCHBOARD, Listener, WorkerProcess
 
@@ -326,5 +330,44 @@ async def test_the_ingest_counts_webhooks_on_its_internal_metrics_port(
             if sample.name == "switchboard_webhooks_total"
         }
         assert counted == {("refused", "missing_signature"): 1.0}, text
+    finally:
+        proc.stop()
+
+
+async def test_an_ingest_started_with_its_region_publishes_into_that_regions_streams(
+    nats_server: NatsServer, nc: NATS, tmp_path: Path
+) -> None:
+    """`switchboard ingest --region us-east` with `state: per_region`, as README "Across regions"
+    starts it: a room_started from its region's LiveKit node lands in us-east's rooms stream, homed
+    in us-east (the room's metadata names no region), and nothing in the shared stream."""
+    (tmp_path / "switchboard.yaml").write_text(
+        "state: per_region\ndefault_region: eu-central\nregions: {eu-central: {}, us-east: {}}\n"
+    )
+    webhook_port, probe_port = free_tcp_port(), free_tcp_port()
+    proc = ServerProcess(
+        "ingest",
+        [SWITCHBOARD, "ingest", "--port", str(webhook_port), "--region", "us-east"],
+        tmp_path / "ingest.log",
+        env={
+            "NATS_URL": nats_server.url,
+            "LIVEKIT_API_KEY": KEY,
+            "LIVEKIT_API_SECRET": SECRET,
+            "SWITCHBOARD_CONFIG": str(tmp_path / "switchboard.yaml"),
+            "SWITCHBOARD_HTTP_PORT": str(probe_port),
+        },
+    )
+    proc.start()
+    us = Cell("us-east")
+    try:
+        proc.wait_ready(lambda: http_ok(f"http://127.0.0.1:{probe_port}/readyz"), 30)
+        js = nc.jetstream()
+        body = room_started("ornina-us-webhook", "RM_us1")
+        # 200 only once JetStream has stored the event: it is there to read.
+        assert await post(f"http://127.0.0.1:{webhook_port}/webhook", body, sign(body)) == 200
+        stored = await js.get_last_msg(us.rooms_stream, us.room_created)
+        event = decode(RoomCreated, stored.data or b"")
+        assert (event.room, event.region) == ("ornina-us-webhook", "us-east")
+        with contextlib.suppress(NotFoundError):  # the shared stream may not exist at all
+            assert (await js.stream_info(subjects.ROOMS_STREAM)).state.messages == 0
     finally:
         proc.stop()
