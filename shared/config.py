@@ -173,6 +173,11 @@ class SwitchboardConfig(_Strict):
             return [self.cell(region)]
         return [Cell(r) for r in sorted(self.known_regions())]
 
+    def cell_or_default(self, region: str | None) -> Cell:
+        """:meth:`cell`, with per-region state and no region given the default region's (an
+        operator command's, which may run anywhere)."""
+        return self.cell(region or (self.default_region if self.state == "per_region" else None))
+
     def cell(self, region: str | None) -> Cell:
         """The cell a process of ``region`` works on; raises ``ConfigError`` saying what to set."""
         if self.state == "shared":

@@ -72,9 +72,8 @@ async def gather_facts(
 
 def _cell(settings: Settings, config: SwitchboardConfig) -> subjects.Cell:
     """With per-region state, the cell of this process's region, else of the default region."""
-    region = settings.region or (config.default_region if config.state == "per_region" else None)
     try:
-        return config.cell(region)
+        return config.cell_or_default(settings.region)
     except ConfigError:  # a region the config does not know: the config's own check says so
         return subjects.SHARED
 

@@ -110,9 +110,8 @@ async def dispatch(
 
     console = Console(highlight=False)
     # With per-region state, into the cell of the room's home region (--region), else of this one's.
-    home = region or settings.region or (config.default_region if config.state == "per_region" else None)
     try:
-        cell = config.cell(home)
+        cell = config.cell_or_default(region or settings.region)
     except ConfigError as err:
         console.print(Text(f"✘ {err}", style="red"), soft_wrap=True)
         return 2

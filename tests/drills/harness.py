@@ -371,6 +371,11 @@ class Stack:
             await asyncio.to_thread(orch.process.wait_ready, orch.ready, 60.0)
         return started
 
+    def node_of(self, room: str) -> LiveKitServer:
+        """The LiveKit node a user of ``room`` joins through (the stack's one node)."""
+        assert self.livekit is not None
+        return self.livekit
+
     def pool_place(self, region: str) -> tuple[LiveKitServer, str, dict[str, str]]:
         """Where a pool of ``region`` registers and reports: the stack's LiveKit and NATS (one
         region's stack), and what its workers' environment adds."""
@@ -607,8 +612,11 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(root: Path, config: dict[str, Any], **kwargs: Any) -> AsyncIterator[Stack]:
-    s = Stack(root, **kwargs)
+async def stack(
+    root: Path, config: dict[str, Any], kind: type[Stack] | None = None, **kwargs: Any
+) -> AsyncIterator[Stack]:
+    """A started ``kind`` of stack (one region's, by default), stopped at the end."""
+    s = (kind or Stack)(root, **kwargs)
     try:
         await s.start(config)
         yield s
@@ -618,11 +626,11 @@ async def stack(root: Path, config: dict[str, Any], **kwargs: Any) -> AsyncItera
 
 @contextlib.asynccontextmanager
 async def listeners(s: Stack, rooms: Iterable[str]) -> AsyncIterator[list[Listener]]:
-    assert s.livekit is not None
+    """A listener (a user with the rtc SDK) in each room, joined through the room's LiveKit node."""
     joined: list[Listener] = []
     try:
         for room in rooms:
-            listener = Listener(s.livekit, room, identity=f"listener-{room}")
+            listener = Listener(s.node_of(room), room, identity=f"listener-{room}")
             await listener.__aenter__()
             joined.append(listener)
         yield joined

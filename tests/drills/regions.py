@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ from tests.drills.harness import (
 )
 from tests.multinode import LiveKitCluster, two_node_cluster
 from tests.supercluster import EU, US, SuperCluster, two_region_supercluster
-from tests.workerkit import Listener
 
 REGIONS = (EU, US)
 # JetStream replicas of each region's streams: eu-central has three JetStream nodes, us-east one.
@@ -135,6 +134,10 @@ class RegionStack(Stack):
             count, livekit_url=self.node(region).http_url, env=self.region_env(region)
         )
 
+    def node_of(self, room: str) -> LiveKitServer:
+        """A room's users join through the node of the region it was created in."""
+        return self.node(self.home.get(room, EU))
+
     def pool_place(self, region: str) -> tuple[LiveKitServer, str, dict[str, str]]:
         """A pool of ``region`` registers with its region's LiveKit node, over its region's NATS,
         and reads the drill's config (so it knows the state is per region)."""
@@ -221,29 +224,3 @@ class RegionStack(Stack):
                 return records
             await asyncio.sleep(0.5)
             records.update(await self.records(pending))
-
-
-@contextlib.asynccontextmanager
-async def region_stack(root: Path, config: dict[str, Any]) -> AsyncIterator[RegionStack]:
-    s = RegionStack(root)
-    try:
-        await s.start(config)
-        yield s
-    finally:
-        await s.stop()
-
-
-@contextlib.asynccontextmanager
-async def region_listeners(s: RegionStack, rooms: Iterable[str]) -> AsyncIterator[list[Listener]]:
-    """A listener in each room, joined through the room's own region's node."""
-    joined: list[Listener] = []
-    try:
-        for room in rooms:
-            listener = Listener(s.node(s.home.get(room, EU)), room, identity=f"listener-{room}")
-            await listener.__aenter__()
-            joined.append(listener)
-        yield joined
-    finally:
-        for listener in joined:
-            with contextlib.suppress(Exception):
-                await listener.__aexit__(None, None, None)

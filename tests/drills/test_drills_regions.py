@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 
 from orchestrator.records import RoomRecord, RoomState
-from tests.drills.harness import DRILL_ORCHESTRATOR, DrillResult, live_at, recoveries, save_result
-from tests.drills.regions import RegionStack, region_drill_config, region_listeners, region_stack
+from tests.drills.harness import (
+    DRILL_ORCHESTRATOR,
+    DrillResult,
+    listeners,
+    live_at,
+    recoveries,
+    save_result,
+    stack,
+)
+from tests.drills.regions import RegionStack, region_drill_config
 from tests.drills.test_drills import _assert_clean
 from tests.supercluster import EU, US
 
@@ -93,7 +101,7 @@ async def test_drill_9_1_gateway_partition(size: RegionSize, tmp_path: Path) -> 
     during = {r: [f"ornina-d91-{r[:2]}-cut-{i}" for i in range(size.during)] for r in (EU, US)}
     rooms = [room for r in (EU, US) for room in before[r] + during[r]]
     speak = [room for r in (EU, US) for room in before[r][: size.listeners]]
-    async with region_stack(tmp_path, region_drill_config()) as s:
+    async with stack(tmp_path, region_drill_config(), RegionStack) as s:
         await asyncio.gather(
             _region_pool(s, "eu-central-a", EU, size), _region_pool(s, "us-east-a", US, size)
         )
@@ -101,7 +109,7 @@ async def test_drill_9_1_gateway_partition(size: RegionSize, tmp_path: Path) -> 
             await s.start_region_orchestrators(region, size.replicas)
         for region in (EU, US):
             await s.publish_all(before[region], region)
-        async with region_listeners(s, speak):
+        async with listeners(s, speak):
             settled = await s.wait_settled(
                 [r for g in before.values() for r in g], size.within_s, speaking=speak
             )
@@ -174,7 +182,7 @@ async def test_drill_9_2_region_loss(size: RegionSize, tmp_path: Path) -> None:
     stranded = [f"ornina-d92-us-users-{i}" for i in range(size.during)]
     speak = before[EU][: size.listeners]
     config = region_drill_config(region_lost_after_s=size.region_lost_s)
-    async with region_stack(tmp_path, config) as s:
+    async with stack(tmp_path, config, RegionStack) as s:
         await asyncio.gather(
             _region_pool(s, "eu-central-a", EU, size), _region_pool(s, "us-east-a", US, size)
         )
@@ -185,7 +193,7 @@ async def test_drill_9_2_region_loss(size: RegionSize, tmp_path: Path) -> None:
                 us_replicas = started_here
         for region in (EU, US):
             await s.publish_all(before[region], region)
-        async with region_listeners(s, speak):
+        async with listeners(s, speak):
             settled = await s.wait_settled(
                 [r for g in before.values() for r in g], size.within_s, speaking=speak
             )
@@ -277,7 +285,7 @@ async def test_drill_9_3_pool_death_in_one_region(size: RegionSize, tmp_path: Pa
     result = DrillResult("9.3 SIGKILL a pool in one region of two", size.name)
     started = time.monotonic()
     rooms = [f"ornina-d93-{i}" for i in range(size.rooms)]
-    async with region_stack(tmp_path, region_drill_config()) as s:
+    async with stack(tmp_path, region_drill_config(), RegionStack) as s:
         doomed, *_ = await asyncio.gather(
             s.start_pool(
                 "eu-central-a", EU, processes=size.processes, capacity=size.capacity, executor=size.executor
@@ -292,7 +300,7 @@ async def test_drill_9_3_pool_death_in_one_region(size: RegionSize, tmp_path: Pa
         on_doomed = [r for r in rooms if (rec := before[r]) and rec.pool == "eu-central-a"]
         assert on_doomed, "no room on the pool to kill"
         speak = on_doomed[: size.listeners]
-        async with region_listeners(s, speak):
+        async with listeners(s, speak):
             await s.wait_settled(speak, 60, speaking=speak)
             killed_at = time.time()
             for worker in doomed:

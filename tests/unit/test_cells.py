@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.ops.doctor_checks import Facts, check_bucket, check_consumers, check_streams
 from shared import bus, subjects
 from shared.config import ConfigError, parse_config
 from shared.dispatch_metadata import build_dispatch_metadata, read_dispatch_metadata
@@ -99,3 +100,24 @@ def test_the_dispatch_tells_the_worker_which_region_takes_its_reports() -> None:
     assert read.info is not None and read.info.state_region == "us-east" and not read.problems
     shared = DispatchInfo(room="r", attempt=1, pool="p", region="eu-central", agent="a", key="r/1")
     assert "state_region" not in build_dispatch_metadata(None, shared)  # older workers read it as before
+
+
+def test_an_operator_command_without_a_region_works_on_the_default_regions_cell() -> None:
+    per_region = parse_config({**REGIONS, "default_region": "eu-central", "state": "per_region"})
+    assert per_region.cell_or_default(None) == subjects.Cell("eu-central")
+    assert per_region.cell_or_default("us-east") == subjects.Cell("us-east")
+    assert parse_config(REGIONS).cell_or_default(None) is subjects.SHARED
+
+
+def test_the_doctor_checks_its_regions_streams_and_bucket() -> None:
+    us = subjects.Cell("us-east")
+    facts = Facts(nats_url="nats://x", streams={us.rooms_stream: True}, cell=us)
+    names = [r.name for r in check_streams(facts)]
+    assert names == [
+        "stream SWITCHBOARD_ROOMS_us-east",
+        "stream SWITCHBOARD_STATUS_us-east",
+        "stream SWITCHBOARD_DEAD_us-east",
+    ]
+    assert [r.ok for r in check_streams(facts)] == [True, False, False]
+    assert check_consumers(facts)[0].name == "consumer SWITCHBOARD_ROOMS_us-east/orchestrator"
+    assert check_bucket(facts)[0].name == "KV bucket switchboard_rooms_us-east"
