@@ -26,7 +26,7 @@ import statistics
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -468,13 +468,16 @@ class Stack:
             accepted[room] = await self.publish(room, region)
         return accepted
 
-    async def records(self, rooms: Iterable[str]) -> dict[str, RoomRecord | None]:
+    def store_of(self, room: str) -> RoomStore:
+        """The bucket that holds ``room``'s record (the stack's one rooms bucket)."""
         assert self.kv is not None
-        store = RoomStore(self.kv)
+        return RoomStore(self.kv)
+
+    async def records(self, rooms: Iterable[str]) -> dict[str, RoomRecord | None]:
         out: dict[str, RoomRecord | None] = {}
         for room in rooms:
             try:
-                got = await store.get(room)
+                got = await self.store_of(room).get(room)
             except Exception:
                 got = None
             out[room] = got.record if got else None
@@ -486,15 +489,7 @@ class Stack:
         """Until every room is live (``speaking`` for the listener rooms) or terminal, or the time
         is up. Woken by the bucket's watch; a full re-read when it is quiet (or lost in an outage)."""
         assert self.kv is not None
-        must_speak = set(speaking)
-
-        def settled(room: str, rec: RoomRecord | None) -> bool:
-            if rec is None:
-                return False
-            if rec.state in TERMINAL_WITH_REASON:
-                return True
-            return rec.state == RoomState.SPEAKING if room in must_speak else rec.state in LIVE
-
+        settled = settled_check(speaking)
         deadline = time.monotonic() + within_s
         records = await self.records(rooms)
         watcher = None
@@ -638,6 +633,21 @@ async def listeners(s: Stack, rooms: Iterable[str]) -> AsyncIterator[list[Listen
         for listener in joined:
             with contextlib.suppress(Exception):
                 await listener.__aexit__(None, None, None)
+
+
+def settled_check(speaking: Iterable[str] = ()) -> Callable[[str, RoomRecord | None], bool]:
+    """Whether a room is settled: terminal with a reason, or live (``speaking`` for the rooms
+    with a listener)."""
+    must_speak = set(speaking)
+
+    def settled(room: str, rec: RoomRecord | None) -> bool:
+        if rec is None:
+            return False
+        if rec.state in TERMINAL_WITH_REASON:
+            return True
+        return rec.state == RoomState.SPEAKING if room in must_speak else rec.state in LIVE
+
+    return settled
 
 
 def live_at(rec: RoomRecord | None) -> float | None:

@@ -27,20 +27,14 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from devstack.livekit_server import LiveKitServer
-from orchestrator.records import RoomRecord, RoomState
+from orchestrator.records import RoomRecord
 from orchestrator.store import RoomStore, open_bucket
 from shared import bus
 from shared.messages import RoomCreated
 from shared.settings import NatsSettings
 from shared.subjects import Cell
 from tests.drills.doubles import DoubleSampler
-from tests.drills.harness import (
-    LIVE,
-    TERMINAL_WITH_REASON,
-    Orchestrator,
-    Stack,
-    drill_config,
-)
+from tests.drills.harness import Orchestrator, Stack, drill_config, settled_check
 from tests.multinode import LiveKitCluster, two_node_cluster
 from tests.supercluster import EU, US, SuperCluster, two_region_supercluster
 
@@ -171,18 +165,10 @@ class RegionStack(Stack):
     async def publish_all(self, rooms: Iterable[str], region: str = EU) -> dict[str, float]:
         return {room: await self.publish(room, region) for room in rooms}
 
-    async def records(self, rooms: Iterable[str]) -> dict[str, RoomRecord | None]:
-        """Each room's record from its own region's bucket (the only one that may hold it)."""
-        out: dict[str, RoomRecord | None] = {}
-        for room in rooms:
-            region = self.home.get(room, EU)
-            store = RoomStore(self.kvs[region], bucket=Cell(region).rooms_bucket)
-            try:
-                got = await store.get(room)
-            except Exception:
-                got = None
-            out[room] = got.record if got else None
-        return out
+    def store_of(self, room: str) -> RoomStore:
+        """The room's own region's bucket (the only one that may hold its record)."""
+        region = self.home.get(room, EU)
+        return RoomStore(self.kvs[region], bucket=Cell(region).rooms_bucket)
 
     async def in_other_region(self, rooms: Iterable[str]) -> list[str]:
         """Rooms that have a record in a region they were not created in (there must be none)."""
@@ -200,16 +186,7 @@ class RegionStack(Stack):
         self, rooms: list[str], within_s: float, speaking: Iterable[str] = ()
     ) -> dict[str, RoomRecord | None]:
         """Until every room is live (listener rooms speaking) or terminal, or the time is up."""
-        must_speak = set(speaking)
-
-        def settled(room: str, rec: RoomRecord | None) -> bool:
-            if rec is None:
-                return False
-            if rec.state in TERMINAL_WITH_REASON:
-                return True
-            return rec.state == RoomState.SPEAKING if room in must_speak else rec.state in LIVE
-
-        return await self.wait_for(rooms, settled, within_s)
+        return await self.wait_for(rooms, settled_check(speaking), within_s)
 
     async def wait_for(
         self, rooms: list[str], done: Callable[[str, RoomRecord | None], bool], within_s: float
